@@ -1,0 +1,42 @@
+# The README's commands. Everything installs into .venv; nothing outside it is touched except the
+# Debian Fashion-MNIST package, which is installed when running as root with apt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cnnlab-installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+DEMO_OUT ?= demo
+
+.PHONY: setup demo test bench dataset clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>/dev/null || true
+	# torch is pinned here (the package itself asks only for torch>=2.4); these wheels are on local disk
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+dataset:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null \
+	    && echo "Fashion-MNIST installed in $(FASHION_DIR)"; \
+	else \
+	  echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir (cnnlab can also download it when online)"; \
+	fi
+
+setup: $(STAMP) dataset
+
+demo: setup
+	$(BIN)/cnnlab demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,207 @@
+"""Datasets as uint8 tensors: built-in ones, files users bring, class subsets and splits.
+
+`load_dataset` gives a labeled pool (`train`) and, when the source has one, the official test split,
+which stays untouched. `train_val_split` carves the report's stratified, seeded 80/20
+train/validation split out of the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.errors import UserError
+
+from .builtin import BUILTIN, load_builtin
+from .formats import RawSplit, read_csv, read_idx_folder, read_image_folder, read_npy, read_npz, find_idx_pair
+
+__all__ = ["Split", "Dataset", "Splits", "load_dataset", "load_unlabeled", "train_val_split",
+           "parse_classes", "BUILTIN", "known_datasets"]
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor | None  # int64, N (None for an unlabeled split)
+    ids: list[str] | None = None  # ids from the source (Kaggle test CSVs), else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str  # where it was read from
+    class_names: list[str]
+    train: Split  # the labeled pool the train/validation split is carved from
+    test: Split | None  # the official test split, kept apart
+    class_ids: list[int]  # label in the source of each class (differs after --classes)
+    verified: bool = False  # checksums matched an official release
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split | None
+    dataset: Dataset
+
+
+def known_datasets() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def _to_split(raw: RawSplit, keep_rgb: bool) -> Split:
+    images = raw.images
+    if images.shape[1] == 3 and not keep_rgb:
+        # ITU-R 601-2 luma, the same weights Pillow's convert("L") uses
+        images = np.rint(images[:, 0] * 0.299 + images[:, 1] * 0.587 + images[:, 2] * 0.114)[:, None].astype(np.uint8)
+    labels = torch.from_numpy(raw.labels) if raw.labels is not None else None
+    return Split(torch.from_numpy(np.ascontiguousarray(images)), labels, raw.ids)
+
+
+def _read_path(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if find_idx_pair(path, "train"):
+            return read_idx_folder(path)
+        subdirs = {p.name for p in path.iterdir() if p.is_dir()}
+        if {"train", "test"} <= subdirs:
+            return read_image_folder(path / "train", keep_rgb), read_image_folder(path / "test", keep_rgb)
+        return read_image_folder(path, keep_rgb), None
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix == ".npz":
+        return read_npz(path)
+    if suffix == ".npy":
+        return read_npy(path), None
+    if suffix in (".csv", ".csv.gz"):
+        return read_csv(path), None
+    raise UserError(f"{path}: unknown format {suffix or '(no extension)'}; use a folder of IDX files, "
+                    ".npz, .npy, .csv, or a folder with one subfolder of images per class")
+
+
+def parse_classes(spec: str | list | None, class_names: list[str]) -> list[int] | None:
+    """'0,1,2' or 'Trouser,Bag' -> source label indices; None keeps all classes."""
+    if spec is None or spec == "" or spec == []:
+        return None
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
+    chosen = []
+    for item in items:
+        if item.lstrip("-").isdigit():
+            idx = int(item)
+        elif item in class_names:
+            idx = class_names.index(item)
+        else:
+            raise UserError(f"--classes: unknown class {item!r}; known classes are 0..{len(class_names) - 1} "
+                            f"({', '.join(class_names)})")
+        if not 0 <= idx < len(class_names):
+            raise UserError(f"--classes: class {idx} does not exist; this dataset has classes 0..{len(class_names) - 1}")
+        if idx in chosen:
+            raise UserError(f"--classes: class {item!r} is listed twice")
+        chosen.append(idx)
+    if len(chosen) < 2:
+        raise UserError("--classes: keep at least 2 classes")
+    return chosen
+
+
+def _keep_classes(split: Split, chosen: list[int]) -> Split:
+    remap = torch.full((int(split.labels.max()) + 1,), -1, dtype=torch.int64)
+    for new, old in enumerate(chosen):
+        if old < len(remap):
+            remap[old] = new
+    new_labels = remap[split.labels]
+    keep = new_labels >= 0
+    ids = [i for i, k in zip(split.ids, keep.tolist()) if k] if split.ids else None
+    return Split(split.images[keep].contiguous(), new_labels[keep], ids)
+
+
+def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | None = None,
+                 classes: str | list | None = None, keep_rgb: bool = False,
+                 test_data: str | Path | None = None) -> Dataset:
+    """Load a built-in dataset by name, or a file/folder the user brings."""
+    data = str(data)
+    verified = False
+    if data in BUILTIN:
+        raw_train, raw_test, folder = load_builtin(data, data_dir)
+        names, source, name, verified = list(BUILTIN[data].class_names), str(folder), data, True
+    elif Path(data).expanduser().exists() or any(c in data for c in "/\\.") or data.startswith("~"):
+        path = Path(data).expanduser()
+        raw_train, raw_test = _read_path(path, keep_rgb)
+        name, source = path.stem, str(path)
+        names = raw_train.class_names
+    else:
+        raise UserError(f"unknown dataset {data!r}; built-in datasets are {', '.join(known_datasets())}, "
+                        "or give a path to an IDX folder, .npz, .npy, .csv or image folder")
+    if raw_train.labels is None:
+        raise UserError(f"{source}: the training data has no labels")
+    if test_data is not None:
+        raw_test, _ = _read_path(Path(test_data).expanduser(), keep_rgb)
+    n_classes = len(names) if names else int(raw_train.labels.max()) + 1
+    names = names or [str(i) for i in range(n_classes)]
+    for split_name, raw in (("train", raw_train), ("test", raw_test)):
+        if raw is not None and raw.labels is not None and raw.labels.max() >= n_classes:
+            raise UserError(f"{source} ({split_name}): label {int(raw.labels.max())} is out of range; "
+                            f"{n_classes} classes means labels 0..{n_classes - 1}")
+    train = _to_split(raw_train, keep_rgb)
+    test = _to_split(raw_test, keep_rgb) if raw_test is not None else None
+    if test is not None and test.images.shape[2:] != train.images.shape[2:]:
+        raise UserError(f"{source}: test images are {tuple(test.images.shape[2:])} but training images are "
+                        f"{tuple(train.images.shape[2:])}; they must have one size")
+    class_ids = list(range(n_classes))
+    chosen = parse_classes(classes, names)
+    if chosen is not None:
+        train = _keep_classes(train, chosen)
+        if test is not None and test.labels is not None:
+            test = _keep_classes(test, chosen)
+        names, class_ids = [names[i] for i in chosen], chosen
+    missing = sorted(set(range(len(names))) - set(train.labels.unique().tolist()))
+    if missing:
+        raise UserError(f"{source}: class {names[missing[0]]!r} has no training images")
+    return Dataset(name, source, names, train, test, class_ids, verified)
+
+
+def load_unlabeled(path: str | Path, keep_rgb: bool = False) -> Split:
+    """Images to predict on (a Kaggle test CSV, NPZ/NPY, IDX folder or image folder); labels ignored."""
+    raw, _ = _read_path(Path(path).expanduser(), keep_rgb)
+    return _to_split(raw, keep_rgb)
+
+
+def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Splits:
+    """The report's split: stratified by class, seeded, so every run and member sees the same one."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
+    labels = dataset.train.labels.numpy()
+    counts = np.bincount(labels, minlength=dataset.num_classes)
+    if counts.min() < 2 or round(len(labels) * val_fraction) < dataset.num_classes:
+        raise UserError(f"{dataset.source}: too few images ({len(labels)}, smallest class {counts.min()}) for a "
+                        f"stratified {val_fraction:.0%} validation split")
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction, random_state=seed,
+                                          stratify=labels)
+    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+
+    def take(idx: torch.Tensor) -> Split:
+        return Split(dataset.train.images[idx].contiguous(), dataset.train.labels[idx])
+
+    return Splits(take(train_idx), take(val_idx), dataset.test, dataset)
+
+
+def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
+    """Mean and std of pixel values scaled to 0..1 (used to normalize on the device)."""
+    x = images.to(torch.float64) / 255.0
+    return float(x.mean()), float(x.std())
+

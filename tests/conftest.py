@@ -1,0 +1,97 @@
+"""Shared helpers: small datasets in every format, written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def make_images(n: int = 60, size: int = 8, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent blobs: class k lights up band k, so a classifier can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
+    band = max(1, size // classes)
+    for i, k in enumerate(labels):
+        images[i, k * band:(k + 1) * band, :] += 150
+    return images, labels.astype(np.int64)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    magic = 0x0800 | array.ndim
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_idx_folder(folder: Path, n: int = 60, n_test: int = 30, gz: bool = True, size: int = 8) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = make_images(n, size)
+    xt, yt = make_images(n_test, size, seed=1)
+    write_idx(folder / "train-images-idx3-ubyte", x, gz)
+    write_idx(folder / "train-labels-idx1-ubyte", y, gz)
+    write_idx(folder / "t10k-images-idx3-ubyte", xt, gz)
+    write_idx(folder / "t10k-labels-idx1-ubyte", yt, gz)
+    return folder
+
+
+def write_csv(path: Path, images: np.ndarray, labels: np.ndarray | None, ids: list | None = None) -> Path:
+    flat = images.reshape(len(images), -1)
+    header = (["id"] if ids is not None else []) + (["label"] if labels is not None else []) + \
+        [f"pixel{i}" for i in range(flat.shape[1])]
+    lines = [",".join(header)]
+    for i, row in enumerate(flat):
+        cells = ([str(ids[i])] if ids is not None else []) + ([str(labels[i])] if labels is not None else [])
+        lines.append(",".join(cells + [str(v) for v in row]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_image_folder(root: Path, n_per_class: int = 6, classes=("cat", "dog", "owl"), size: int = 8,
+                       rgb: bool = False, suffix: str = ".png") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            shape = (size, size, 3) if rgb else (size, size)
+            array = rng.integers(0, 256, size=shape).astype(np.uint8)
+            Image.fromarray(array).save(root / name / f"{i}{suffix}")
+    return root
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real `cnnlab` entry point in-process; return (exit code, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        import sys
+
+        old = sys.argv
+        sys.argv = ["cnnlab", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = old
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
