@@ -78,6 +78,51 @@ def data_preview(dataset: str = DatasetArg,
     console.print(f"wrote {path}")
 
 
+@app.command("models")
+def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
+                                              help="Classes to count parameters at (the report used 5).")) -> None:
+    """Every registered model: parameters (1 input channel), default input size, description."""
+    from cnnlab.models import count_parameters, create_model, list_models, model_info
+
+    table = Table()
+    for col, justify in (("model", "left"), ("total params", "right"), ("trainable", "right"),
+                         ("input", "right"), ("description", "left")):
+        table.add_column(col, justify=justify)
+    for name in list_models():
+        info = model_info(name)
+        extra = {"weights": "random"} if info.family == "transfer" else {}
+        trainable, frozen = count_parameters(create_model(name, num_classes=num_classes, **extra))
+        size = f"{info.image_size}x{info.image_size}"
+        table.add_row(name, f"{trainable + frozen:,}", f"{trainable:,}", size, info.description)
+    console.print(table)
+
+
+@app.command("summary")
+def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab models`)."),
+                num_classes: int = typer.Option(10, "--num-classes", min=2, help="Output classes."),
+                image_size: int = typer.Option(28, "--image-size", min=1, help="Input height and width."),
+                in_chans: int = typer.Option(1, "--in-chans", min=1, max=3, help="Input channels."),
+                depth: int = typer.Option(1, "--depth", min=1, help="How deep to expand nested modules."),
+                channels_first: bool = typer.Option(False, "--channels-first",
+                                                    help="Show shapes as (None, C, H, W) instead of Keras's (None, H, W, C).")) -> None:
+    """The layer table in the report's form: layer, output shape, parameters, then the totals."""
+    from cnnlab.models import create_model, keras_shape, model_info, summarize
+
+    extra = {"weights": "random"} if model_info(model).family == "transfer" else {}
+    net = create_model(model, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **extra)
+    result = summarize(net, (in_chans, image_size, image_size), depth=depth)
+    table = Table(title=f"{model} ({num_classes} classes, input {in_chans}x{image_size}x{image_size})")
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    for row in result.rows:
+        shape = "(None, " + ", ".join(map(str, row.output_shape)) + ")" if channels_first else keras_shape(row.output_shape)
+        table.add_row(f"{row.name} ({row.kind})", shape, f"{row.params:,}")
+    console.print(table)
+    console.print(f"Total params: {result.total:,}\nTrainable params: {result.trainable:,}\n"
+                  f"Non-trainable params: {result.non_trainable:,}")
+
+
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes.")) -> None:
     """The main job on Fashion-MNIST: what `make demo` runs."""

@@ -1,0 +1,107 @@
+"""Model registry in the style of timm: `@register_model` builders, `create_model(name, ...)`.
+
+Contract for every model: float input N x C x H x W with pixels scaled to 0..1, logits out
+(softmax belongs to the loss and to prediction). Builders are keyword-only and take
+`num_classes`, `in_chans`, `image_size`; options left unset never override a model's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cnnlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    image_size: int  # default input size (height = width)
+    min_image_size: int  # smallest input the design allows
+    tunable: dict = field(default_factory=dict)  # hyperparameter -> search space (see tune)
+    family: str = "cnn"
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, description: str, image_size: int = 28, min_image_size: int = 8,
+                   tunable: dict | None = None, family: str = "cnn"):
+    def wrap(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(name, builder, description, image_size, min_image_size, tunable or {}, family)
+        return builder
+    return wrap
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; known models are {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
+                 image_size: int | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; unset options (None) keep the model's own defaults."""
+    info = model_info(name)
+    options = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                                     **kwargs).items() if v is not None}
+    size = options.get("image_size", info.image_size)
+    if size < info.min_image_size:
+        raise UserError(f"model {name} needs inputs of at least {info.min_image_size}x{info.min_image_size}; "
+                        f"got {size}x{size}")
+    try:
+        model = info.builder(**options)
+    except TypeError as exc:
+        raise UserError(f"model {name}: {exc}") from None
+    # what it takes to rebuild this exact model from a run directory
+    model.cnnlab_spec = {"name": name, **options}
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+# ------------------------------------------------------------------ shared building blocks
+
+
+def keras_init(module: nn.Module) -> nn.Module:
+    """Glorot-uniform kernels and zero biases, as Keras initializes Conv2D and Dense."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def keras_bn(channels: int, dims: int = 2) -> nn.Module:
+    """BatchNorm with Keras's defaults (momentum 0.99 there is 0.01 here; epsilon 1e-3)."""
+    cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return cls(channels, eps=1e-3, momentum=0.01)
+
+
+def flat_features(features: nn.Module, in_chans: int, image_size: int, model_name: str) -> int:
+    """Size of the flattened feature map for this input size (computed, so any size works)."""
+    with torch.no_grad():
+        try:
+            out = features.eval()(torch.zeros(1, in_chans, image_size, image_size))
+        except RuntimeError as exc:
+            raise UserError(f"model {model_name}: input {image_size}x{image_size} is too small for its "
+                            f"convolutions and poolings ({str(exc).splitlines()[0]})") from None
+    features.train()
+    return int(out[0].numel())
