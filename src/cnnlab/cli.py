@@ -16,7 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Train, compare, tune and ensemble CNNs on small grayscale image datasets.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets: counts, shapes, example grids.")
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs
 
 DatasetArg = typer.Argument("fashion-mnist", help="Built-in name (fashion-mnist, mnist) or a path: IDX folder, "
                             ".npz, .npy, Kaggle .csv, or a folder with one subfolder of images per class.")
@@ -121,6 +121,133 @@ def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab m
     console.print(table)
     console.print(f"Total params: {result.total:,}\nTrainable params: {result.trainable:,}\n"
                   f"Non-trainable params: {result.non_trainable:,}")
+
+
+def _run_dir(out: Path, model: str) -> Path:
+    """A fresh run directory under `out`: MODEL-YYYYmmdd-HHMMSS (a suffix if taken)."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = out / f"{model}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = out / f"{base.name}-{k}"
+    return path
+
+
+@app.command("train")
+def train_cmd(
+    model: Optional[str] = typer.Argument(None, help="Model name (see `cnnlab models`); default tuned-cnn."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (report: 40)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default), sgd or rmsprop."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator augmentation."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N epochs without a better val loss (0 = off)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local weights file."),
+    params: Optional[Path] = typer.Option(None, "--params", help="JSON of parameters (as `cnnlab tune` writes best.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options (keys as in config.json)."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run directory."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Train a model with the report's recipe (Adam, cross-entropy, batch 128, ReduceLROnPlateau)."""
+    from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
+    from cnnlab.engine import train
+    from cnnlab.evaluation import plot_run
+    from cnnlab.progress import ConsoleReporter
+    from cnnlab.runs import read_json
+
+    flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
+                 optimizer=optimizer, lr=lr, augment=augment, seed=seed, device=device, precision=precision,
+                 compile=compile, early_stopping=early_stopping, weights=weights)
+    if resume is not None:
+        if not (resume / "checkpoint.safetensors").is_file():
+            raise UserError(f"--resume {resume}: no checkpoint.safetensors there; nothing to resume")
+        stored = read_json(resume / "config.json")
+        changed = {k: v for k, v in flags.items() if v is not None and k not in ("epochs", "device")}
+        if changed:
+            raise UserError(f"--resume continues the stored configuration; only --epochs and --device may change "
+                            f"(got {', '.join('--' + k.replace('_', '-') for k in changed)})")
+        cfg = build_config(stored, {"epochs": epochs, "device": device})
+        run_dir = resume
+    else:
+        cfg = build_config(read_config_file(config) if config else {}, read_params_file(params) if params else {}, flags)
+        run_dir = _run_dir(out, cfg.model)
+    reporter = ConsoleReporter(console, quiet=quiet)
+    try:
+        metrics = train(cfg, run_dir, reporter, resume=resume is not None)
+    except KeyboardInterrupt:
+        print(f"cnnlab: interrupted; the run directory holds every finished epoch. Continue with: "
+              f"cnnlab train --resume {run_dir}", file=sys.stderr)
+        sys.exit(130)
+    figures = plot_run(run_dir)
+    if not quiet:
+        line = f"val accuracy {metrics['val_accuracy']:.4f}"
+        if "test_accuracy" in metrics:
+            line += f", test accuracy {metrics['test_accuracy']:.4f}"
+        console.print(f"[bold]done[/bold]: {line}; {metrics['train_images_per_second']:,.0f} train images/s")
+        console.print(f"run directory: {run_dir}")
+        console.print("figures: " + ", ".join(str(f) for f in figures))
+
+
+@app.command("evaluate")
+def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory written by `cnnlab train`."),
+                 split: str = typer.Option("val", "--split", help="val (the 20% holdout) or test (the official test split)."),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
+    """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
+    from cnnlab.evaluation import evaluate_run
+    from cnnlab.runs import write_json
+
+    m = evaluate_run(run_dir, split)
+    console.print(f"[bold]{split}[/bold] accuracy {m['accuracy']:.4f}  loss {m.get('loss', float('nan')):.4f}  "
+                  f"macro F1 {m['macro_f1']:.4f}")
+    table = Table()
+    for col in ("class", "name", "precision %", "recall %", "F1 %", "support"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for row in m["per_class"]:
+        table.add_row(str(row["class"]), row["name"], f"{100 * row['precision']:.2f}", f"{100 * row['recall']:.2f}",
+                      f"{100 * row['f1']:.2f}", str(row["support"]))
+    console.print(table)
+    console.print(f"hardest class: {m['hardest_class']}; easiest class: {m['easiest_class']}")
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for k in range(len(m["per_class"])):
+        cm.add_column(str(k), justify="right")
+    for k, counts in enumerate(m["confusion_matrix"]):
+        cm.add_row(str(k), *map(str, counts))
+    console.print(cm)
+    if json_out:
+        write_json(json_out, m)
+
+
+@app.command("predict")
+def predict_cmd(run_dir: Path = typer.Argument(..., help="A run (or ensemble) directory."),
+                input: Path = typer.Option(..., "--input", help="Unlabeled images: Kaggle test CSV, .npz/.npy, IDX or image folder."),
+                output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
+                device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
+    """Write a Kaggle-style submission: id and predicted label per image (ids as in the input, else 1-based)."""
+    from cnnlab.predict import predict_run
+
+    result = predict_run(run_dir, input, output, device)
+    console.print(f"wrote {result['rows']} predictions to {result['output']} (per class: {result['counts']})")
+
+
+@app.command("plot")
+def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Redraw a run's figures from its directory: accuracy/loss curves, confusion matrix, confident mistakes."""
+    from cnnlab.evaluation import plot_run
+
+    for path in plot_run(run_dir):
+        console.print(f"wrote {path}")
 
 
 @app.command("demo")

@@ -50,3 +50,57 @@ def preview_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str],
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Examples per class")
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------ figures of one run
+
+
+def accuracy_loss_plot(history: list[dict], name: str, path: Path) -> Path:
+    """The report's acc_plot: training/validation accuracy and loss against epochs."""
+    epochs = [int(r["epoch"]) for r in history]
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for key, label in (("train_accuracy", "training accuracy"), ("train_loss", "training loss"),
+                       ("val_accuracy", "validation accuracy"), ("val_loss", "validation loss")):
+        ax.plot(epochs, [float(r[key]) for r in history], marker="o" if len(epochs) < 15 else None, label=label)
+    ax.set_title(f"{name} Accuracy and Loss")
+    ax.set_xlabel("epochs")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def confusion_plot(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+    cm = np.asarray(matrix)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
+                  count: int = 24) -> Path:
+    """The most confident mistakes: true class, predicted class and its probability."""
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
+    cols = 8
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        ax.axis("on")
+        _show_image(ax, images[i])
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} {probs[i, predicted[i]]:.2f}",
+                     fontsize=7)
+    fig.suptitle("Most confident mistakes" if len(order) else "No mistakes")
+    return _save(fig, path)

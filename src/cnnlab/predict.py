@@ -1,0 +1,61 @@
+"""Predictions for unlabeled images and Kaggle-style submission files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab import runs
+from cnnlab.errors import UserError
+
+
+def submission_rows(ids: list[str] | None, labels: np.ndarray) -> list[dict]:
+    ids = ids if ids is not None else [str(i) for i in range(1, len(labels) + 1)]  # Kaggle ids start at 1
+    return [{"id": i, "label": int(label)} for i, label in zip(ids, labels)]
+
+
+def validate_submission(rows: list[dict], expected: int, allowed_labels: list[int]) -> None:
+    if len(rows) != expected:
+        raise UserError(f"submission has {len(rows)} rows for {expected} images")
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise UserError("the input has duplicate ids; a submission needs one row per id")
+    bad = [r["label"] for r in rows if r["label"] not in allowed_labels]
+    if bad:
+        raise UserError(f"predicted label {bad[0]} is not one of the classes {allowed_labels}")
+
+
+def write_submission(path: Path, ids: list[str] | None, predictions: np.ndarray, class_ids: list[int]) -> Path:
+    """Map class indices back to the source's labels, check, then write id,label atomically."""
+    labels = np.asarray(class_ids)[predictions]
+    rows = submission_rows(ids, labels)
+    validate_submission(rows, len(predictions), list(class_ids))
+    runs.write_csv(path, rows)
+    return Path(path)
+
+
+def load_inputs(path: str | Path, input_shape: list[int]):
+    from cnnlab.data import load_unlabeled
+
+    split = load_unlabeled(path, keep_rgb=input_shape[0] == 3)
+    if list(split.images.shape[1:]) != list(input_shape):
+        raise UserError(f"{path}: images are {'x'.join(map(str, split.images.shape[1:]))} but the model was trained "
+                        f"on {'x'.join(map(str, input_shape))}")
+    return split
+
+
+def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto", batch_size: int = 1024) -> dict:
+    from cnnlab.engine import load_model, predict_logits, resolve_device
+
+    if Path(output).suffix.lower() != ".csv":
+        raise UserError(f"-o {output}: a submission is a CSV; give a file name ending in .csv")
+    dev = resolve_device(device)
+    model, meta = load_model(run_dir, dev)
+    split = load_inputs(input_path, meta["input_shape"])
+    logits = predict_logits(model, split.images.to(dev), batch_size).cpu()
+    predictions = logits.argmax(1).numpy()
+    write_submission(output, split.ids, predictions, meta["class_ids"])
+    counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
+    return {"rows": len(predictions), "output": str(output), "counts": counts}
