@@ -251,11 +251,15 @@ def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
 
 
 @app.command("demo")
-def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes.")) -> None:
-    """The main job on Fashion-MNIST: what `make demo` runs."""
+def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
+         epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs of the demo training run.")) -> None:
+    """The main job on Fashion-MNIST, as `make demo` runs it: data overview, example grid, a short training run."""
     out.mkdir(parents=True, exist_ok=True)
-    data_info("fashion-mnist", None, "0,1,2,3,4", False, 0.2, 0)
-    data_preview("fashion-mnist", out / "preview.png", 8, None, "0,1,2,3,4", False, 0)
+    data_info("fashion-mnist", None, None, False, 0.2, 0)
+    data_preview("fashion-mnist", out / "preview.png", 8, None, None, False, 0)
+    train_cmd(model="tuned-cnn", data="fashion-mnist", data_dir=None, classes=None, epochs=epochs, batch_size=None,
+              optimizer=None, lr=None, augment=None, seed=None, device=None, precision=None, compile=None,
+              early_stopping=None, weights=None, params=None, config=None, out=out / "runs", resume=None, quiet=False)
     console.print(f"[bold]demo output:[/bold] {out.resolve()}")
 
 

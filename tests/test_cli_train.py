@@ -1,0 +1,127 @@
+"""The train / evaluate / predict / plot commands as a user runs them, bad flags included."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import make_images, write_csv
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    x, y = make_images(300, 16, classes=3)
+    xt, yt = make_images(60, 16, classes=3, seed=9)
+    np.savez(root / "train.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    write_csv(root / "test.csv", xt, None, ids=list(range(500, 560)))
+    write_csv(root / "test_noid.csv", xt, None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    import sys
+
+    from cnnlab.cli import main
+
+    out = tmp_path_factory.mktemp("runs")
+    sys.argv = ["cnnlab", "train", "cnn1", "--data", str(data / "train.npz"), "--epochs", "2", "--batch-size", "32",
+                "--device", "cpu", "--precision", "fp32", "--out", str(out), "--quiet"]
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    (run,) = out.iterdir()
+    return run
+
+
+def test_train_writes_run_and_figures(run_dir):
+    for name in ("acc_loss.png", "confusion_val.png", "mistakes_val.png", "history.csv", "model.safetensors"):
+        assert (run_dir / name).is_file()
+
+
+def test_evaluate_prints_per_class_table(cli, run_dir):
+    code, out, _ = cli("evaluate", run_dir, "--split", "test", "--json", run_dir / "eval.json")
+    assert code == 0 and "precision %" in out and "confusion matrix" in out and "hardest class" in out
+    assert (run_dir / "eval.json").is_file()
+
+
+def test_predict_writes_valid_submission(cli, run_dir, data, tmp_path):
+    code, out, _ = cli("predict", run_dir, "--input", data / "test.csv", "-o", tmp_path / "sub.csv", "--device", "cpu")
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "sub.csv")))
+    assert list(rows[0]) == ["id", "label"] and len(rows) == 60
+    assert rows[0]["id"] == "500" and {r["label"] for r in rows} <= {"0", "1", "2"}
+    _, yt = make_images(60, 16, classes=3, seed=9)
+    assert np.mean([int(r["label"]) == t for r, t in zip(rows, yt)]) > 0.8
+    code, _, _ = cli("predict", run_dir, "--input", data / "test_noid.csv", "-o", tmp_path / "sub2.csv")
+    assert code == 0 and [r["id"] for r in csv.DictReader(open(tmp_path / "sub2.csv"))][:2] == ["1", "2"]
+
+
+def test_predict_refuses_wrong_image_size(cli, run_dir, tmp_path):
+    x, _ = make_images(5, 8)
+    write_csv(tmp_path / "small.csv", x, None)
+    code, _, err = cli("predict", run_dir, "--input", tmp_path / "small.csv", "-o", tmp_path / "s.csv")
+    assert code == 2 and "images are 1x8x8 but the model was trained on 1x16x16" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--optimizer", "adamw"], "optimizer: must be one of adam, sgd, rmsprop"),
+    (["--epochs", "0"], "epochs: must be a positive integer"),
+    (["--data", "/nowhere/x.npz"], "no such file or folder"),
+    (["--device", "cuda"], None),
+])
+def test_bad_train_flags_are_one_line(cli, data, tmp_path, args, message):
+    import torch
+
+    if args[0] == "--device":
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        message = "no CUDA device is available"
+    base = ["train", "cnn1", "--data", str(data / "train.npz"), "--out", str(tmp_path), "--epochs", "1"]
+    code, _, err = cli(*base, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_config_file_and_unknown_keys(cli, data, tmp_path):
+    (tmp_path / "bad.toml").write_text('epochs = 1\nlearning_rate = 0.1\n')
+    code, _, err = cli("train", "--config", tmp_path / "bad.toml", "--out", tmp_path / "runs")
+    assert code == 2 and "unknown key 'learning_rate'" in err
+    (tmp_path / "good.toml").write_text(f'model = "cnn1"\ndata = "{data / "train.npz"}"\nepochs = 1\n'
+                                        'batch_size = 64\ndevice = "cpu"\n')
+    code, _, _ = cli("train", "--config", tmp_path / "good.toml", "--out", tmp_path / "runs", "--quiet")
+    assert code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    import json
+
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 64
+
+
+def test_params_file_round_trips_into_train(cli, data, tmp_path):
+    import json
+
+    (tmp_path / "best.json").write_text(json.dumps({"params": {"dropout": 0.3, "dense": 256, "lr": 0.002}}))
+    code, _, err = cli("train", "cnn1", "--data", data / "train.npz", "--params", tmp_path / "best.json",
+                       "--epochs", "1", "--out", tmp_path / "runs", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 0.002 and cfg["model_params"] == {"dropout": 0.3, "dense": 256}
+    spec = json.loads((run / "model.json").read_text())["spec"]
+    assert spec["dense"] == 256 and spec["dropout"] == 0.3
+
+
+def test_resume_refuses_changed_options_and_missing_checkpoint(cli, run_dir, tmp_path):
+    code, _, err = cli("train", "--resume", run_dir, "--lr", "0.1")
+    assert code == 2 and "only --epochs and --device may change" in err
+    code, _, err = cli("train", "--resume", tmp_path)
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_evaluate_on_missing_run_dir(cli, tmp_path):
+    code, _, err = cli("evaluate", tmp_path / "nope")
+    assert code == 2 and "no such run directory" in err

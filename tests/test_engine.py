@@ -1,0 +1,182 @@
+"""The training engine: it learns, resumes exactly, reloads exactly, and refuses bad weights."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.augment import AugmentSettings, augment_batch, sample_params
+from cnnlab.config import build_config
+from cnnlab.engine import Reporter, load_model, predict_logits, to_input, train
+from cnnlab.errors import UserError
+from cnnlab.metrics import classification_metrics
+
+from conftest import make_images
+
+TIMING = {"train_seconds", "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    x, y = make_images(480, 16, classes=3)
+    xt, yt = make_images(90, 16, classes=3, seed=7)
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return path
+
+
+def config(data, **kw):
+    base = dict(data=str(data), model="cnn1", epochs=3, batch_size=32, device="cpu", precision="fp32", seed=0)
+    return build_config({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_npz, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    metrics = train(config(small_npz), run)
+    return run, metrics
+
+
+def test_short_fit_beats_chance(trained_run):
+    run, metrics = trained_run
+    assert metrics["status"] == "finished" and metrics["epochs_done"] == 3
+    assert metrics["val_accuracy"] > 0.8 and metrics["test_accuracy"] > 0.8  # chance is 1/3
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"} | TIMING
+    assert all(float(r["train_seconds"]) > 0 for r in rows)
+    assert metrics["warmup_seconds"] > 0 and metrics["test_predict_seconds"] > 0
+    for name in ("config.json", "env.json", "model.json", "model.safetensors", "logits.safetensors", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_saved_model_reloads_to_identical_logits(trained_run):
+    from safetensors.torch import load_file
+
+    run, _ = trained_run
+    model, meta = load_model(run)
+    stored = load_file(str(run / "logits.safetensors"))
+    from cnnlab.evaluation import validation_images
+
+    images = torch.from_numpy(validation_images(run))
+    assert torch.equal(predict_logits(model, images), stored["val_logits"])
+    assert meta["class_names"] == ["0", "1", "2"]
+
+
+class StopAt(Reporter):
+    """Presses Ctrl-C (raises KeyboardInterrupt) as epoch `epoch` starts."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def epoch_start(self, epoch, epochs, steps):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _history(run):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(run / "history.csv"))]
+
+
+def test_resume_equals_uninterrupted_run(small_npz, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = config(small_npz, model="tuned-cnn", epochs=4, augment=True, lr_patience=1)
+    train(cfg, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", StopAt(3))
+    status = (tmp_path / "cut" / "metrics.json").read_text()
+    assert '"interrupted"' in status and '"epochs_done": 2' in status
+    assert len(_history(tmp_path / "cut")) == 2
+    train(cfg, tmp_path / "cut", resume=True)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "full")
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+
+def test_corrupt_or_foreign_weights_are_refused(trained_run, tmp_path, small_npz):
+    import shutil
+
+    run, _ = trained_run
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_model(bad)
+    torch.save({"x": torch.zeros(2)}, bad / "model.safetensors")  # a pickle under the right name
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_model(bad)
+    from safetensors.torch import save_file
+
+    from cnnlab.models import create_model
+
+    save_file(create_model("cnn4", num_classes=3).state_dict(), str(bad / "model.safetensors"))
+    with pytest.raises(UserError, match="do not fit model cnn1"):
+        load_model(bad)
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def test_augmentation_parameters_stay_in_range():
+    settings = AugmentSettings()
+    p = sample_params(20_000, settings, torch.Generator().manual_seed(0), "cpu")
+    assert p["angle"].abs().max() <= 8 and p["angle"].abs().max() > 7.9
+    for key in ("zoom_x", "zoom_y"):
+        assert p[key].min() >= 0.9 and p[key].max() <= 1.1
+    assert p["shear"].abs().max() <= 0.3
+    for key in ("shift_x", "shift_y"):
+        assert p[key].abs().max() <= 0.08
+    assert 0.45 < p["flip"].float().mean() < 0.55
+    assert len(set(p["angle"][:100].tolist())) == 100  # drawn per image, not per batch
+
+
+def test_augmentation_transforms():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 12, 12)
+    none = AugmentSettings(rotation=0, zoom=0, shear=0, shift=0, vertical_flip=False)
+    assert torch.allclose(augment_batch(x, none, gen), x, atol=1e-5)
+    flips = []
+    for _ in range(20):
+        out = augment_batch(x, AugmentSettings(rotation=0, zoom=0, shear=0, shift=0, vertical_flip=True), gen)
+        for i in range(4):
+            same, flipped = torch.allclose(out[i], x[i], atol=1e-5), torch.allclose(out[i], x[i].flip(-2), atol=1e-5)
+            assert same or flipped
+            flips.append(flipped)
+    assert 0 < sum(flips) < len(flips)
+    moved = augment_batch(x, AugmentSettings(), gen)
+    assert moved.shape == x.shape and not torch.allclose(moved, x) and moved.min() >= 0 and moved.max() <= 1
+
+
+def test_augmentation_off_is_identity(small_npz, tmp_path):
+    from cnnlab.engine import Trainer
+
+    trainer = Trainer(config(small_npz), tmp_path)
+    trainer._prepare()
+    idx = torch.arange(10)
+    x, _ = trainer._batch(idx)
+    assert torch.equal(x, to_input(trainer.train_data.images[idx]))
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_on_known_inputs():
+    labels = [0, 0, 1, 1, 2, 2]
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(labels, predictions, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert [c["precision"] for c in m["per_class"]] == pytest.approx([1 / 2, 2 / 3, 1.0])
+    assert [c["recall"] for c in m["per_class"]] == pytest.approx([1 / 2, 1.0, 1 / 2])
+    assert [c["f1"] for c in m["per_class"]] == pytest.approx([1 / 2, 0.8, 2 / 3])
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["hardest_class"] == "a" and m["easiest_class"] == "b"
+    logits = np.log(np.array([[0.5, 0.5], [0.25, 0.75]]))
+    assert classification_metrics([0, 1], logits, ["x", "y"])["loss"] == pytest.approx(-(np.log(0.5) + np.log(0.75)) / 2)
