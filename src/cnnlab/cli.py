@@ -85,9 +85,9 @@ def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
     from cnnlab.models import count_parameters, create_model, list_models, model_info
 
     table = Table()
-    for col, justify in (("model", "left"), ("total params", "right"), ("trainable", "right"),
-                         ("input", "right"), ("description", "left")):
-        table.add_column(col, justify=justify)
+    table.add_column("model", no_wrap=True, min_width=max(map(len, list_models())))  # names are what users copy
+    for col, justify in (("total params", "right"), ("trainable", "right"), ("input", "right"), ("description", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "description")
     for name in list_models():
         info = model_info(name)
         extra = {"weights": "random"} if info.family == "transfer" else {}
