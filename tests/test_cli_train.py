@@ -119,7 +119,7 @@ def test_resume_refuses_changed_options_and_missing_checkpoint(cli, run_dir, tmp
     code, _, err = cli("train", "--resume", run_dir, "--lr", "0.1")
     assert code == 2 and "only --epochs and --device may change" in err
     code, _, err = cli("train", "--resume", tmp_path)
-    assert code == 2 and "nothing to resume" in err
+    assert code == 2 and "not a cnnlab run directory" in err
 
 
 def test_evaluate_on_missing_run_dir(cli, tmp_path):

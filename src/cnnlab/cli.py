@@ -169,9 +169,12 @@ def train_cmd(
     flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
                  optimizer=optimizer, lr=lr, augment=augment, seed=seed, device=device, precision=precision,
                  compile=compile, early_stopping=early_stopping, weights=weights)
+    from_checkpoint = False
     if resume is not None:
-        if not (resume / "checkpoint.safetensors").is_file():
-            raise UserError(f"--resume {resume}: no checkpoint.safetensors there; nothing to resume")
+        if not (resume / "config.json").is_file():
+            raise UserError(f"--resume {resume}: not a cnnlab run directory (no config.json); nothing to resume")
+        # interrupted before its first epoch finished: no checkpoint yet, so start it over in place
+        from_checkpoint = (resume / "checkpoint.safetensors").is_file()
         stored = read_json(resume / "config.json")
         changed = {k: v for k, v in flags.items() if v is not None and k not in ("epochs", "device")}
         if changed:
@@ -184,7 +187,7 @@ def train_cmd(
         run_dir = _run_dir(out, cfg.model)
     reporter = ConsoleReporter(console, quiet=quiet)
     try:
-        metrics = train(cfg, run_dir, reporter, resume=resume is not None)
+        metrics = train(cfg, run_dir, reporter, resume=from_checkpoint)
     except KeyboardInterrupt:
         print(f"cnnlab: interrupted; the run directory holds every finished epoch. Continue with: "
               f"cnnlab train --resume {run_dir}", file=sys.stderr)
