@@ -253,6 +253,70 @@ def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
         console.print(f"wrote {path}")
 
 
+@app.command("ensemble")
+def ensemble_cmd(
+    model: str = typer.Argument(..., help="Model to train members of, or 'combine' to vote in an existing DIR."),
+    directory: Optional[Path] = typer.Argument(None, help="With 'combine': the ensemble directory."),
+    members: int = typer.Option(30, "--members", help="Qualified members wanted (report: about 30)."),
+    threshold: float = typer.Option(0.91, "--threshold", help="Keep a member if its validation accuracy reaches this."),
+    vote: str = typer.Option("hard", "--vote", help="hard (majority) or soft (mean probability)."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Give up after this many trained members (default 3 x members)."),
+    only_members: Optional[str] = typer.Option(None, "--only-members", help="Train only these attempt indices, e.g. 0-9 (for several machines)."),
+    fuse: int = typer.Option(0, "--fuse", help="Members trained at once in one fused network (0 = auto, 1 = one at a time)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per member (report: 40)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Attempt i trains with seed + i."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    out: Path = typer.Option(Path("ensemble"), "--out", help="The ensemble directory (created or continued)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+) -> None:
+    """The report's threshold-filtered vote: train members with different seeds, keep those whose
+    validation accuracy passes --threshold, vote. Re-running continues; `combine DIR` votes again."""
+    from cnnlab.config import build_config, read_config_file
+    from cnnlab.ensemble import combine, parse_member_range, train_ensemble
+    from cnnlab.progress import ConsoleReporter
+
+    if model == "combine":
+        if directory is None:
+            raise UserError("usage: cnnlab ensemble combine DIR")
+        manifest = combine(directory)
+        target = directory
+    else:
+        if directory is not None:
+            raise UserError(f"unexpected argument {directory}; the ensemble directory is given with --out")
+        flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
+                     lr=lr, augment=augment, seed=seed, device=device, precision=precision)
+        cfg = build_config(read_config_file(config) if config else {}, flags)
+        reporter = ConsoleReporter(console, quiet=True)
+        say = (lambda text: None) if quiet else (lambda text: console.print(text, highlight=False))
+        try:
+            manifest = train_ensemble(cfg, out, members, threshold, vote, max_attempts, parse_member_range(only_members),
+                                      fuse, reporter, say)
+        except KeyboardInterrupt:
+            print(f"cnnlab: interrupted; finished members are kept. Continue with the same command "
+                  f"(--out {out}).", file=sys.stderr)
+            sys.exit(130)
+        target = out
+    console.print(f"[bold]{manifest['qualified']}[/bold] of {manifest['attempts']} trained members qualified "
+                  f"(validation accuracy >= {manifest['threshold']}; the test split was not used to choose)", highlight=False)
+    if manifest["qualified"]:
+        accs = [m["val_accuracy"] for m in manifest["members"]]
+        line = f"members' val accuracy {min(accs):.4f}-{max(accs):.4f}; {manifest['vote']} vote: val {manifest['val_accuracy']:.4f}"
+        if "test_accuracy" in manifest:
+            taccs = [m["test_accuracy"] for m in manifest["members"]]
+            line += f"; members' test {min(taccs):.4f}-{max(taccs):.4f}; vote test {manifest['test_accuracy']:.4f}"
+        console.print(line, highlight=False)
+        console.print(f"ensemble directory: {target} (growth.png: accuracy against members; "
+                      f"cnnlab predict {target} --input test.csv -o submission.csv)", highlight=False)
+
+
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
          epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs of the demo training run.")) -> None:

@@ -104,3 +104,16 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, cla
                      fontsize=7)
     fig.suptitle("Most confident mistakes" if len(order) else "No mistakes")
     return _save(fig, path)
+
+
+def ensemble_growth_plot(growth: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Ensemble accuracy against the number of members voting."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for split, values in growth.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{split} accuracy")
+    ax.set_xlabel("members voting")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -52,10 +52,15 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"-o {output}: a submission is a CSV; give a file name ending in .csv")
     dev = resolve_device(device)
-    model, meta = load_model(run_dir, dev)
+    meta = runs.read_json(runs.require_run_dir(run_dir) / "model.json")
     split = load_inputs(input_path, meta["input_shape"])
-    logits = predict_logits(model, split.images.to(dev), batch_size).cpu()
-    predictions = logits.argmax(1).numpy()
+    if meta.get("ensemble"):
+        from cnnlab.ensemble import ensemble_logits
+
+        predictions = ensemble_logits(run_dir, split.images, dev, batch_size).argmax(1)
+    else:
+        model, meta = load_model(run_dir, dev)
+        predictions = predict_logits(model, split.images.to(dev), batch_size).cpu().argmax(1).numpy()
     write_submission(output, split.ids, predictions, meta["class_ids"])
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}
