@@ -51,6 +51,7 @@ def main() -> None:
     run("fused", args.members, args)
     if not args.skip_sequential:
         run("one after another", 1, args)
+    print("fused: members trained together in one network (cnnlab.fused); one after another: the engine per member")
 
 
 if __name__ == "__main__":

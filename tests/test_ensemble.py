@@ -73,7 +73,7 @@ def test_all_members_below_threshold(tmp_path):
 
 
 def test_threshold_is_applied_on_validation(easy_npz, tmp_path):
-    manifest = train_ensemble(cfg(easy_npz), tmp_path / "ens", members=3, threshold=0.5, say=lambda t: None)
+    manifest = train_ensemble(cfg(easy_npz), tmp_path / "ens", members=3, threshold=0.5, fuse=3, say=lambda t: None)
     assert manifest["qualified"] == 3 and manifest["threshold_split"] == "val"
     assert all(m["val_accuracy"] >= 0.5 for m in manifest["members"])
     assert len(manifest["growth"]["test"]) == 3 and "test_accuracy" in manifest

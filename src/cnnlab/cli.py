@@ -317,16 +317,69 @@ def ensemble_cmd(
                       f"cnnlab predict {target} --input test.csv -o submission.csv)", highlight=False)
 
 
+@app.command("study")
+def study_cmd(
+    models: str = typer.Option("cnn1,cnn2,cnn3,cnn4,inception,resnet50", "--models", help="Comma-separated models to compare."),
+    repeats: int = typer.Option(3, "--repeats", help="Runs per model, with seeds seed..seed+N-1."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (report: 40)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, sgd or rmsprop."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    out: Path = typer.Option(Path("study"), "--out", help="Study directory (created or continued)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+) -> None:
+    """Section 1.4 of the report: train each model N times, then write report.html and report.md.
+    Finished runs are reused, so an interrupted study continues where it stopped."""
+    from cnnlab.config import build_config, read_config_file
+    from cnnlab.progress import ConsoleReporter
+    from cnnlab.report import build_report
+    from cnnlab.study import run_study
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    flags = dict(data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
+                 optimizer=optimizer, lr=lr, augment=augment, seed=seed, device=device, precision=precision)
+    cfg = build_config(read_config_file(config) if config else {}, flags, {"model": names[0] if names else None})
+    say = (lambda text: None) if quiet else (lambda text: console.print(text, highlight=False))
+    try:
+        run_dirs = run_study(cfg, names, repeats, out, ConsoleReporter(console, quiet=True), say)
+    except KeyboardInterrupt:
+        print(f"cnnlab: interrupted; finished runs are kept. Continue with the same command (--out {out}).",
+              file=sys.stderr)
+        sys.exit(130)
+    html_path, md_path = build_report(run_dirs, out / "report.html")
+    console.print(f"report: {html_path.resolve()} (Markdown: {md_path.resolve()})", highlight=False)
+
+
+@app.command("report")
+def report_cmd(directories: list[Path] = typer.Argument(..., help="Run, study or ensemble directories."),
+               output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file; a .md is written beside it."),
+               title: str = typer.Option("cnnlab study report", "--title", help="Heading of the report.")) -> None:
+    """Rebuild the study report from run directories alone (no training): HTML with embedded images, and Markdown."""
+    from cnnlab.report import build_report
+
+    html_path, md_path = build_report(directories, output, title)
+    console.print(f"report: {html_path} (Markdown: {md_path})", highlight=False)
+
+
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
-         epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs of the demo training run.")) -> None:
-    """The main job on Fashion-MNIST, as `make demo` runs it: data overview, example grid, a short training run."""
+         epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per run.")) -> None:
+    """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST
+    (5 classes, three fast models, two seeds each), ending with the HTML report (a few minutes on 2 CPU cores)."""
     out.mkdir(parents=True, exist_ok=True)
-    data_info("fashion-mnist", None, None, False, 0.2, 0)
-    data_preview("fashion-mnist", out / "preview.png", 8, None, None, False, 0)
-    train_cmd(model="tuned-cnn", data="fashion-mnist", data_dir=None, classes=None, epochs=epochs, batch_size=None,
-              optimizer=None, lr=None, augment=None, seed=None, device=None, precision=None, compile=None,
-              early_stopping=None, weights=None, params=None, config=None, out=out / "runs", resume=None, quiet=False)
+    data_info("fashion-mnist", None, "0,1,2,3,4", False, 0.2, 0)
+    data_preview("fashion-mnist", out / "preview.png", 8, None, "0,1,2,3,4", False, 0)
+    study_cmd(models="cnn1,tuned-cnn,cnn4", repeats=2, data="fashion-mnist", data_dir=None, classes="0,1,2,3,4",
+              epochs=epochs, batch_size=None, optimizer=None, lr=None, augment=None, seed=None, device=None,
+              precision=None, config=None, out=out / "study", quiet=False)
     console.print(f"[bold]demo output:[/bold] {out.resolve()}")
 
 

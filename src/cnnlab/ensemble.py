@@ -193,7 +193,9 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
     device = resolve_device(config.device)
     fusable = can_fuse(create_model(config.model, num_classes=2, **config.model_params)) and not config.early_stopping and config.optimizer == "adam"
-    group = (fuse or (30 if device.type == "cuda" else 5)) if fusable else 1
+    # auto: fuse on CUDA, where one small CNN leaves the GPU mostly idle; on the 2-core CPU five fused
+    # tuned-cnn members ran at 3,150 member-images/s against 3,960 images/s for one model (measured)
+    group = (fuse or (30 if device.type == "cuda" else 1)) if fusable else 1
     say(f"training path: {'fused, up to %d members at once' % group if group > 1 else 'one member after another'}"
         + ("" if fusable else f" ({config.model} cannot be fused)"))
     candidates = [a for a in range(max_attempts) if only is None or a in only]

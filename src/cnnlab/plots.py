@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+import matplotlib.ticker  # noqa: E402
+
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -64,6 +66,7 @@ def accuracy_loss_plot(history: list[dict], name: str, path: Path) -> Path:
         ax.plot(epochs, [float(r[key]) for r in history], marker="o" if len(epochs) < 15 else None, label=label)
     ax.set_title(f"{name} Accuracy and Loss")
     ax.set_xlabel("epochs")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -112,6 +115,7 @@ def ensemble_growth_plot(growth: dict[str, list[float]], path: Path, title: str)
     for split, values in growth.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{split} accuracy")
     ax.set_xlabel("members voting")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)

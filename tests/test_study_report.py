@@ -1,0 +1,100 @@
+"""The study and its report: restartable, rebuilt from directories, checked in a real browser."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.config import build_config
+from cnnlab.report import build_report
+from cnnlab.study import run_study
+
+from conftest import make_images
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    x, y = make_images(240, 16, classes=3)
+    xt, yt = make_images(60, 16, classes=3, seed=4)
+    np.savez(root / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    cfg = build_config({"data": str(root / "d.npz"), "epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32"})
+    said = []
+    run_dirs = run_study(cfg, ["cnn1", "tuned-cnn"], 2, root / "study", say=said.append)
+    return root, cfg, run_dirs, said
+
+
+def test_study_trains_each_model_n_times(study):
+    _, _, run_dirs, said = study
+    assert [p.name for p in run_dirs] == ["cnn1-seed0", "cnn1-seed1", "tuned-cnn-seed0", "tuned-cnn-seed1"]
+    assert sum("training" in s for s in said) == 4
+
+
+def test_study_reuses_finished_runs_and_redoes_interrupted_ones(study):
+    root, cfg, run_dirs, _ = study
+    copy = root / "again"
+    shutil.copytree(root / "study", copy)
+    shutil.rmtree(copy / "runs" / "tuned-cnn-seed1")
+    (copy / "runs" / "tuned-cnn-seed1").mkdir()  # as if killed before its first checkpoint
+    said = []
+    run_study(cfg, ["cnn1", "tuned-cnn"], 2, copy, say=said.append)
+    assert sum("reused" in s for s in said) == 3 and sum("training" in s for s in said) == 1
+
+
+def test_report_has_every_table_and_figure(study, tmp_path):
+    _, _, run_dirs, _ = study
+    html_path, md_path = build_report([run_dirs[0].parent.parent], tmp_path / "report.html")
+    text = html_path.read_text()
+    for caption in ("Runtime per epoch", "Accuracy over repeats", "Per-class precision, recall and F1",
+                    "cnn1 layers", "tuned-cnn layers"):
+        assert caption in text
+    assert text.count("<img ") == 4 and text.count("data:image/png;base64,") == 4
+    assert "<script" not in text and "http://" not in text and "https://" not in text  # works offline
+    md = md_path.read_text()
+    assert "| Model | Runs | Val min-max |" in md
+    for line in md.splitlines():
+        if line.startswith("!["):
+            assert (md_path.parent / line.split("](")[1].rstrip(")")).is_file()
+
+
+def test_report_from_nothing_is_refused(tmp_path, cli):
+    code, _, err = cli("report", tmp_path, "-o", tmp_path / "r.html")
+    assert code == 2 and "no finished run directories" in err
+
+
+def _chromium():
+    for path in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if Path(path).exists() and Path("/usr/bin/chromedriver").exists():
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium and chromedriver not installed (apt-get install chromium chromium-driver)")
+def test_report_renders_in_headless_chromium(study, tmp_path):
+    selenium = pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[dev]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    _, _, run_dirs, _ = study
+    html_path, _ = build_report(run_dirs, tmp_path / "report.html")
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,3000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(html_path.as_uri())
+        widths = driver.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) == 4 and all(w > 0 for w in widths)
+        captions = driver.execute_script("return Array.from(document.querySelectorAll('table caption')).map(c => c.textContent)")
+        assert any("Accuracy over repeats" in c for c in captions) and len(captions) >= 5
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "report.png"))
+    finally:
+        driver.quit()
+    assert selenium
