@@ -6,10 +6,9 @@ from pathlib import Path
 
 import matplotlib
 
-import matplotlib.ticker  # noqa: E402
-
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnnlab.runs import atomic_target  # noqa: E402
