@@ -369,6 +369,52 @@ def report_cmd(directories: list[Path] = typer.Argument(..., help="Run, study or
     console.print(f"report: {html_path} (Markdown: {md_path})", highlight=False)
 
 
+@app.command("tune")
+def tune_cmd(
+    model: str = typer.Argument(..., help="Model to tune (its tunable hyperparameters join the search)."),
+    trials: int = typer.Option(50, "--trials", help="Finished trials wanted in the study (all workers together)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop this worker after this many seconds."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Database URL (e.g. postgresql://...); default a journal file in --out."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study to create or join (default cnnlab-MODEL)."),
+    metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximized) or val_loss (minimized)."),
+    pruner: str = typer.Option("median", "--pruner", help="median, halving (successive halving) or none."),
+    space: Optional[Path] = typer.Option(None, "--space", help="TOML/JSON narrowing or replacing the search space."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed of every trial."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    out: Path = typer.Option(Path("tune"), "--out", help="Folder for trials, journal, trials.csv, best.json and plots."),
+) -> None:
+    """Search dropout rates, dense units, optimizer x learning rate and batch size with Optuna (the report used
+    hyperas), pruning unpromising trials. Start several of these on one study to search in parallel."""
+    from cnnlab.config import build_config, read_config_file
+    from cnnlab.tune import read_space_file, run_tune
+
+    flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, augment=augment,
+                 seed=seed, device=device, precision=precision)
+    cfg = build_config(read_config_file(config) if config else {}, flags)
+    search = read_space_file(space, cfg.model) if space else None
+    say = lambda text: console.print(text, highlight=False)  # noqa: E731
+    try:
+        summary = run_tune(cfg, out, trials, timeout, storage, study_name, metric, search, pruner, say)
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted; finished trials are kept in the study. Continue with the same command.",
+              file=sys.stderr)
+        sys.exit(130)
+    console.print(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed trials; "
+                  f"pruning saved about {summary['seconds_saved_by_pruning']:.0f} s of training", highlight=False)
+    if "best_params" in summary:
+        console.print(f"best {metric} {summary['best_value']:.4f} (trial {summary['best_trial']}): {summary['best_params']}",
+                      highlight=False)
+        console.print(f"use it: cnnlab train {cfg.model} --params {out / 'best.json'}   (table: {out / 'trials.csv'}, "
+                      f"page: {out / 'tune.html'})", highlight=False)
+
+
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
          epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per run.")) -> None:

@@ -1,0 +1,290 @@
+"""Hyperparameter search with Optuna (the report used hyperas/hyperopt, section 1.4.3).
+
+Each trial is an ordinary training run (DIR/trials/trial-NNNN) whose per-epoch validation accuracy
+is reported to Optuna, so unpromising trials are pruned early. Studies live in a journal file by
+default (several processes on one machine) or in any database Optuna accepts (PostgreSQL for
+workers on several machines). A worker killed mid-trial loses only that trial: a database's
+heartbeat marks it failed and retries it; with a journal file, the next worker on the same machine
+sees the dead process, marks the trial failed and queues its parameters again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+from cnnlab import runs
+from cnnlab.config import FIELDS, TrainConfig, build_config
+from cnnlab.errors import UserError
+
+# The report's search space; each model adds its own tunable hyperparameters (dropout rates, units).
+TRAINING_SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+    "lr": {"type": "categorical", "choices": [0.001, 0.01, 0.1]},
+    "batch_size": {"type": "categorical", "choices": [128, 256]},
+}
+METRICS = ("val_accuracy", "val_loss")
+
+
+def default_space(model: str) -> dict:
+    from cnnlab.models import model_info
+
+    return {**model_info(model).tunable, **TRAINING_SPACE}
+
+
+def read_space_file(path: Path, model: str) -> dict:
+    """TOML or JSON: [space] entries override the default's, `exclude` drops names, `replace = true` starts empty."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise UserError(f"--space {path}: no such file") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--space {path}: cannot parse ({exc})") from None
+    unknown = set(data) - {"space", "exclude", "replace"}
+    if unknown:
+        raise UserError(f"--space {path}: unknown key(s) {', '.join(sorted(unknown))}; use space, exclude, replace")
+    space = {} if data.get("replace") else default_space(model)
+    space.update(data.get("space", {}))
+    for name in data.get("exclude", []):
+        space.pop(name, None)
+    validate_space(space, str(path))
+    return space
+
+
+def validate_space(space: dict, source: str) -> None:
+    for name, spec in space.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "categorical" and spec.get("choices"):
+            continue
+        if kind in ("float", "int") and spec.get("low") is not None and spec.get("high") is not None \
+                and spec["low"] <= spec["high"]:
+            continue
+        raise UserError(f"{source}: parameter {name!r} needs type categorical (with choices) or float/int "
+                        f"(with low <= high), got {spec!r}")
+
+
+def suggest(trial, space: dict) -> dict:
+    params = {}
+    for name, spec in space.items():
+        if spec["type"] == "categorical":
+            params[name] = trial.suggest_categorical(name, spec["choices"])
+        elif spec["type"] == "int":
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"])
+        else:
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+    return params
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+    """Training options vs the model's own hyperparameters."""
+    train = {k: v for k, v in params.items() if k in FIELDS}
+    return train, {k: v for k, v in params.items() if k not in FIELDS}
+
+
+def open_storage(storage: str | None, directory: Path):
+    import optuna
+
+    if storage is None:
+        from optuna.storages.journal import JournalFileBackend
+
+        directory.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
+    if "://" not in storage:
+        raise UserError(f"--storage {storage}: expected a database URL such as postgresql://user:pass@host/db")
+    try:
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90,
+                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    except Exception as exc:  # driver missing, server down, bad credentials
+        raise UserError(f"--storage {storage.split('@')[-1]}: cannot open ({str(exc).splitlines()[0]})") from None
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study) -> int:
+    """Journal storage has no heartbeat: fail trials whose worker process on this machine is gone, retry them."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        name, _, pid = worker.rpartition(":")
+        if name != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker got there first
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        failed += 1
+    return failed
+
+
+class PruningReporter:
+    """Engine reporter that hands each epoch's metric to Optuna and stops the run when pruned."""
+
+    def __init__(self, trial, metric: str, inner=None):
+        from cnnlab.engine import Reporter
+
+        self.trial, self.metric, self.inner = trial, metric, inner or Reporter()
+        self.epochs_done = 0
+        self.epoch_seconds: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def epoch_end(self, row: dict) -> None:
+        import optuna
+
+        self.inner.epoch_end(row)
+        self.epochs_done = row["epoch"]
+        self.epoch_seconds.append(row["train_seconds"] + row["eval_seconds"])
+        self.trial.report(row[self.metric], row["epoch"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+
+def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: float | None = None,
+             storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
+             space: dict | None = None, pruner: str = "median", say=print) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    from cnnlab.engine import train
+
+    if metric not in METRICS:
+        raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+               "halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
+    if pruner not in pruners:
+        raise UserError(f"--pruner must be one of {', '.join(pruners)}, got {pruner!r}")
+    space = space or default_space(config.model)
+    validate_space(space, "search space")
+    directory = Path(directory)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(storage, directory),
+                                study_name=study_name or f"cnnlab-{config.model}", load_if_exists=True,
+                                direction="maximize" if metric == "val_accuracy" else "minimize",
+                                pruner=pruners[pruner]())
+    revived = fail_dead_trials(study)
+    if revived:
+        say(f"{revived} trial(s) of a stopped worker marked failed and queued again")
+    base = replace(config, checkpoint_every=0)
+
+    def objective(trial) -> float:
+        trial.set_user_attr("worker", _worker_id())
+        params = suggest(trial, space)
+        train_part, model_part = split_params(params)
+        cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
+        run_dir = directory / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        reporter = PruningReporter(trial, metric)
+        try:
+            metrics = train(cfg, run_dir, reporter)
+        except optuna.TrialPruned:
+            epoch_time = sum(reporter.epoch_seconds) / max(1, len(reporter.epoch_seconds))
+            trial.set_user_attr("seconds_saved", (cfg.epochs - reporter.epochs_done) * epoch_time)
+            say(f"trial {trial.number}: pruned after epoch {reporter.epochs_done} {params}")
+            raise
+        say(f"trial {trial.number}: {metric} {metrics[metric]:.4f} {params}")
+        return metrics[metric]
+
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    stop_at_total = optuna.study.MaxTrialsCallback(trials, states=counted)
+    already = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if already < trials:
+        study.optimize(objective, n_trials=trials - already, timeout=timeout, callbacks=[stop_at_total],
+                       catch=(UserError,))
+    return write_results(study, directory, metric)
+
+
+def write_results(study, directory: Path, metric: str) -> dict:
+    """trials.csv, best.json (for `cnnlab train --params`), Optuna's plots and an HTML page."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, metric: t.value,
+                     "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
+                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                     if t.datetime_complete and t.datetime_start else None,
+                     **{f"param_{k}": v for k, v in t.params.items()}})
+    runs.write_csv(directory / "trials.csv", rows)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    summary = {"study": study.study_name, "metric": metric, "complete": len(complete), "pruned": len(pruned),
+               "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+               "seconds_saved_by_pruning": sum(t.user_attrs.get("seconds_saved", 0.0) for t in pruned)}
+    if complete:
+        best = study.best_trial
+        summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+        runs.write_json(directory / "best.json", {"params": best.params, metric: best.value, "trial": best.number,
+                                                  "study": study.study_name})
+    figures = _plots(study, directory) if len(complete) >= 2 else []
+    _html(directory, summary, rows, figures)
+    runs.write_json(directory / "tune.json", summary)
+    return summary
+
+
+def _plots(study, directory: Path) -> list[Path]:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        for name, draw in (("optimization_history.png", ovm.plot_optimization_history),
+                           ("param_importances.png", ovm.plot_param_importances)):
+            try:
+                ax = draw(study)
+            except (ValueError, RuntimeError):
+                continue  # e.g. importances need at least two distinct parameter values
+            fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
+            with runs.atomic_target(directory / name) as tmp:
+                fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            out.append(directory / name)
+    return out
+
+
+def _html(directory: Path, summary: dict, rows: list[dict], figures: list[Path]) -> None:
+    import base64
+    import html
+
+    from cnnlab.report import CSS, _html_table
+
+    header = list(rows[0]) if rows else []
+    table = _html_table("Trials", header, [[("" if v is None else (f"{v:.4g}" if isinstance(v, float) else v))
+                                            for v in r.values()] for r in rows])
+    lines = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in summary.items())
+    images = "".join(f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+                     f"<figcaption>{p.stem.replace('_', ' ')}</figcaption></figure>" for p in figures)
+    runs.write_text(directory / "tune.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cnnlab tune</title>"
+                    f"<style>{CSS}</style></head><body><h1>Hyperparameter search</h1><ul>{lines}</ul>{table}"
+                    f"{images}</body></html>")
+
