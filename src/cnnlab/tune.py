@@ -100,8 +100,10 @@ def open_storage(storage: str | None, directory: Path):
     if "://" not in storage:
         raise UserError(f"--storage {storage}: expected a database URL such as postgresql://user:pass@host/db")
     try:
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+            optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
         return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+                                          failed_trial_callback=retry(max_retry=1))
     except Exception as exc:  # driver missing, server down, bad credentials
         raise UserError(f"--storage {storage.split('@')[-1]}: cannot open ({str(exc).splitlines()[0]})") from None
 
@@ -176,7 +178,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         raise UserError(f"--trials must be at least 1, got {trials}")
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
-    if pruner not in pruners:
+    if isinstance(pruner, str) and pruner not in pruners:
         raise UserError(f"--pruner must be one of {', '.join(pruners)}, got {pruner!r}")
     space = space or default_space(config.model)
     validate_space(space, "search space")
@@ -185,7 +187,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     study = optuna.create_study(storage=open_storage(storage, directory),
                                 study_name=study_name or f"cnnlab-{config.model}", load_if_exists=True,
                                 direction="maximize" if metric == "val_accuracy" else "minimize",
-                                pruner=pruners[pruner]())
+                                pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
     revived = fail_dead_trials(study)
     if revived:
         say(f"{revived} trial(s) of a stopped worker marked failed and queued again")

@@ -1,0 +1,165 @@
+"""Hyperparameter search: real Optuna studies on a tiny model, shared by several worker processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.config import build_config
+from cnnlab.errors import UserError
+from cnnlab.tune import read_space_file, run_tune
+
+from conftest import make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_SPACE = {"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]},
+                         "batch_size": {"type": "categorical", "choices": [32, 64]}},
+               "replace": True}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    x, y = make_images(240, 16, classes=3)
+    np.savez(root / "d.npz", images=x, labels=y)
+    (root / "space.json").write_text(json.dumps(SMALL_SPACE))
+    return root
+
+
+def cfg(data, **kw):
+    return build_config({"model": "cnn1", "data": str(data / "d.npz"), "epochs": 2, "device": "cpu",
+                         "precision": "fp32", **kw})
+
+
+def worker(data, out, trials, *extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "cnnlab", "tune", "cnn1", "--data", str(data / "d.npz"),
+                             "--trials", str(trials), "--device", "cpu", "--space", str(data / "space.json"),
+                             "--out", str(out), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_three_trial_search_and_best_params_round_trip(data, tmp_path, cli):
+    said = []
+    summary = run_tune(cfg(data), tmp_path / "t", trials=3, say=said.append)
+    assert summary["complete"] + summary["pruned"] == 3 and summary["complete"] >= 1
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert len(rows) == 3 and {"param_dropout", "param_dense", "param_optimizer", "param_lr", "param_batch_size"} <= set(rows[0])
+    best = json.loads((tmp_path / "t" / "best.json").read_text())
+    assert set(best["params"]) == {"dropout", "dense", "optimizer", "lr", "batch_size"}
+    assert 0 <= best["params"]["dropout"] <= 0.9 and best["params"]["lr"] in (0.001, 0.01, 0.1)
+    assert (tmp_path / "t" / "tune.html").read_text().count("<tr>") >= 4
+    code, _, err = cli("train", "cnn1", "--data", data / "d.npz", "--params", tmp_path / "t" / "best.json",
+                       "--epochs", "1", "--device", "cpu", "--out", tmp_path / "runs", "--quiet")
+    assert code == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    trained = json.loads((run / "config.json").read_text())
+    assert trained["lr"] == best["params"]["lr"] and trained["batch_size"] == best["params"]["batch_size"]
+    assert trained["model_params"] == {"dropout": best["params"]["dropout"], "dense": best["params"]["dense"]}
+
+
+def test_pruned_trials_stop_early_and_count_time_saved(data, tmp_path):
+    import optuna
+
+    summary = run_tune(cfg(data, epochs=4), tmp_path / "t", trials=2, pruner=optuna.pruners.ThresholdPruner(lower=1.5),
+                       say=lambda t: None)  # accuracy never reaches 1.5: every trial is pruned at its first epoch
+    assert summary["pruned"] == 2 and summary["complete"] == 0 and summary["seconds_saved_by_pruning"] > 0
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    assert {r["state"] for r in rows} == {"PRUNED"} and {r["epochs"] for r in rows} == {"1"}
+
+
+def test_space_file_narrows_and_rejects_nonsense(data, tmp_path):
+    space = read_space_file(data / "space.json", "cnn1")
+    assert set(space) == {"lr", "batch_size"}
+    (tmp_path / "s.toml").write_text('exclude = ["optimizer"]\n[space.lr]\ntype = "categorical"\nchoices = [0.01]\n')
+    space = read_space_file(tmp_path / "s.toml", "tuned-cnn")
+    assert "optimizer" not in space and space["lr"]["choices"] == [0.01] and "dropout3" in space
+    (tmp_path / "bad.toml").write_text('[space.lr]\ntype = "float"\nlow = 1\n')
+    with pytest.raises(UserError, match="parameter 'lr' needs"):
+        read_space_file(tmp_path / "bad.toml", "cnn1")
+
+
+def _finished(out: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    return [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+
+
+def test_two_workers_share_one_journal(data, tmp_path):
+    procs = [worker(data, tmp_path / "t", 4) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    rows = list(csv.DictReader(open(tmp_path / "t" / "trials.csv")))
+    numbers = [r["number"] for r in rows]
+    assert len(numbers) == len(set(numbers))
+    assert 4 <= len(_finished(tmp_path / "t")) <= 5  # both may start a trial at the last moment
+    trial_dirs = sorted(p.name for p in (tmp_path / "t" / "trials").iterdir())
+    assert len(trial_dirs) == len(rows)
+
+
+def test_killed_worker_loses_only_its_trial(data, tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    out = tmp_path / "t"
+    victim = worker(data, out, 3, "--epochs", "400")  # long enough to be killed mid-trial
+    journal = out / "optuna.journal"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "trials").is_dir():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    running = [t for t in optuna.load_study(study_name="cnnlab-cnn1", storage=storage).trials
+               if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == 1
+    survivor = worker(data, out, 3, "--epochs", "2")
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err.decode()
+    study = optuna.load_study(study_name="cnnlab-cnn1", storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert states[running[0].number] == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == running[0].number]
+    assert len(retries) == 1 and retries[0].params == running[0].params
+    assert len(_finished(out)) == 3
+
+
+POSTGRES = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql://postgres:cnnlab@127.0.0.1:5432/cnnlab_test")
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg not installed (pip install -e '.[dev]')"
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except Exception as exc:
+        return f"no PostgreSQL server at {POSTGRES.split('@')[-1]} ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
+@pytest.mark.skipif(_postgres_reachable() is not None, reason=str(_postgres_reachable()))
+def test_two_workers_on_postgresql(data, tmp_path):
+    name = f"pg-{os.getpid()}-{time.time_ns()}"
+    procs = [worker(data, tmp_path / f"w{i}", 6, "--storage", POSTGRES, "--study-name", name) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert 6 <= len(finished) <= 7, [t.state for t in study.trials]
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2, workers  # both processes did trials
