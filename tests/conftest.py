@@ -25,6 +25,14 @@ def make_images(n: int = 60, size: int = 8, classes: int = 3, seed: int = 0) -> 
     return images, labels.astype(np.int64)
 
 
+def write_npz_dataset(path: Path, n_train: int, n_test: int, size: int = 16, classes: int = 3) -> Path:
+    """A learnable train/test NPZ (the test images come from another seed)."""
+    x, y = make_images(n_train, size, classes=classes)
+    xt, yt = make_images(n_test, size, classes=classes, seed=7)
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return path
+
+
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     magic = 0x0800 | array.ndim
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)

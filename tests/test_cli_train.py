@@ -7,15 +7,14 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import make_images, write_csv
+from conftest import make_images, write_csv, write_npz_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    x, y = make_images(300, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=9)
-    np.savez(root / "train.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    write_npz_dataset(root / "train.npz", 300, 60)
+    xt, _ = make_images(60, 16, classes=3, seed=7)
     write_csv(root / "test.csv", xt, None, ids=list(range(500, 560)))
     write_csv(root / "test_noid.csv", xt, None)
     return root
@@ -54,7 +53,7 @@ def test_predict_writes_valid_submission(cli, run_dir, data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "sub.csv")))
     assert list(rows[0]) == ["id", "label"] and len(rows) == 60
     assert rows[0]["id"] == "500" and {r["label"] for r in rows} <= {"0", "1", "2"}
-    _, yt = make_images(60, 16, classes=3, seed=9)
+    _, yt = make_images(60, 16, classes=3, seed=7)
     assert np.mean([int(r["label"]) == t for r, t in zip(rows, yt)]) > 0.8
     code, _, _ = cli("predict", run_dir, "--input", data / "test_noid.csv", "-o", tmp_path / "sub2.csv")
     assert code == 0 and [r["id"] for r in csv.DictReader(open(tmp_path / "sub2.csv"))][:2] == ["1", "2"]

@@ -14,18 +14,14 @@ from cnnlab.engine import Reporter, load_model, predict_logits, to_input, train
 from cnnlab.errors import UserError
 from cnnlab.metrics import classification_metrics
 
-from conftest import make_images
+from conftest import write_npz_dataset
 
 TIMING = {"train_seconds", "eval_seconds"}
 
 
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    x, y = make_images(480, 16, classes=3)
-    xt, yt = make_images(90, 16, classes=3, seed=7)
-    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
-    return path
+    return write_npz_dataset(tmp_path_factory.mktemp("data") / "small.npz", 480, 90)
 
 
 def config(data, **kw):

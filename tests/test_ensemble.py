@@ -16,7 +16,7 @@ from cnnlab.engine import Reporter
 from cnnlab.ensemble import parse_member_range, train_ensemble, vote
 from cnnlab.errors import UserError
 
-from conftest import make_images
+from conftest import make_images, write_npz_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +51,7 @@ def test_soft_vote_and_single_member():
 
 @pytest.fixture(scope="module")
 def easy_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ens") / "easy.npz"
-    x, y = make_images(240, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=4)
-    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
-    return path
+    return write_npz_dataset(tmp_path_factory.mktemp("ens") / "easy.npz", 240, 60)
 
 
 def cfg(data, **kw):
@@ -131,7 +127,7 @@ def test_ensemble_directory_works_with_predict_and_evaluate(easy_npz, tmp_path, 
     from conftest import write_csv
 
     train_ensemble(cfg(easy_npz), tmp_path / "ens", members=2, threshold=0.0, say=lambda t: None)
-    xt, yt = make_images(60, 16, classes=3, seed=4)
+    xt, yt = make_images(60, 16, classes=3, seed=7)
     write_csv(tmp_path / "test.csv", xt, None)
     code, _, err = cli("predict", tmp_path / "ens", "--input", tmp_path / "test.csv", "-o", tmp_path / "sub.csv")
     assert code == 0, err

@@ -5,14 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cnnlab.config import build_config
 from cnnlab.report import build_report
 from cnnlab.study import run_study
 
-from conftest import make_images
+from conftest import write_npz_dataset
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -20,9 +19,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    x, y = make_images(240, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=4)
-    np.savez(root / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    write_npz_dataset(root / "d.npz", 240, 60)
     cfg = build_config({"data": str(root / "d.npz"), "epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32"})
     said = []
     run_dirs = run_study(cfg, ["cnn1", "tuned-cnn"], 2, root / "study", say=said.append)

@@ -26,6 +26,20 @@ ClassesOpt = typer.Option(None, "--classes", help="Keep these classes, remapped 
                           "comma-separated (e.g. 0,1,2,3,4 for the report's 5-class setting).")
 KeepRgbOpt = typer.Option(False, "--keep-rgb", help="Keep 3 colour channels instead of converting to grayscale.")
 
+# options shared by train, study, ensemble and tune
+DATA_OPT = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path.")
+DATA_DIR_OPT = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files.")
+CLASSES_OPT = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4.")
+EPOCHS_OPT = typer.Option(None, "--epochs", help="Epochs per run (report: 40).")
+BATCH_SIZE_OPT = typer.Option(None, "--batch-size", help="Batch size (report: 128).")
+OPTIMIZER_OPT = typer.Option(None, "--optimizer", help="adam (default), sgd or rmsprop.")
+LR_OPT = typer.Option(None, "--lr", help="Learning rate (default 1e-3).")
+AUGMENT_OPT = typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator augmentation.")
+SEED_OPT = typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")
+DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu or cuda.")
+PRECISION_OPT = typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native bf16), fp32 or bf16.")
+CONFIG_OPT = typer.Option(None, "--config", help="TOML file with training options (keys as in config.json).")
+
 
 @data_app.command("info")
 def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
@@ -139,22 +153,22 @@ def _run_dir(out: Path, model: str) -> Path:
 @app.command("train")
 def train_cmd(
     model: Optional[str] = typer.Argument(None, help="Model name (see `cnnlab models`); default tuned-cnn."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (report: 40)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (default), sgd or rmsprop."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3)."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator augmentation."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    data: Optional[str] = DATA_OPT,
+    data_dir: Optional[str] = DATA_DIR_OPT,
+    classes: Optional[str] = CLASSES_OPT,
+    epochs: Optional[int] = EPOCHS_OPT,
+    batch_size: Optional[int] = BATCH_SIZE_OPT,
+    optimizer: Optional[str] = OPTIMIZER_OPT,
+    lr: Optional[float] = LR_OPT,
+    augment: Optional[bool] = AUGMENT_OPT,
+    seed: Optional[int] = SEED_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    precision: Optional[str] = PRECISION_OPT,
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N epochs without a better val loss (0 = off)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local weights file."),
     params: Optional[Path] = typer.Option(None, "--params", help="JSON of parameters (as `cnnlab tune` writes best.json)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these options (keys as in config.json)."),
+    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run directory."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
@@ -263,17 +277,17 @@ def ensemble_cmd(
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Give up after this many trained members (default 3 x members)."),
     only_members: Optional[str] = typer.Option(None, "--only-members", help="Train only these attempt indices, e.g. 0-9 (for several machines)."),
     fuse: int = typer.Option(0, "--fuse", help="Members trained at once in one fused network (0 = auto, 1 = one at a time)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per member (report: 40)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Attempt i trains with seed + i."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    data: Optional[str] = DATA_OPT,
+    data_dir: Optional[str] = DATA_DIR_OPT,
+    classes: Optional[str] = CLASSES_OPT,
+    epochs: Optional[int] = EPOCHS_OPT,
+    batch_size: Optional[int] = BATCH_SIZE_OPT,
+    lr: Optional[float] = LR_OPT,
+    augment: Optional[bool] = AUGMENT_OPT,
+    seed: Optional[int] = SEED_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    precision: Optional[str] = PRECISION_OPT,
+    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("ensemble"), "--out", help="The ensemble directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
 ) -> None:
@@ -321,18 +335,18 @@ def ensemble_cmd(
 def study_cmd(
     models: str = typer.Option("cnn1,cnn2,cnn3,cnn4,inception,resnet50", "--models", help="Comma-separated models to compare."),
     repeats: int = typer.Option(3, "--repeats", help="Runs per model, with seeds seed..seed+N-1."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (report: 40)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (report: 128)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, sgd or rmsprop."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    data: Optional[str] = DATA_OPT,
+    data_dir: Optional[str] = DATA_DIR_OPT,
+    classes: Optional[str] = CLASSES_OPT,
+    epochs: Optional[int] = EPOCHS_OPT,
+    batch_size: Optional[int] = BATCH_SIZE_OPT,
+    optimizer: Optional[str] = OPTIMIZER_OPT,
+    lr: Optional[float] = LR_OPT,
+    augment: Optional[bool] = AUGMENT_OPT,
+    seed: Optional[int] = SEED_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    precision: Optional[str] = PRECISION_OPT,
+    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("study"), "--out", help="Study directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
 ) -> None:
@@ -379,15 +393,15 @@ def tune_cmd(
     metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximized) or val_loss (minimized)."),
     pruner: str = typer.Option("median", "--pruner", help="median, halving (successive halving) or none."),
     space: Optional[Path] = typer.Option(None, "--space", help="TOML/JSON narrowing or replacing the search space."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="The report's augmentation."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed of every trial."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with training options."),
+    data: Optional[str] = DATA_OPT,
+    data_dir: Optional[str] = DATA_DIR_OPT,
+    classes: Optional[str] = CLASSES_OPT,
+    epochs: Optional[int] = EPOCHS_OPT,
+    augment: Optional[bool] = AUGMENT_OPT,
+    seed: Optional[int] = SEED_OPT,
+    device: Optional[str] = DEVICE_OPT,
+    precision: Optional[str] = PRECISION_OPT,
+    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("tune"), "--out", help="Folder for trials, journal, trials.csv, best.json and plots."),
 ) -> None:
     """Search dropout rates, dense units, optimizer x learning rate and batch size with Optuna (the report used

@@ -50,14 +50,19 @@ def _cnn2_dense(flat: int, num_classes: int, dense_dropout: float) -> list[nn.Mo
             nn.Linear(128, num_classes)]
 
 
+def _cnn2_family(name: str, extra_block: bool, num_classes: int, in_chans: int, image_size: int,
+                 conv_dropout: float, dense_dropout: float) -> nn.Module:
+    features = nn.Sequential(*_cnn2_features(in_chans, conv_dropout, extra_block))
+    flat = flat_features(features, in_chans, image_size, name)
+    return _head(features, _cnn2_dense(flat, num_classes, dense_dropout))
+
+
 @register_model("cnn2", description="Report CNN2: four convs with BatchNorm, dense 512-128",
                 min_image_size=2, tunable={"conv_dropout": DROPOUT, "dense_dropout": DROPOUT})
 def cnn2(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, conv_dropout: float = 0.25,
          dense_dropout: float = 0.25) -> nn.Module:
     """The report gives no dropout rates for CNN2; 0.25 everywhere is our choice (a common Keras default)."""
-    features = nn.Sequential(*_cnn2_features(in_chans, conv_dropout, extra_block=False))
-    flat = flat_features(features, in_chans, image_size, "cnn2")
-    return _head(features, _cnn2_dense(flat, num_classes, dense_dropout))
+    return _cnn2_family("cnn2", False, num_classes, in_chans, image_size, conv_dropout, dense_dropout)
 
 
 @register_model("cnn3", description="Report CNN3: CNN2 plus a conv-256 block",
@@ -65,9 +70,7 @@ def cnn2(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, conv
 def cnn3(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, conv_dropout: float = 0.25,
          dense_dropout: float = 0.25) -> nn.Module:
     """CNN2 with one more block; dropout rates are our choice, as for CNN2."""
-    features = nn.Sequential(*_cnn2_features(in_chans, conv_dropout, extra_block=True))
-    flat = flat_features(features, in_chans, image_size, "cnn3")
-    return _head(features, _cnn2_dense(flat, num_classes, dense_dropout))
+    return _cnn2_family("cnn3", True, num_classes, in_chans, image_size, conv_dropout, dense_dropout)
 
 
 @register_model("cnn4", description="Report CNN4: VGG-like, two conv pairs, dense 256-256",
