@@ -176,3 +176,24 @@ def test_metrics_on_known_inputs():
     assert m["hardest_class"] == "a" and m["easiest_class"] == "b"
     logits = np.log(np.array([[0.5, 0.5], [0.25, 0.75]]))
     assert classification_metrics([0, 1], logits, ["x", "y"])["loss"] == pytest.approx(-(np.log(0.5) + np.log(0.75)) / 2)
+
+
+def test_frozen_base_features_are_cached(small_npz, tmp_path):
+    """vgg19-transfer trains only its head on features computed once; the saved model gives the same logits."""
+    from safetensors.torch import load_file
+
+    from cnnlab.evaluation import validation_images
+
+    cfg = config(small_npz, model="vgg19-transfer", weights="random", image_size=32, epochs=2)
+    metrics = train(cfg, tmp_path / "vgg")
+    assert metrics["feature_cache_seconds"] > 0 and metrics["epochs_done"] == 2
+    model, _ = load_model(tmp_path / "vgg")
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)  # the run's seed: the same initial weights
+    initial = create_model("vgg19-transfer", num_classes=3, image_size=32, weights="random")
+    assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), initial.base.state_dict().values()))
+    assert not torch.equal(model.head.weight, initial.head.weight)  # only the head trained
+    logits = predict_logits(model, torch.from_numpy(validation_images(tmp_path / "vgg")))
+    stored = load_file(str(tmp_path / "vgg" / "logits.safetensors"))["val_logits"]
+    assert torch.allclose(logits, stored, atol=1e-4)

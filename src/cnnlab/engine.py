@@ -99,9 +99,12 @@ def environment(device: torch.device) -> dict:
 # ------------------------------------------------------------------ batches on the device
 
 
-def to_input(images_u8: torch.Tensor) -> torch.Tensor:
-    """The one place uint8 pixels become model input: float in 0..1, on the images' device."""
-    return images_u8.float().mul_(1 / 255)
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """The one place uint8 pixels become model input: float in 0..1, on the images' device.
+    Float tensors pass through: they are cached features of a frozen base (see Trainer._cache_features)."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().mul_(1 / 255)
 
 
 @dataclass
@@ -188,6 +191,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision, self.autocast = autocast_for(self.device, config.precision)
         self.state = TrainState()
+        self.feature_cache_seconds: float | None = None  # set when a frozen base's features are cached
 
     # -------------------------------------------------------------- setup
 
@@ -222,8 +226,35 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # shuffling, augmentation
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.augment = AugmentSettings() if cfg.augment else None
+        if getattr(self.model, "feature_cacheable", False) and self.augment is None:
+            self._cache_features()
+        else:
+            self.step_model = self.model
+        if cfg.compile:
+            self.step_model = torch.compile(self.step_model)
+
+    @torch.inference_mode()
+    def _cache_features(self) -> None:
+        """A frozen base never changes: run it once over every split and train only the head on its output
+        (the report did the same with VGG19's predict). Without augmentation only: augmented images differ
+        every epoch."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.model.eval()
+        for name in ("train_data", "val_data", "test_data"):
+            data = getattr(self, name)
+            if data is None:
+                continue
+            chunks = []
+            for i in range(0, len(data.images), self.config.eval_batch_size):
+                x = to_input(data.images[i:i + self.config.eval_batch_size]).contiguous(memory_format=torch.channels_last)
+                with self.autocast():
+                    chunks.append(self.model.features(x).float())
+            setattr(self, name, DeviceData(torch.cat(chunks), data.labels))
+        synchronize(self.device)
+        self.feature_cache_seconds = time.perf_counter() - start
+        self.step_model = self.model.head
 
     def _model_metadata(self) -> dict:
         c, h, w = self.dataset.shape
@@ -247,7 +278,9 @@ class Trainer:
         x = to_input(self.train_data.images[idx])
         if self.augment is not None:
             x = augment_batch(x, self.augment, self.generator)
-        return x.contiguous(memory_format=torch.channels_last), self.train_data.labels[idx]
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.train_data.labels[idx]
 
     def train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
         cfg, n = self.config, len(self.train_data.images)
@@ -422,6 +455,7 @@ class Trainer:
             train_seconds_per_epoch_median=sorted(train_secs)[len(train_secs) // 2] if train_secs else None,
             train_images_per_second=(len(self.train_data.images) * len(train_secs) / sum(train_secs)) if train_secs else None,
             best_val_epoch=min(history, key=lambda r: r["val_loss"])["epoch"] if history else None,
+            feature_cache_seconds=self.feature_cache_seconds,
             device=device_name(self.device), precision=self.precision)
         runs.save_tensors(self.run_dir / "logits.safetensors", tensors)
         runs.save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
