@@ -472,6 +472,13 @@ def train(config: TrainConfig, run_dir: Path, reporter: Reporter | None = None, 
 # ------------------------------------------------------------------ loading a trained model
 
 
+def run_autocast(run_dir: str | Path, device: torch.device):
+    """The precision the run trained and evaluated in, so predictions match its stored logits."""
+    metrics = Path(run_dir) / "metrics.json"
+    precision = runs.read_json(metrics).get("precision", "fp32") if metrics.is_file() else "fp32"
+    return autocast_for(torch.device(device), precision)[1]
+
+
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a run's model from model.json and model.safetensors."""
     run_dir = runs.require_run_dir(run_dir)

@@ -274,11 +274,12 @@ def combine(directory: Path) -> dict:
 
 def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: int = 1024) -> np.ndarray:
     """Vote scores of an ensemble directory's members on new images."""
-    from cnnlab.engine import load_model, predict_logits
+    from cnnlab.engine import load_model, predict_logits, run_autocast
 
     meta = runs.read_json(Path(directory) / "model.json")
     stacked = []
     for path in meta["members"]:
         model, _ = load_model(Path(directory) / path, device)
-        stacked.append(predict_logits(model, images.to(device), batch_size).cpu().numpy())
+        autocast = run_autocast(Path(directory) / path, device)
+        stacked.append(predict_logits(model, images.to(device), batch_size, autocast).cpu().numpy())
     return vote(np.stack(stacked), meta["vote"])

@@ -47,7 +47,7 @@ def load_inputs(path: str | Path, input_shape: list[int]):
 
 
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto", batch_size: int = 1024) -> dict:
-    from cnnlab.engine import load_model, predict_logits, resolve_device
+    from cnnlab.engine import load_model, predict_logits, resolve_device, run_autocast
 
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"-o {output}: a submission is a CSV; give a file name ending in .csv")
@@ -60,7 +60,8 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         predictions = ensemble_logits(run_dir, split.images, dev, batch_size).argmax(1)
     else:
         model, meta = load_model(run_dir, dev)
-        predictions = predict_logits(model, split.images.to(dev), batch_size).cpu().argmax(1).numpy()
+        autocast = run_autocast(run_dir, dev)
+        predictions = predict_logits(model, split.images.to(dev), batch_size, autocast).cpu().argmax(1).numpy()
     write_submission(output, split.ids, predictions, meta["class_ids"])
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}
