@@ -124,3 +124,12 @@ def test_resume_refuses_changed_options_and_missing_checkpoint(cli, run_dir, tmp
 def test_evaluate_on_missing_run_dir(cli, tmp_path):
     code, _, err = cli("evaluate", tmp_path / "nope")
     assert code == 2 and "no such run directory" in err
+
+
+@pytest.mark.parametrize("args,message", [(["train", "--bogus"], "No such option: --bogus"),
+                                          (["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
+                                          (["nonsense"], "No such command 'nonsense'")])
+def test_unknown_flags_and_commands_are_one_line(cli, args, message):
+    code, _, err = cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("cnnlab: error: ") and message in err and "--help" in err

@@ -291,8 +291,10 @@ def ensemble_cmd(
     out: Path = typer.Option(Path("ensemble"), "--out", help="The ensemble directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
 ) -> None:
-    """The report's threshold-filtered vote: train members with different seeds, keep those whose
-    validation accuracy passes --threshold, vote. Re-running continues; `combine DIR` votes again."""
+    """The report's threshold-filtered vote of retrained models, written out as a Kaggle submission.
+
+    Trains members with different seeds, keeps those whose validation accuracy passes --threshold and
+    votes. Re-running the command continues an interrupted ensemble; `combine DIR` votes again."""
     from cnnlab.config import build_config, read_config_file
     from cnnlab.ensemble import combine, parse_member_range, train_ensemble
     from cnnlab.progress import ConsoleReporter
@@ -351,6 +353,7 @@ def study_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
 ) -> None:
     """Section 1.4 of the report: train each model N times, then write report.html and report.md.
+
     Finished runs are reused, so an interrupted study continues where it stopped."""
     from cnnlab.config import build_config, read_config_file
     from cnnlab.progress import ConsoleReporter
@@ -404,8 +407,10 @@ def tune_cmd(
     config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("tune"), "--out", help="Folder for trials, journal, trials.csv, best.json and plots."),
 ) -> None:
-    """Search dropout rates, dense units, optimizer x learning rate and batch size with Optuna (the report used
-    hyperas), pruning unpromising trials. Start several of these on one study to search in parallel."""
+    """Hyperparameter search with Optuna (the report used hyperas), pruning unpromising trials.
+
+    Searches dropout rates, dense units, optimizer x learning rate and batch size. Start several of
+    these on one study to search in parallel."""
     from cnnlab.config import build_config, read_config_file
     from cnnlab.tune import read_space_file, run_tune
 
@@ -432,8 +437,9 @@ def tune_cmd(
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
          epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per run.")) -> None:
-    """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST
-    (5 classes, three fast models, two seeds each), ending with the HTML report (a few minutes on 2 CPU cores)."""
+    """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST.
+
+    5 classes, three fast models, two seeds each, ending with the HTML report (a few minutes on 2 CPU cores)."""
     out.mkdir(parents=True, exist_ok=True)
     data_info("fashion-mnist", None, "0,1,2,3,4", False, 0.2, 0)
     data_preview("fashion-mnist", out / "preview.png", 8, None, "0,1,2,3,4", False, 0)
@@ -443,13 +449,31 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everyt
     console.print(f"[bold]demo output:[/bold] {out.resolve()}")
 
 
+def _usage_error_line(exc: Exception) -> str | None:
+    """One line for click's usage errors (bad flag, bad value, unknown command), which are otherwise a box."""
+    if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "cnnlab"
+    message = " ".join(str(exc.format_message()).split())
+    return f"{message} (see '{command} --help')"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app()
+        result = app(standalone_mode=False)
     except UserError as exc:
         print(f"cnnlab: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        line = _usage_error_line(exc)
+        if line is None:
+            raise  # a bug: keep the traceback
+        if str(exc.format_message()).strip():  # empty: the help was shown instead (no arguments)
+            print(f"cnnlab: error: {line}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    sys.exit(result if isinstance(result, int) else 0)
