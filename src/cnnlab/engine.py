@@ -460,8 +460,9 @@ class Trainer:
         runs.save_tensors(self.run_dir / "logits.safetensors", tensors)
         runs.save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
                           {"cnnlab": json.dumps(self._model_metadata())})
-        runs.write_json(self.run_dir / "model.json", self._model_metadata())
         runs.write_json(self.run_dir / "metrics.json", metrics)
+        # model.json last: its presence is what marks a run directory finished for every reader
+        runs.write_json(self.run_dir / "model.json", self._model_metadata())
         return metrics
 
 

@@ -148,8 +148,9 @@ def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict
     with locked(directory):
         if path.is_file():
             stored = runs.read_json(path)
-            if stored["train"] != wanted["train"]:
-                diff = sorted(k for k in wanted["train"] if wanted["train"][k] != stored["train"].get(k))
+            # the device may differ between workers (one CPU machine, one GPU machine); results may not
+            diff = sorted(k for k in wanted["train"] if k != "device" and wanted["train"][k] != stored["train"].get(k))
+            if diff:
                 raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
                                 "use another --out or the same options")
             return stored

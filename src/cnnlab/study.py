@@ -51,7 +51,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     settings_path = directory / "study.json"
     if settings_path.is_file():
         stored = runs.read_json(settings_path)
-        if stored["train"] != settings["train"]:
+        if {k: v for k, v in stored["train"].items() if k != "device"} != \
+                {k: v for k, v in settings["train"].items() if k != "device"}:
             raise UserError(f"{directory}: holds a study with other training options; use another --out")
         settings["models"] = list(dict.fromkeys(stored["models"] + models))
         settings["repeats"] = max(stored["repeats"], repeats)
