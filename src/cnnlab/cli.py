@@ -174,7 +174,7 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Train a model with the report's recipe (Adam, cross-entropy, batch 128, ReduceLROnPlateau)."""
-    from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
+    from cnnlab.config import build_config, read_config_file, read_params_file
     from cnnlab.engine import train
     from cnnlab.evaluation import plot_run
     from cnnlab.progress import ConsoleReporter

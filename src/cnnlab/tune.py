@@ -11,7 +11,6 @@ sees the dead process, marks the trial failed and queues its parameters again.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 from dataclasses import replace
