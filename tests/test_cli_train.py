@@ -133,3 +133,33 @@ def test_unknown_flags_and_commands_are_one_line(cli, args, message):
     code, _, err = cli(*args)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("cnnlab: error: ") and message in err and "--help" in err
+
+
+def test_kill_leaves_a_resumable_run(data, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    base = [sys.executable, "-m", "cnnlab", "train"]
+    proc = subprocess.Popen(base + ["cnn1", "--data", str(data / "train.npz"), "--epochs", "500", "--batch-size", "16",
+                                    "--device", "cpu", "--out", str(tmp_path), "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/history.csv")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cnnlab train --resume" in err.decode()
+    (run,) = tmp_path.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_done"] >= 1
+    done = subprocess.run(base + ["--resume", str(run), "--epochs", str(metrics["epochs_done"] + 1), "--quiet"],
+                          env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads((run / "metrics.json").read_text())["status"] == "finished"

@@ -459,8 +459,15 @@ def _usage_error_line(exc: Exception) -> str | None:
     return f"{message} (see '{command} --help')"
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` stops work the way Ctrl-C does: finished epochs and members are kept
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
     except UserError as exc:
