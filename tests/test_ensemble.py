@@ -143,3 +143,11 @@ def test_member_range():
     assert parse_member_range("0-9") == range(0, 10) and parse_member_range("4") == range(4, 5)
     with pytest.raises(UserError):
         parse_member_range("9-2")
+
+
+def test_fused_members_with_augmentation(easy_npz, tmp_path):
+    manifest = train_ensemble(cfg(easy_npz, augment=True, epochs=2), tmp_path / "ens", members=2, threshold=0.0, fuse=2,
+                              say=lambda t: None)
+    assert manifest["qualified"] == 2
+    histories = [(tmp_path / "ens" / m["path"] / "history.csv").read_text() for m in manifest["members"]]
+    assert histories[0] != histories[1]  # members differ by seed: init, shuffle and augmentation
