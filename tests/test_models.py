@@ -8,14 +8,11 @@ import pytest
 import torch
 
 from cnnlab.errors import UserError
-from cnnlab.models import count_parameters, create_model, keras_shape, list_models, model_info, summarize
-
-TRANSFER = {"weights": "random"}
-
+from cnnlab.models import (count_parameters, create_architecture, create_model, keras_shape, list_models, model_info,
+                           summarize)
 
 def build(name: str, **kw):
-    extra = TRANSFER if model_info(name).family == "transfer" else {}
-    return create_model(name, **extra, **kw)
+    return create_architecture(name, **kw)  # transfer models without downloading ImageNet weights
 
 
 def small_size(name: str) -> int:

@@ -96,7 +96,7 @@ def data_preview(dataset: str = DatasetArg,
 def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
                                               help="Classes to count parameters at (the report used 5).")) -> None:
     """Every registered model: parameters (1 input channel), default input size, description."""
-    from cnnlab.models import count_parameters, create_model, list_models, model_info
+    from cnnlab.models import count_parameters, create_architecture, list_models, model_info
 
     table = Table()
     table.add_column("model", no_wrap=True, min_width=max(map(len, list_models())))  # names are what users copy
@@ -104,8 +104,7 @@ def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
         table.add_column(col, justify=justify, no_wrap=col != "description")
     for name in list_models():
         info = model_info(name)
-        extra = {"weights": "random"} if info.family == "transfer" else {}
-        trainable, frozen = count_parameters(create_model(name, num_classes=num_classes, **extra))
+        trainable, frozen = count_parameters(create_architecture(name, num_classes=num_classes))
         size = f"{info.image_size}x{info.image_size}"
         table.add_row(name, f"{trainable + frozen:,}", f"{trainable:,}", size, info.description)
     console.print(table)
@@ -120,10 +119,9 @@ def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab m
                 channels_first: bool = typer.Option(False, "--channels-first",
                                                     help="Show shapes as (None, C, H, W) instead of Keras's (None, H, W, C).")) -> None:
     """The layer table in the report's form: layer, output shape, parameters, then the totals."""
-    from cnnlab.models import create_model, keras_shape, model_info, summarize
+    from cnnlab.models import create_architecture, keras_shape, summarize
 
-    extra = {"weights": "random"} if model_info(model).family == "transfer" else {}
-    net = create_model(model, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **extra)
+    net = create_architecture(model, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
     result = summarize(net, (in_chans, image_size, image_size), depth=depth)
     table = Table(title=f"{model} ({num_classes} classes, input {in_chans}x{image_size}x{image_size})")
     table.add_column("Layer (type)")

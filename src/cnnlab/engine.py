@@ -27,7 +27,7 @@ from cnnlab.augment import AugmentSettings, augment_batch
 from cnnlab.config import TrainConfig
 from cnnlab.data import Split, load_dataset, train_val_split
 from cnnlab.errors import UserError
-from cnnlab.models import count_parameters, create_model, model_info
+from cnnlab.models import count_parameters, create_architecture, create_model, model_info
 
 
 # ------------------------------------------------------------------ devices and precision
@@ -168,7 +168,6 @@ class Reporter:
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, done: int, images: int, loss: Callable[[], float], accuracy: Callable[[], float]) -> None: ...
     def epoch_end(self, row: dict) -> None: ...
-    def message(self, text: str) -> None: ...
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -486,9 +485,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     meta = runs.read_json(run_dir / "model.json")
     spec = dict(meta["spec"])
     name = spec.pop("name")
-    if model_info(name).family == "transfer":
-        spec["weights"] = "random"  # every weight, the pretrained base included, is in model.safetensors
-    model = create_model(name, **spec)
+    model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
     path = run_dir / "model.safetensors"
     state = runs.load_tensors(path)
     expected = model.state_dict()

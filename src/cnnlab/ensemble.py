@@ -187,7 +187,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
         raise UserError(f"--members must be at least 1, got {members}")
     if not 0 <= threshold <= 1:
         raise UserError(f"--threshold is an accuracy between 0 and 1, got {threshold}")
-    vote(np.zeros((1, 1, 2)), method)  # validates the method
+    if method not in ("hard", "soft"):
+        raise UserError(f"--vote must be hard or soft, got {method!r}")
     max_attempts = max_attempts or members * 3
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
                                                   "max_attempts": max_attempts})

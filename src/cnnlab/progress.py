@@ -62,7 +62,3 @@ class ConsoleReporter(Reporter):
             self.progress = None
         if not self.quiet:
             self.console.print(_epoch_line(row, self.epochs), highlight=False)
-
-    def message(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text)

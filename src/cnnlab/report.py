@@ -137,16 +137,13 @@ def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
 
 
 def layer_summaries(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    from cnnlab.models import create_model, keras_shape, model_info, summarize
+    from cnnlab.models import create_architecture, keras_shape, summarize
 
     out = {}
     for g in groups:
         meta = g.runs[0].model
         spec = dict(meta["spec"])
-        name = spec.pop("name")
-        if model_info(name).family == "transfer":
-            spec["weights"] = "random"
-        s = summarize(create_model(name, **spec), tuple(meta["input_shape"]))
+        s = summarize(create_architecture(spec.pop("name"), **spec), tuple(meta["input_shape"]))
         rows = [[f"{r.name} ({r.kind})", keras_shape(r.output_shape), f"{r.params:,}"] for r in s.rows]
         rows.append(["Total / trainable / non-trainable", "", f"{s.total:,} / {s.trainable:,} / {s.non_trainable:,}"])
         out[f"{g.label} layers"] = (["Layer (type)", "Output Shape", "Param #"], rows)

@@ -2,9 +2,11 @@
 
 # registration order is the order `cnnlab models` lists them: the report's order
 from . import seed_cnns, inception, resnet, transfer  # noqa: F401,I001  (registration side effects)
-from .registry import ModelInfo, count_parameters, create_model, list_models, model_info, register_model
+from .registry import (ModelInfo, count_parameters, create_architecture, create_model, list_models, model_info,
+                       register_model)
 
-__all__ = ["ModelInfo", "count_parameters", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "count_parameters", "create_architecture", "create_model", "list_models", "model_info",
+           "register_model"]
 from .summary import Summary, keras_shape, summarize  # noqa: E402
 
 __all__ += ["Summary", "keras_shape", "summarize"]

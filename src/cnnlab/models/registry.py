@@ -69,6 +69,14 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     return model
 
 
+def create_architecture(name: str, **kwargs) -> nn.Module:
+    """The model without downloading pretrained weights: for counting, summaries, and rebuilding a saved
+    run whose weights file holds every tensor."""
+    if model_info(name).family == "transfer":
+        kwargs["weights"] = "random"
+    return create_model(name, **kwargs)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, frozen) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
