@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip 2>/dev/null || true
 	# torch is pinned here (the package itself asks only for torch>=2.4); these wheels are on local disk
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray,tracking,export]'
 	@touch $@
 
 dataset:
