@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= demo
 
-.PHONY: setup demo test bench dataset clean
+.PHONY: setup demo test test-fast test-precision bench dataset clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: setup
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The precision-sensitive tests once more, with "auto" meaning the precision it does not pick on
+# this processor (bf16 where the CPU has no native bf16, fp32 where it has), so a test that holds
+# under one precision only fails here too (CI runs this after `make test`).
+test-precision: $(STAMP)
+	CNNLAB_AUTO_PRECISION=$$($(BIN)/python -c "import torch; from cnnlab.engine import auto_precision as a; \
+	  print('fp32' if a(torch.device('cpu')) == 'bf16' else 'bf16')") $(BIN)/python -m pytest -q -m precision
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -32,10 +32,10 @@ class MemberFlatten(nn.Module):
 class MemberLinear(nn.Module):
     """K independent dense layers: N x K x in -> N x K x out."""
 
-    def __init__(self, k: int, fan_in: int, fan_out: int):
+    def __init__(self, k: int, fan_in: int, fan_out: int, device=None, dtype=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(k, fan_out, fan_in))
-        self.bias = nn.Parameter(torch.empty(k, fan_out))
+        self.weight = nn.Parameter(torch.empty(k, fan_out, fan_in, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(k, fan_out, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("nki,koi->nko", x, self.weight) + self.bias
@@ -55,26 +55,30 @@ def can_fuse(model: nn.Module) -> bool:
 
 
 def fuse(models: list[nn.Sequential]) -> nn.Sequential:
-    """One network computing all members; the input is N x (K*C) x H x W, the output N x K x classes."""
+    """One network computing all members; the input is N x (K*C) x H x W, the output N x K x classes.
+
+    The fused layers take the members' dtype and device, so float64 members fuse without rounding."""
     k = len(models)
     layers = []
     for parts in zip(*models):
         first = parts[0]
+        like = next(first.parameters(), None)
+        factory = {"device": like.device, "dtype": like.dtype} if like is not None else {}
         if isinstance(first, nn.Conv2d):
             layer = nn.Conv2d(first.in_channels * k, first.out_channels * k, first.kernel_size, first.stride,
-                              first.padding, first.dilation, groups=k, bias=first.bias is not None)
+                              first.padding, first.dilation, groups=k, bias=first.bias is not None, **factory)
             with torch.no_grad():
                 layer.weight.copy_(torch.cat([p.weight for p in parts]))
                 if first.bias is not None:
                     layer.bias.copy_(torch.cat([p.bias for p in parts]))
         elif isinstance(first, (nn.BatchNorm2d, nn.BatchNorm1d)):
             cls = nn.BatchNorm2d if isinstance(first, nn.BatchNorm2d) else MemberBatchNorm1d
-            layer = cls(first.num_features * k, eps=first.eps, momentum=first.momentum)
+            layer = cls(first.num_features * k, eps=first.eps, momentum=first.momentum, **factory)
             with torch.no_grad():
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     getattr(layer, name).copy_(torch.cat([getattr(p, name) for p in parts]))
         elif isinstance(first, nn.Linear):
-            layer = MemberLinear(k, first.in_features, first.out_features)
+            layer = MemberLinear(k, first.in_features, first.out_features, **factory)
             with torch.no_grad():
                 layer.weight.copy_(torch.stack([p.weight for p in parts]))
                 layer.bias.copy_(torch.stack([p.bias for p in parts]))
@@ -154,7 +158,8 @@ class MemberAdam:
 def member_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """logits N x K x classes, labels N x K -> each member's mean cross-entropy (K,)."""
     n, k, c = logits.shape
-    return F.cross_entropy(logits.reshape(n * k, c).float(), labels.reshape(n * k), reduction="none").view(n, k).mean(0)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 stays
+    return F.cross_entropy(logits.reshape(n * k, c), labels.reshape(n * k), reduction="none").view(n, k).mean(0)
 
 
 # ------------------------------------------------------------------ training K members at once
