@@ -467,3 +467,14 @@ def test_one_step_reduces_the_loss(name):
     with torch.no_grad():
         after = classification_loss(model(x), y, label_smoothing=0.1)
     assert after < loss.detach()
+
+
+def test_resnet9_pools_keep_the_border():
+    """28 -> 14 -> 7 -> 4 with ceil-mode pools: a floor pool would end at 3x3, dropping the last row and column."""
+    model = create_model("resnet9", width=2).eval()
+    sizes = []
+    for m in model.modules():
+        if isinstance(m, nn.MaxPool2d):
+            m.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[-1]))
+    model(torch.rand(1, 1, 28, 28))
+    assert sizes == [14, 7, 4]

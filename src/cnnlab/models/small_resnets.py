@@ -9,8 +9,8 @@
   `width` is the prep conv's channels; the layers have 2, 4 and 8 times that (64 = the original).
 - wrn-D-K: Zagoruyko and Komodakis's wide ResNet, pre-activation blocks (BN-ReLU-conv), (D - 4) / 6
   blocks in each of three groups of 16K, 32K and 64K channels, strides 1, 2, 2 (28 -> 14 -> 7), dropout
-  between a block's two convs, global average pool. Their paper reports Fashion-MNIST results of the
-  WRN-28-10 (heavy: 36M parameters); WRN-16-4 is the one a small budget can train.
+  between a block's two convs, global average pool. WRN-28-10 (36M parameters) is the large model of
+  the Random Erasing paper's Fashion-MNIST runs; WRN-16-4 is the one a small budget can train.
 
 All use PyTorch's default initialization except as noted, BatchNorm after (resnet9) or before (WRN)
 every conv, bias-free convs (a BN follows), and only shape-agnostic ops (flatten after pooling to 1x1),
