@@ -2,6 +2,7 @@
 
 # registration order is the order `cnnlab models` lists them: the report's order
 from . import seed_cnns, inception, resnet, transfer  # noqa: F401,I001  (registration side effects)
+from . import small_resnets  # noqa: F401,E402  (the modern recipe's models, issue 11)
 from .registry import (ModelInfo, count_parameters, create_architecture, create_model, list_models, model_info,
                        register_model)
 
