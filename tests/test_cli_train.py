@@ -68,8 +68,13 @@ def test_predict_refuses_wrong_image_size(cli, run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--optimizer", "adamw"], "optimizer: must be one of adam, sgd, rmsprop"),
-    (["--epochs", "0"], "epochs: must be a positive integer"),
+    (["--optimizer", "nadam"], "optimizer: must be one of adam, sgd, rmsprop, adamw, got 'nadam'"),
+    (["--epochs", "0"], "epochs: must be a positive integer, got 0"),
+    (["--lr", "inf"], "lr: must be a finite number, got inf"),
+    (["--lr", "nan"], "lr: must be a finite number"),
+    (["--val-fraction", "2"], "val_fraction: must lie in [0, 1), got 2.0"),
+    (["--val-fraction", "0"], "val_fraction = 0 leaves no validation split"),
+    (["--recipe", "fancy"], "recipe: must be one of report, modern, cpu-budget, got 'fancy'"),
     (["--data", "/nowhere/x.npz"], "no such file or folder"),
     (["--device", "cuda"], None),
 ])
@@ -116,7 +121,7 @@ def test_params_file_round_trips_into_train(cli, data, tmp_path):
 
 def test_resume_refuses_changed_options_and_missing_checkpoint(cli, run_dir, tmp_path):
     code, _, err = cli("train", "--resume", run_dir, "--lr", "0.1")
-    assert code == 2 and "only --epochs and --device may change" in err
+    assert code == 2 and "only epochs and device may change (got lr)" in err
     code, _, err = cli("train", "--resume", tmp_path)
     assert code == 2 and "not a cnnlab run directory" in err
 

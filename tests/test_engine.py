@@ -10,7 +10,8 @@ import torch
 
 from cnnlab.augment import AugmentSettings, augment_batch, sample_params
 from cnnlab.config import build_config
-from cnnlab.engine import Reporter, load_model, predict_logits, to_input, train
+from cnnlab.callbacks import Callback
+from cnnlab.engine import fit, load_model, make_batch, predict_logits, prepare, to_input
 from cnnlab.errors import UserError
 from cnnlab.metrics import classification_metrics
 
@@ -32,7 +33,7 @@ def config(data, **kw):
 @pytest.fixture(scope="module")
 def trained_run(small_npz, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    metrics = train(config(small_npz), run)
+    metrics = fit(config(small_npz), run)
     return run, metrics
 
 
@@ -63,13 +64,13 @@ def test_saved_model_reloads_to_identical_logits(trained_run):
     assert meta["class_names"] == ["0", "1", "2"]
 
 
-class StopAt(Reporter):
+class StopAt(Callback):
     """Presses Ctrl-C (raises KeyboardInterrupt) as epoch `epoch` starts."""
 
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def epoch_start(self, epoch, epochs, steps):
+    def on_epoch_start(self, ctx, epoch, steps):
         if epoch == self.epoch:
             raise KeyboardInterrupt
 
@@ -82,13 +83,13 @@ def test_resume_equals_uninterrupted_run(small_npz, tmp_path):
     from safetensors.torch import load_file
 
     cfg = config(small_npz, model="tuned-cnn", epochs=4, augment=True, lr_patience=1)
-    train(cfg, tmp_path / "full")
+    fit(cfg, tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", StopAt(3))
+        fit(cfg, tmp_path / "cut", [StopAt(3)])
     status = (tmp_path / "cut" / "metrics.json").read_text()
     assert '"interrupted"' in status and '"epochs_done": 2' in status
     assert len(_history(tmp_path / "cut")) == 2
-    train(cfg, tmp_path / "cut", resume=True)
+    fit(cfg, tmp_path / "cut", resume=True)
     assert _history(tmp_path / "cut") == _history(tmp_path / "full")
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -107,11 +108,11 @@ def test_auto_precision_run_learns_reloads_and_resumes_exactly(small_npz, tmp_pa
     from cnnlab.evaluation import validation_images
 
     cfg = config(small_npz, model="tuned-cnn", precision="auto", epochs=3, augment=True)
-    full = train(cfg, tmp_path / "full")
+    full = fit(cfg, tmp_path / "full")
     assert full["precision"] in ("fp32", "bf16") and full["val_accuracy"] > 0.8  # chance is 1/3
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", StopAt(3))
-    train(cfg, tmp_path / "cut", resume=True)
+        fit(cfg, tmp_path / "cut", [StopAt(3)])
+    fit(cfg, tmp_path / "cut", resume=True)
     assert _history(tmp_path / "cut") == _history(tmp_path / "full")  # same device, same precision: exact
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -127,8 +128,8 @@ def test_auto_precision_run_learns_reloads_and_resumes_exactly(small_npz, tmp_pa
 def test_bf16_trains_as_well_as_fp32(small_npz, tmp_path):
     """bf16 keeps 8 bits of mantissa: on this easy task it must still learn (> 0.8, chance 1/3) and
     land within 0.05 of fp32's validation accuracy (90 images: 0.05 is about 4 images)."""
-    fp32 = train(config(small_npz, model="tuned-cnn", epochs=3), tmp_path / "fp32")
-    bf16 = train(config(small_npz, model="tuned-cnn", epochs=3, precision="bf16"), tmp_path / "bf16")
+    fp32 = fit(config(small_npz, model="tuned-cnn", epochs=3), tmp_path / "fp32")
+    bf16 = fit(config(small_npz, model="tuned-cnn", epochs=3, precision="bf16"), tmp_path / "bf16")
     assert bf16["precision"] == "bf16" and fp32["precision"] == "fp32"
     assert bf16["val_accuracy"] > 0.8 and abs(bf16["val_accuracy"] - fp32["val_accuracy"]) <= 0.05
 
@@ -202,13 +203,10 @@ def test_augmentation_transforms():
 
 
 def test_augmentation_off_is_identity(small_npz, tmp_path):
-    from cnnlab.engine import Trainer
-
-    trainer = Trainer(config(small_npz), tmp_path)
-    trainer._prepare()
+    setup = prepare(config(small_npz))
     idx = torch.arange(10)
-    x, _ = trainer._batch(idx)
-    assert torch.equal(x, to_input(trainer.train_data.images[idx]))
+    x, y = make_batch(setup, idx[None])
+    assert torch.equal(x, to_input(setup.train.images[idx])) and torch.equal(y[:, 0], setup.train.labels[idx])
 
 
 # ------------------------------------------------------------------ metrics
@@ -235,7 +233,7 @@ def test_frozen_base_features_are_cached(small_npz, tmp_path):
     from cnnlab.evaluation import validation_images
 
     cfg = config(small_npz, model="vgg19-transfer", weights="random", image_size=32, epochs=2)
-    metrics = train(cfg, tmp_path / "vgg")
+    metrics = fit(cfg, tmp_path / "vgg")
     assert metrics["feature_cache_seconds"] > 0 and metrics["epochs_done"] == 2
     model, _ = load_model(tmp_path / "vgg")
     from cnnlab.models import create_model

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnlab.config import build_config
-from cnnlab.engine import Reporter
+from cnnlab.callbacks import Callback
 from cnnlab.ensemble import parse_member_range, train_ensemble, vote
 from cnnlab.errors import UserError
 
@@ -45,7 +45,7 @@ def test_soft_vote_and_single_member():
     assert np.allclose(probs.sum(1), 1)
     one = np.array([[[0.1, 3.0, 0.2], [4.0, 0.0, 0.0]]])
     assert list(vote(one, "hard").argmax(1)) == [1, 0] == list(vote(one, "soft").argmax(1))
-    with pytest.raises(UserError, match="--vote must be hard or soft"):
+    with pytest.raises(UserError, match="vote: must be hard or soft"):
         vote(one, "median")
 
 
@@ -68,21 +68,29 @@ def test_all_members_below_threshold(tmp_path):
     assert len(manifest["discarded"]) == 3
 
 
-def test_threshold_is_applied_on_validation(easy_npz, tmp_path):
-    manifest = train_ensemble(cfg(easy_npz), tmp_path / "ens", members=3, threshold=0.5, fuse=3, say=lambda t: None)
-    assert manifest["qualified"] == 3 and manifest["threshold_split"] == "val"
-    assert all(m["val_accuracy"] >= 0.5 for m in manifest["members"])
+def test_threshold_is_applied_on_validation(tmp_path):
+    """Validation and test disagree on purpose: the test labels are shuffled, so every member scores
+    about 1/3 on test and near 1 on validation. Filtering on test would keep none of them."""
+    x, y = make_images(240, 16, classes=3)
+    xt, yt = make_images(60, 16, classes=3, seed=7)
+    np.random.default_rng(0).shuffle(yt)
+    np.savez(tmp_path / "disagree.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    manifest = train_ensemble(cfg(tmp_path / "disagree.npz", epochs=2), tmp_path / "ens", members=3, threshold=0.6,
+                              fuse=3, max_attempts=3, say=lambda t: None)
+    assert manifest["threshold_split"] == "val"
+    assert all(m["val_accuracy"] >= 0.6 > m["test_accuracy"] for m in manifest["members"])
+    assert manifest["qualified"] == 3  # with the threshold on test accuracy: 0
     assert len(manifest["growth"]["test"]) == 3 and "test_accuracy" in manifest
     assert (tmp_path / "ens" / "growth.png").is_file()
     seeds = sorted(m["seed"] for m in manifest["members"])
     assert seeds == [0, 1, 2]
 
 
-class InterruptOnSecondGroup(Reporter):
+class InterruptOnSecondGroup(Callback):
     def __init__(self):
         self.starts = 0
 
-    def epoch_start(self, epoch, epochs, steps):
+    def on_epoch_start(self, ctx, epoch, steps):
         self.starts += 1
         if self.starts == 3:
             raise KeyboardInterrupt
@@ -91,14 +99,45 @@ class InterruptOnSecondGroup(Reporter):
 def test_restart_keeps_finished_members(easy_npz, tmp_path):
     ens = tmp_path / "ens"
     with pytest.raises(KeyboardInterrupt):
-        train_ensemble(cfg(easy_npz), ens, members=4, threshold=0.0, fuse=1, reporter=InterruptOnSecondGroup(),
+        train_ensemble(cfg(easy_npz), ens, members=4, threshold=0.0, fuse=1, callbacks=[InterruptOnSecondGroup()],
                        say=lambda t: None)
-    kept = sorted(p.name for p in (ens / "members").iterdir())
-    assert kept == ["member-000", "member-001"]  # the interrupted attempt's directory was released
+    from cnnlab.runs import RunDir
+
+    statuses = {p.name: RunDir(p).status() for p in (ens / "members").iterdir()}
+    assert statuses == {"member-000": "finished", "member-001": "finished", "member-002": "interrupted"}
     before = (ens / "members" / "member-000" / "model.safetensors").stat().st_mtime_ns
     manifest = train_ensemble(cfg(easy_npz), ens, members=4, threshold=0.0, fuse=1, say=lambda t: None)
     assert manifest["qualified"] == 4 and manifest["attempts"] == 4
     assert (ens / "members" / "member-000" / "model.safetensors").stat().st_mtime_ns == before
+
+
+class InterruptAtEpoch(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, ctx, epoch, steps):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_fused_group_resumes_as_the_same_group(easy_npz, tmp_path):
+    """Killed in epoch 3, the group's members keep their epoch-2 checkpoints; the rerun finds the group in
+    groups.json and continues it, ending bit-identical to a group that was never interrupted."""
+    import torch
+
+    settings = dict(members=2, threshold=0.0, fuse=2)
+    train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "full", say=lambda t: None, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "cut", callbacks=[InterruptAtEpoch(3)], say=lambda t: None,
+                       **settings)
+    said = []
+    train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "cut", say=said.append, **settings)
+    assert any("attempts 0, 1" in line and "resumed" in line for line in said), said
+    for member in ("member-000", "member-001"):
+        a, b = _weights(tmp_path / "full" / "members" / member), _weights(tmp_path / "cut" / "members" / member)
+        assert all(torch.equal(a[k], b[k]) for k in a), member
+        history = (tmp_path / "cut" / "members" / member / "history.csv").read_text().splitlines()
+        assert len(history) == 4  # header + 3 epochs, none repeated
 
 
 def test_other_options_in_same_directory_are_refused(easy_npz, tmp_path):
@@ -145,9 +184,35 @@ def test_member_range():
         parse_member_range("9-2")
 
 
-def test_fused_members_with_augmentation(easy_npz, tmp_path):
-    manifest = train_ensemble(cfg(easy_npz, augment=True, epochs=2), tmp_path / "ens", members=2, threshold=0.0, fuse=2,
-                              say=lambda t: None)
-    assert manifest["qualified"] == 2
-    histories = [(tmp_path / "ens" / m["path"] / "history.csv").read_text() for m in manifest["members"]]
-    assert histories[0] != histories[1]  # members differ by seed: init, shuffle and augmentation
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_fused_member_equals_its_standalone_run(easy_npz, tmp_path, augment):
+    """Each fused member trains exactly as a standalone run with its seed: same init, same shuffle, same
+    augmentation draws, same Adam steps. Float64 (precision fp64), dropout 0 and one epoch, so the only
+    differences are summation order (~1e-15); float64's default tolerances (rtol 1e-7) hold anywhere.
+    With augmentation, the member also differs from a run of the same seed *without* it: the draws are
+    its own, not merely its initial weights."""
+    import torch
+
+    from cnnlab.engine import fit
+    from cnnlab.fused import train_members_fused
+    from cnnlab.runs import RunDir
+
+    config = cfg(easy_npz, precision="fp64", augment=augment, model_params={"dropout": 0.0})
+    fused = [RunDir(tmp_path / f"fused-{s}") for s in (0, 1)]
+    train_members_fused(config, [0, 1], fused)
+    for seed in (0, 1):
+        fit(config.__class__(**{**config.to_dict(), "seed": seed}), tmp_path / f"alone-{seed}")
+        a, b = _weights(fused[seed].path), _weights(tmp_path / f"alone-{seed}")
+        assert a.keys() == b.keys() and a["0.weight"].dtype == torch.float64
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], msg=f"member {seed}, {key}")
+    assert not torch.allclose(_weights(fused[0].path)["0.weight"], _weights(fused[1].path)["0.weight"])
+    if augment:
+        fit(config.__class__(**{**config.to_dict(), "augment": False}), tmp_path / "plain-0")
+        assert not torch.allclose(_weights(fused[0].path)["0.weight"], _weights(tmp_path / "plain-0")["0.weight"])

@@ -1,3 +1,16 @@
-"""cnnlab: a workbench for CNNs on small grayscale image datasets."""
+"""cnnlab: a workbench for CNNs on small grayscale image datasets.
 
-__version__ = "0.1.0"
+The Python API (documented in the README): train, evaluate, predict, load_run, study, ensemble,
+combine, tune; Run (a run directory as an object), TrainConfig, RunDir, and cnnlab.callbacks.
+"""
+
+__version__ = "0.2.0"
+
+from cnnlab.api import Run, combine, ensemble, evaluate, load_run, predict, study, train, tune  # noqa: E402
+from cnnlab.callbacks import Callback, EarlyStopping, LambdaCallback  # noqa: E402
+from cnnlab.config import RECIPES, TrainConfig  # noqa: E402
+from cnnlab.errors import UserError  # noqa: E402
+from cnnlab.runs import RunDir  # noqa: E402
+
+__all__ = ["Callback", "EarlyStopping", "LambdaCallback", "RECIPES", "Run", "RunDir", "TrainConfig", "UserError",
+           "combine", "ensemble", "evaluate", "load_run", "predict", "study", "train", "tune", "__version__"]

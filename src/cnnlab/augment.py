@@ -65,10 +65,14 @@ def affine_matrices(p: dict[str, torch.Tensor]) -> torch.Tensor:
     return (rotation @ shift @ shear @ zoom @ flip)[:, :2, :]
 
 
-def augment_batch(x: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
-    """x: float N x C x H x W on any device; returns the transformed batch (same shape)."""
-    params = sample_params(x.shape[0], settings, generator, x.device)
+def apply_affine(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Resample each image of x (float N x C x H x W) with its own parameters, in one batched call."""
     theta = affine_matrices(params).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
+    """x: float N x C x H x W on any device; returns the transformed batch (same shape)."""
+    return apply_affine(x, sample_params(x.shape[0], settings, generator, x.device))
 

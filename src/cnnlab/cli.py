@@ -1,13 +1,15 @@
 """The `cnnlab` command line: parse options, build a config, call the library. No logic of its own."""
 
-from __future__ import annotations
-
+import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.errors import UserError
@@ -26,21 +28,6 @@ ClassesOpt = typer.Option(None, "--classes", help="Keep these classes, remapped 
                           "comma-separated (e.g. 0,1,2,3,4 for the report's 5-class setting).")
 KeepRgbOpt = typer.Option(False, "--keep-rgb", help="Keep 3 colour channels instead of converting to grayscale.")
 
-# options shared by train, study, ensemble and tune
-DATA_OPT = typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path.")
-DATA_DIR_OPT = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files.")
-CLASSES_OPT = typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4.")
-EPOCHS_OPT = typer.Option(None, "--epochs", help="Epochs per run (report: 40).")
-BATCH_SIZE_OPT = typer.Option(None, "--batch-size", help="Batch size (report: 128).")
-OPTIMIZER_OPT = typer.Option(None, "--optimizer", help="adam (default), sgd or rmsprop.")
-LR_OPT = typer.Option(None, "--lr", help="Learning rate (default 1e-3).")
-AUGMENT_OPT = typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator augmentation.")
-SEED_OPT = typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")
-DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu or cuda.")
-PRECISION_OPT = typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native bf16), fp32 or bf16.")
-CONFIG_OPT = typer.Option(None, "--config", help="TOML file with training options (keys as in config.json).")
-
-
 @data_app.command("info")
 def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
               classes: Optional[str] = ClassesOpt, keep_rgb: bool = KeepRgbOpt,
@@ -55,7 +42,7 @@ def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
     splits = train_val_split(ds, val_fraction, split_seed)
     mean, std = pixel_stats(ds.train.images)
     c, h, w = ds.shape
-    console.print(f"[bold]{ds.name}[/bold] from {ds.source}" + ("  (checksums verified)" if ds.verified else ""))
+    console.print(f"[bold]{escape(ds.name)}[/bold] from {escape(ds.source)}" + ("  (checksums verified)" if ds.verified else ""))
     console.print(f"images: {c} x {h} x {w} uint8   pixel mean {mean:.4f}  std {std:.4f} (scaled to 0..1)")
     table = Table(title=None)
     table.add_column("class")
@@ -68,7 +55,7 @@ def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
     counts = [torch.bincount(s.labels, minlength=ds.num_classes).tolist() if s.labels is not None else None
               for _, s in parts]
     for k, name in enumerate(ds.class_names):
-        table.add_row(str(k), name, *[str(cnt[k]) if cnt else "-" for cnt in counts])
+        table.add_row(str(k), escape(name), *[str(cnt[k]) if cnt else "-" for cnt in counts])
     table.add_row("", "[bold]total[/bold]", *[f"[bold]{len(s)}[/bold]" for _, s in parts])
     console.print(table)
     if ds.test is None:
@@ -89,7 +76,7 @@ def data_preview(dataset: str = DatasetArg,
         raise UserError(f"-o {output}: the preview is a PNG; give a file name ending in .png")
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     path = preview_grid(ds.train.images.numpy(), ds.train.labels.numpy(), ds.class_names, output, per_class, seed)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @app.command("models")
@@ -135,83 +122,118 @@ def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab m
                   f"Non-trainable params: {result.non_trainable:,}")
 
 
-def _run_dir(out: Path, model: str) -> Path:
-    """A fresh run directory under `out`: MODEL-YYYYmmdd-HHMMSS (a suffix if taken)."""
-    import time
+# ------------------------------------------------------------------ the shared training options
+# Defined once: every training command (train, study, ensemble, tune) gets the same options, each
+# naming a TrainConfig setting; None means "not given", so the recipe, a --config file and a
+# --params file fill what the flags leave open.
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = out / f"{model}-{stamp}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = out / f"{base.name}-{k}"
-    return path
+TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
+    "recipe": (Optional[str], typer.Option(None, "--recipe", help="Named defaults: report (the 2019 study, default), "
+                                           "modern (ResNet-9, SGD one-cycle, crop+flip, smoothing, TTA) or cpu-budget.")),
+    "data": (Optional[str], typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path.")),
+    "data_dir": (Optional[str], typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files.")),
+    "classes": (Optional[str], typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4.")),
+    "val_fraction": (Optional[float], typer.Option(None, "--val-fraction", help="Validation share of the training pool "
+                                                  "(report: 0.2; 0 trains on all of it with a fixed schedule).")),
+    "epochs": (Optional[int], typer.Option(None, "--epochs", help="Epochs per run (report: 40).")),
+    "batch_size": (Optional[int], typer.Option(None, "--batch-size", help="Batch size (report: 128).")),
+    "optimizer": (Optional[str], typer.Option(None, "--optimizer", help="adam (report), sgd, rmsprop or adamw.")),
+    "lr": (Optional[float], typer.Option(None, "--lr", help="Learning rate (report: 1e-3).")),
+    "momentum": (Optional[float], typer.Option(None, "--momentum", help="SGD momentum (report: 0).")),
+    "weight_decay": (Optional[float], typer.Option(None, "--weight-decay", help="Weight decay of conv/dense weights.")),
+    "lr_schedule": (Optional[str], typer.Option(None, "--lr-schedule", help="plateau (report), one-cycle, cosine, "
+                                                "linear or constant.")),
+    "label_smoothing": (Optional[float], typer.Option(None, "--label-smoothing", help="Label smoothing (0 = off).")),
+    "augment": (Optional[bool], typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator "
+                                             "augmentation.")),
+    "crop_padding": (Optional[int], typer.Option(None, "--crop-padding", help="Random crops after padding by N pixels.")),
+    "hflip": (Optional[bool], typer.Option(None, "--hflip/--no-hflip", help="Random left-right flips (clothing yes, "
+                                           "digits no).")),
+    "erasing": (Optional[float], typer.Option(None, "--erasing", help="Probability of random erasing per image.")),
+    "mixup": (Optional[float], typer.Option(None, "--mixup", help="Mixup Beta alpha (0 = off).")),
+    "cutmix": (Optional[float], typer.Option(None, "--cutmix", help="CutMix Beta alpha (0 = off).")),
+    "ema": (Optional[float], typer.Option(None, "--ema", help="Average the weights with this decay, e.g. 0.999.")),
+    "tta": (Optional[bool], typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation.")),
+    "early_stopping": (Optional[int], typer.Option(None, "--early-stopping", help="Stop after N epochs without a "
+                                                   "better validation loss (0 = off).")),
+    "restore_best": (Optional[bool], typer.Option(None, "--restore-best/--no-restore-best", help="Keep the best "
+                                                  "epoch's weights (on with early stopping).")),
+    "seed": (Optional[int], typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")),
+    "device": (Optional[str], typer.Option(None, "--device", help="auto, cpu or cuda.")),
+    "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native "
+                                              "bf16), fp32, bf16 or fp64.")),
+    "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "weights": (Optional[str], typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local file.")),
+    "config": (Optional[Path], typer.Option(None, "--config", help="TOML file of settings (keys as in config.json).")),
+    "params": (Optional[Path], typer.Option(None, "--params", help="JSON of parameters (as `cnnlab tune` writes "
+                                            "best.json).")),
+}
+
+
+def training_options(fn):
+    """Add TRAINING_OPTIONS to a command; the function receives them as one dict `options`."""
+    signature = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name != "options"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in TRAINING_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        options = {name: kwargs.pop(name) for name in TRAINING_OPTIONS}
+        return fn(**kwargs, options=options)
+
+    command.__signature__ = signature.replace(parameters=own + extra)
+    command.__annotations__ = {p.name: p.annotation for p in own + extra}
+    return command
+
+
+def _interrupted(message: str) -> None:
+    print(f"cnnlab: interrupted; {message}", file=sys.stderr)
+    sys.exit(130)
+
+
+def _say(quiet: bool = False):
+    return (lambda text: None) if quiet else (lambda text: console.print(escape(text), highlight=False))
+
+
+# ------------------------------------------------------------------ commands
 
 
 @app.command("train")
+@training_options
 def train_cmd(
     model: Optional[str] = typer.Argument(None, help="Model name (see `cnnlab models`); default tuned-cnn."),
-    data: Optional[str] = DATA_OPT,
-    data_dir: Optional[str] = DATA_DIR_OPT,
-    classes: Optional[str] = CLASSES_OPT,
-    epochs: Optional[int] = EPOCHS_OPT,
-    batch_size: Optional[int] = BATCH_SIZE_OPT,
-    optimizer: Optional[str] = OPTIMIZER_OPT,
-    lr: Optional[float] = LR_OPT,
-    augment: Optional[bool] = AUGMENT_OPT,
-    seed: Optional[int] = SEED_OPT,
-    device: Optional[str] = DEVICE_OPT,
-    precision: Optional[str] = PRECISION_OPT,
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N epochs without a better val loss (0 = off)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local weights file."),
-    params: Optional[Path] = typer.Option(None, "--params", help="JSON of parameters (as `cnnlab tune` writes best.json)."),
-    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run directory."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory "
+                                          "(or extend a finished one with --epochs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    options: dict = None,
 ) -> None:
-    """Train a model with the report's recipe (Adam, cross-entropy, batch 128, ReduceLROnPlateau)."""
-    from cnnlab.config import build_config, read_config_file, read_params_file
-    from cnnlab.engine import train
-    from cnnlab.evaluation import plot_run
-    from cnnlab.progress import ConsoleReporter
-    from cnnlab.runs import read_json
+    """Train a model (default: the report's recipe: Adam, cross-entropy, batch 128, ReduceLROnPlateau)."""
+    from cnnlab import api
 
-    flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
-                 optimizer=optimizer, lr=lr, augment=augment, seed=seed, device=device, precision=precision,
-                 compile=compile, early_stopping=early_stopping, weights=weights)
-    from_checkpoint = False
-    if resume is not None:
-        if not (resume / "config.json").is_file():
-            raise UserError(f"--resume {resume}: not a cnnlab run directory (no config.json); nothing to resume")
-        # interrupted before its first epoch finished: no checkpoint yet, so start it over in place
-        from_checkpoint = (resume / "checkpoint.safetensors").is_file()
-        stored = read_json(resume / "config.json")
-        changed = {k: v for k, v in flags.items() if v is not None and k not in ("epochs", "device")}
-        if changed:
-            raise UserError(f"--resume continues the stored configuration; only --epochs and --device may change "
-                            f"(got {', '.join('--' + k.replace('_', '-') for k in changed)})")
-        cfg = build_config(stored, {"epochs": epochs, "device": device})
-        run_dir = resume
-    else:
-        cfg = build_config(read_config_file(config) if config else {}, read_params_file(params) if params else {}, flags)
-        run_dir = _run_dir(out, cfg.model)
-    reporter = ConsoleReporter(console, quiet=quiet)
+    target = resume
     try:
-        metrics = train(cfg, run_dir, reporter, resume=from_checkpoint)
+        run = api.train(model, out=out, resume=resume, quiet=quiet, **options)
     except KeyboardInterrupt:
-        print(f"cnnlab: interrupted; the run directory holds every finished epoch. Continue with: "
-              f"cnnlab train --resume {run_dir}", file=sys.stderr)
-        sys.exit(130)
-    figures = plot_run(run_dir)
+        target = target or _newest_run(out)
+        _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
+    figures = run.plot()
+    metrics = run.metrics
     if not quiet:
-        line = f"val accuracy {metrics['val_accuracy']:.4f}"
+        line = f"val accuracy {metrics['val_accuracy']:.4f}" if metrics.get("val_accuracy") is not None else "no validation split"
         if "test_accuracy" in metrics:
             line += f", test accuracy {metrics['test_accuracy']:.4f}"
-        console.print(f"[bold]done[/bold]: {line}; {metrics['train_images_per_second']:,.0f} train images/s")
-        console.print(f"run directory: {run_dir}")
-        console.print("figures: " + ", ".join(str(f) for f in figures))
+        console.print(f"[bold]done[/bold]: {escape(line)}; {metrics['train_images_per_second']:,.0f} train images/s")
+        console.print(f"run directory: {escape(str(run.path))}", highlight=False)
+        console.print("figures: " + escape(", ".join(str(f) for f in figures)), highlight=False)
+
+
+def _newest_run(out: Path) -> Path | str:
+    candidates = sorted(Path(out).glob("*/config.json"), key=lambda p: p.stat().st_mtime) if Path(out).is_dir() else []
+    return candidates[-1].parent if candidates else "RUN_DIR"
 
 
 @app.command("evaluate")
@@ -219,20 +241,20 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
                  split: str = typer.Option("val", "--split", help="val (the 20% holdout) or test (the official test split)."),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
     """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
-    from cnnlab.evaluation import evaluate_run
+    from cnnlab import api
     from cnnlab.runs import write_json
 
-    m = evaluate_run(run_dir, split)
+    m = api.evaluate(run_dir, split)
     console.print(f"[bold]{split}[/bold] accuracy {m['accuracy']:.4f}  loss {m.get('loss', float('nan')):.4f}  "
                   f"macro F1 {m['macro_f1']:.4f}")
     table = Table()
     for col in ("class", "name", "precision %", "recall %", "F1 %", "support"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for row in m["per_class"]:
-        table.add_row(str(row["class"]), row["name"], f"{100 * row['precision']:.2f}", f"{100 * row['recall']:.2f}",
-                      f"{100 * row['f1']:.2f}", str(row["support"]))
+        table.add_row(str(row["class"]), escape(row["name"]), f"{100 * row['precision']:.2f}",
+                      f"{100 * row['recall']:.2f}", f"{100 * row['f1']:.2f}", str(row["support"]))
     console.print(table)
-    console.print(f"hardest class: {m['hardest_class']}; easiest class: {m['easiest_class']}")
+    console.print(f"hardest class: {escape(m['hardest_class'])}; easiest class: {escape(m['easiest_class'])}")
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
     for k in range(len(m["per_class"])):
@@ -253,19 +275,21 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run (or ensemble) di
     from cnnlab.predict import predict_run
 
     result = predict_run(run_dir, input, output, device)
-    console.print(f"wrote {result['rows']} predictions to {result['output']} (per class: {result['counts']})")
+    console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
+                  highlight=False)
 
 
 @app.command("plot")
 def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Redraw a run's figures from its directory: accuracy/loss curves, confusion matrix, confident mistakes."""
-    from cnnlab.evaluation import plot_run
+    from cnnlab import api
 
-    for path in plot_run(run_dir):
-        console.print(f"wrote {path}")
+    for path in api.load_run(run_dir).plot():
+        console.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @app.command("ensemble")
+@training_options
 def ensemble_cmd(
     model: str = typer.Argument(..., help="Model to train members of, or 'combine' to vote in an existing DIR."),
     directory: Optional[Path] = typer.Argument(None, help="With 'combine': the ensemble directory."),
@@ -273,50 +297,30 @@ def ensemble_cmd(
     threshold: float = typer.Option(0.91, "--threshold", help="Keep a member if its validation accuracy reaches this."),
     vote: str = typer.Option("hard", "--vote", help="hard (majority) or soft (mean probability)."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Give up after this many trained members (default 3 x members)."),
-    only_members: Optional[str] = typer.Option(None, "--only-members", help="Train only these attempt indices, e.g. 0-9 (for several machines)."),
+    only_members: Optional[str] = typer.Option(None, "--only-members", help="Train only these attempt indices, e.g. 0-9."),
     fuse: int = typer.Option(0, "--fuse", help="Members trained at once in one fused network (0 = auto, 1 = one at a time)."),
-    data: Optional[str] = DATA_OPT,
-    data_dir: Optional[str] = DATA_DIR_OPT,
-    classes: Optional[str] = CLASSES_OPT,
-    epochs: Optional[int] = EPOCHS_OPT,
-    batch_size: Optional[int] = BATCH_SIZE_OPT,
-    lr: Optional[float] = LR_OPT,
-    augment: Optional[bool] = AUGMENT_OPT,
-    seed: Optional[int] = SEED_OPT,
-    device: Optional[str] = DEVICE_OPT,
-    precision: Optional[str] = PRECISION_OPT,
-    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("ensemble"), "--out", help="The ensemble directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+    options: dict = None,
 ) -> None:
     """The report's threshold-filtered vote of retrained models, written out as a Kaggle submission.
 
     Trains members with different seeds, keeps those whose validation accuracy passes --threshold and
     votes. Re-running the command continues an interrupted ensemble; `combine DIR` votes again."""
-    from cnnlab.config import build_config, read_config_file
-    from cnnlab.ensemble import combine, parse_member_range, train_ensemble
-    from cnnlab.progress import ConsoleReporter
+    from cnnlab import api
 
     if model == "combine":
         if directory is None:
             raise UserError("usage: cnnlab ensemble combine DIR")
-        manifest = combine(directory)
-        target = directory
+        manifest, target = api.combine(directory), directory
     else:
         if directory is not None:
             raise UserError(f"unexpected argument {directory}; the ensemble directory is given with --out")
-        flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
-                     lr=lr, augment=augment, seed=seed, device=device, precision=precision)
-        cfg = build_config(read_config_file(config) if config else {}, flags)
-        reporter = ConsoleReporter(console, quiet=True)
-        say = (lambda text: None) if quiet else (lambda text: console.print(text, highlight=False))
         try:
-            manifest = train_ensemble(cfg, out, members, threshold, vote, max_attempts, parse_member_range(only_members),
-                                      fuse, reporter, say)
+            manifest = api.ensemble(model, members, threshold, vote, out=out, max_attempts=max_attempts,
+                                    only_members=only_members, fuse=fuse, say=_say(quiet), **options)
         except KeyboardInterrupt:
-            print(f"cnnlab: interrupted; finished members are kept. Continue with the same command "
-                  f"(--out {out}).", file=sys.stderr)
-            sys.exit(130)
+            _interrupted(f"finished members are kept, interrupted ones resume. Continue with the same command (--out {out}).")
         target = out
     console.print(f"[bold]{manifest['qualified']}[/bold] of {manifest['attempts']} trained members qualified "
                   f"(validation accuracy >= {manifest['threshold']}; the test split was not used to choose)", highlight=False)
@@ -327,50 +331,30 @@ def ensemble_cmd(
             taccs = [m["test_accuracy"] for m in manifest["members"]]
             line += f"; members' test {min(taccs):.4f}-{max(taccs):.4f}; vote test {manifest['test_accuracy']:.4f}"
         console.print(line, highlight=False)
-        console.print(f"ensemble directory: {target} (growth.png: accuracy against members; "
-                      f"cnnlab predict {target} --input test.csv -o submission.csv)", highlight=False)
+        console.print(escape(f"ensemble directory: {target} (growth.png: accuracy against members; "
+                             f"cnnlab predict {target} --input test.csv -o submission.csv)"), highlight=False)
 
 
 @app.command("study")
+@training_options
 def study_cmd(
     models: str = typer.Option("cnn1,cnn2,cnn3,cnn4,inception,resnet50", "--models", help="Comma-separated models to compare."),
     repeats: int = typer.Option(3, "--repeats", help="Runs per model, with seeds seed..seed+N-1."),
-    data: Optional[str] = DATA_OPT,
-    data_dir: Optional[str] = DATA_DIR_OPT,
-    classes: Optional[str] = CLASSES_OPT,
-    epochs: Optional[int] = EPOCHS_OPT,
-    batch_size: Optional[int] = BATCH_SIZE_OPT,
-    optimizer: Optional[str] = OPTIMIZER_OPT,
-    lr: Optional[float] = LR_OPT,
-    augment: Optional[bool] = AUGMENT_OPT,
-    seed: Optional[int] = SEED_OPT,
-    device: Optional[str] = DEVICE_OPT,
-    precision: Optional[str] = PRECISION_OPT,
-    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("study"), "--out", help="Study directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+    options: dict = None,
 ) -> None:
     """Section 1.4 of the report: train each model N times, then write report.html and report.md.
 
     Finished runs are reused, so an interrupted study continues where it stopped."""
-    from cnnlab.config import build_config, read_config_file
-    from cnnlab.progress import ConsoleReporter
-    from cnnlab.report import build_report
-    from cnnlab.study import run_study
+    from cnnlab import api
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    flags = dict(data=data, data_dir=data_dir, classes=classes, epochs=epochs, batch_size=batch_size,
-                 optimizer=optimizer, lr=lr, augment=augment, seed=seed, device=device, precision=precision)
-    cfg = build_config(read_config_file(config) if config else {}, flags, {"model": names[0] if names else None})
-    say = (lambda text: None) if quiet else (lambda text: console.print(text, highlight=False))
     try:
-        run_dirs = run_study(cfg, names, repeats, out, ConsoleReporter(console, quiet=True), say)
+        result = api.study(models, repeats, out=out, say=_say(quiet), **options)
     except KeyboardInterrupt:
-        print(f"cnnlab: interrupted; finished runs are kept. Continue with the same command (--out {out}).",
-              file=sys.stderr)
-        sys.exit(130)
-    html_path, md_path = build_report(run_dirs, out / "report.html")
-    console.print(f"report: {html_path.resolve()} (Markdown: {md_path.resolve()})", highlight=False)
+        _interrupted(f"finished runs are kept. Continue with the same command (--out {out}).")
+    console.print(escape(f"report: {result['report'].resolve()} (Markdown: {result['markdown'].resolve()})"),
+                  highlight=False)
 
 
 @app.command("report")
@@ -381,10 +365,11 @@ def report_cmd(directories: list[Path] = typer.Argument(..., help="Run, study or
     from cnnlab.report import build_report
 
     html_path, md_path = build_report(directories, output, title)
-    console.print(f"report: {html_path} (Markdown: {md_path})", highlight=False)
+    console.print(escape(f"report: {html_path.resolve()} (Markdown: {md_path.resolve()})"), highlight=False)
 
 
 @app.command("tune")
+@training_options
 def tune_cmd(
     model: str = typer.Argument(..., help="Model to tune (its tunable hyperparameters join the search)."),
     trials: int = typer.Option(50, "--trials", help="Finished trials wanted in the study (all workers together)."),
@@ -394,42 +379,27 @@ def tune_cmd(
     metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximized) or val_loss (minimized)."),
     pruner: str = typer.Option("median", "--pruner", help="median, halving (successive halving) or none."),
     space: Optional[Path] = typer.Option(None, "--space", help="TOML/JSON narrowing or replacing the search space."),
-    data: Optional[str] = DATA_OPT,
-    data_dir: Optional[str] = DATA_DIR_OPT,
-    classes: Optional[str] = CLASSES_OPT,
-    epochs: Optional[int] = EPOCHS_OPT,
-    augment: Optional[bool] = AUGMENT_OPT,
-    seed: Optional[int] = SEED_OPT,
-    device: Optional[str] = DEVICE_OPT,
-    precision: Optional[str] = PRECISION_OPT,
-    config: Optional[Path] = CONFIG_OPT,
     out: Path = typer.Option(Path("tune"), "--out", help="Folder for trials, journal, trials.csv, best.json and plots."),
+    options: dict = None,
 ) -> None:
     """Hyperparameter search with Optuna (the report used hyperas), pruning unpromising trials.
 
     Searches dropout rates, dense units, optimizer x learning rate and batch size. Start several of
     these on one study to search in parallel."""
-    from cnnlab.config import build_config, read_config_file
-    from cnnlab.tune import read_space_file, run_tune
+    from cnnlab import api
 
-    flags = dict(model=model, data=data, data_dir=data_dir, classes=classes, epochs=epochs, augment=augment,
-                 seed=seed, device=device, precision=precision)
-    cfg = build_config(read_config_file(config) if config else {}, flags)
-    search = read_space_file(space, cfg.model) if space else None
-    say = lambda text: console.print(text, highlight=False)  # noqa: E731
     try:
-        summary = run_tune(cfg, out, trials, timeout, storage, study_name, metric, search, pruner, say)
+        summary = api.tune(model, trials, out=out, timeout=timeout, storage=storage, study_name=study_name,
+                           metric=metric, space=space, pruner=pruner, say=_say(), **options)
     except KeyboardInterrupt:
-        print("cnnlab: interrupted; finished trials are kept in the study. Continue with the same command.",
-              file=sys.stderr)
-        sys.exit(130)
+        _interrupted("finished trials are kept in the study. Continue with the same command.")
     console.print(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed trials; "
                   f"pruning saved about {summary['seconds_saved_by_pruning']:.0f} s of training", highlight=False)
     if "best_params" in summary:
-        console.print(f"best {metric} {summary['best_value']:.4f} (trial {summary['best_trial']}): {summary['best_params']}",
-                      highlight=False)
-        console.print(f"use it: cnnlab train {cfg.model} --params {out / 'best.json'}   (table: {out / 'trials.csv'}, "
-                      f"page: {out / 'tune.html'})", highlight=False)
+        console.print(escape(f"best {metric} {summary['best_value']:.4f} (trial {summary['best_trial']}): "
+                             f"{summary['best_params']}"), highlight=False)
+        console.print(escape(f"use it: cnnlab train {model} --params {out / 'best.json'}   (table: {out / 'trials.csv'}, "
+                             f"page: {out / 'tune.html'})"), highlight=False)
 
 
 @app.command("demo")
@@ -438,13 +408,32 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everyt
     """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST.
 
     5 classes, three fast models, two seeds each, ending with the HTML report (a few minutes on 2 CPU cores)."""
-    out.mkdir(parents=True, exist_ok=True)
-    data_info("fashion-mnist", None, "0,1,2,3,4", False, 0.2, 0)
-    data_preview("fashion-mnist", out / "preview.png", 8, None, "0,1,2,3,4", False, 0)
-    study_cmd(models="cnn1,tuned-cnn,cnn4", repeats=2, data="fashion-mnist", data_dir=None, classes="0,1,2,3,4",
-              epochs=epochs, batch_size=None, optimizer=None, lr=None, augment=None, seed=None, device=None,
-              precision=None, config=None, out=out / "study", quiet=False)
-    console.print(f"[bold]demo output:[/bold] {out.resolve()}")
+    from cnnlab import api
+
+    classes = "0,1,2,3,4"
+    data_info("fashion-mnist", None, classes, False, 0.2, 0)
+    data_preview("fashion-mnist", out / "preview.png", 8, None, classes, False, 0)
+    try:
+        result = api.study("cnn1,tuned-cnn,cnn4", 2, "fashion-mnist", out=out / "study", classes=classes,
+                           epochs=epochs, say=_say())
+    except KeyboardInterrupt:
+        _interrupted(f"finished runs are kept. Continue with the same command (--out {out}).")
+    console.print(escape(f"report: {result['report'].resolve()}"), highlight=False)
+    console.print(f"[bold]demo output:[/bold] {escape(str(out.resolve()))}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cnnlab import __version__
+
+        console.print(f"cnnlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Train, compare, tune and ensemble CNNs on small grayscale image datasets."""
 
 
 def _usage_error_line(exc: Exception) -> str | None:

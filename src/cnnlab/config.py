@@ -1,38 +1,70 @@
-"""Training configuration: defaults from the report (section 1.2/1.4), overridable by a TOML file and flags.
+"""Training configuration: defaults from the report (section 1.2/1.4), named recipes, a TOML file and flags.
 
-Precedence: defaults < config file < --params file < command-line flags. Unknown keys are an error.
+Precedence: defaults < recipe < config file < --params file < explicit options. Unknown keys are an
+error, and so are wrong types and out-of-range values: every value is checked here, at the edge, with
+one message naming the setting, what is allowed and what was given.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.errors import UserError
 
+PLATEAU = "plateau"  # the report's ReduceLROnPlateau; the other schedules are functions of the step
+LR_SCHEDULES = (PLATEAU, "constant", "one-cycle", "cosine", "linear")
+CHOICES = {
+    "optimizer": ("adam", "sgd", "rmsprop", "adamw"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp64"),
+    "lr_schedule": LR_SCHEDULES,
+    "monitor": ("val_loss", "val_accuracy"),
+}
+
 
 @dataclass
 class TrainConfig:
     model: str = "tuned-cnn"  # registry name (cnnlab models)
+    recipe: str = "report"  # named set of defaults (RECIPES): report | modern | cpu-budget
     data: str = "fashion-mnist"  # built-in name or path
     data_dir: str | None = None  # where built-in datasets live
     classes: str | None = None  # e.g. "0,1,2,3,4" for the report's 5 classes
-    val_fraction: float = 0.2  # the report's 80/20 split
+    val_fraction: float = 0.2  # the report's 80/20 split; 0 trains on the whole pool (no validation)
     split_seed: int = 0  # fixed, so runs with different seeds share one validation set
     epochs: int = 40  # report: 40
     batch_size: int = 128  # report: 128
-    optimizer: str = "adam"  # adam | sgd | rmsprop
+    optimizer: str = "adam"  # adam | sgd | rmsprop | adamw
     lr: float = 1e-3  # report: Adam(lr=0.001)
+    momentum: float = 0.0  # sgd only; the report's SGD had none
+    nesterov: bool = False  # sgd with momentum only
+    weight_decay: float = 0.0  # on conv/linear weights only, never on BatchNorm or biases
+    lr_schedule: str = PLATEAU  # plateau (ReduceLROnPlateau on val loss) | constant | one-cycle | cosine | linear
+    warmup_epochs: float = 0.0  # linear warm-up of constant/cosine/linear schedules
     lr_factor: float = 0.2  # ReduceLROnPlateau(factor=0.2, patience=5) on validation loss
     lr_patience: int = 5
     min_lr: float = 0.0
-    early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0 = off
+    label_smoothing: float = 0.0  # mix each target with the uniform distribution
+    class_weights: str | list | None = None  # None | "balanced" | one weight per class
+    early_stopping: int = 0  # stop after this many epochs without improvement of `monitor`; 0 = off
+    monitor: str = "val_loss"  # what early stopping and restore_best watch
+    restore_best: bool | None = None  # keep the best epoch's weights; None = on when early stopping is on
     augment: bool = False  # the report's ImageDataGenerator settings (cnnlab.augment)
+    crop_padding: int = 0  # random crop after padding by this many pixels (reflect); 0 = off
+    hflip: bool = False  # random left-right flips (right for clothing, wrong for digits)
+    erasing: float = 0.0  # probability of erasing one random rectangle per image
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    tta: bool = False  # evaluate and predict on the mean of plain and left-right flipped logits
     seed: int = 0  # drives init, shuffling, augmentation and dropout
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where native, else fp32; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp64 (checks)
     compile: bool = False  # torch.compile the model
     image_size: int | None = None  # model input size; None = the data's size (transfer models resize inside)
     weights: str | None = None  # transfer models: 'imagenet' (default) or a local file
@@ -41,32 +73,133 @@ class TrainConfig:
     eval_batch_size: int = 1024
 
     def validate(self) -> "TrainConfig":
+        check_types(self)
         from cnnlab.models import model_info
 
         model_info(self.model)  # unknown model -> clear error
-        choices = {"optimizer": ("adam", "sgd", "rmsprop"), "device": ("auto", "cpu", "cuda"),
-                   "precision": ("auto", "fp32", "bf16")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        positive = ("epochs", "batch_size", "eval_batch_size")
-        for key in positive:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise UserError(f"{key}: must be a positive integer, got {getattr(self, key)!r}")
-        if not self.lr > 0:
-            raise UserError(f"lr: must be positive, got {self.lr}")
-        if not 0 < self.lr_factor < 1:
-            raise UserError(f"lr_factor: must lie between 0 and 1, got {self.lr_factor}")
-        for key in ("lr_patience", "early_stopping", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{key}: must be 0 or more, got {getattr(self, key)}")
+        if self.recipe not in RECIPES:
+            raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            _at_least(key, getattr(self, key), 1, "a positive integer")
+        for key in ("lr_patience", "early_stopping", "checkpoint_every", "crop_padding", "split_seed", "seed"):
+            _at_least(key, getattr(self, key), 0, "0 or more")
+        if self.image_size is not None:
+            _at_least("image_size", self.image_size, 1, "a positive integer")
+        _in_range("lr", self.lr, 0, 10, low_open=True)
+        _in_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
+        _in_range("lr_factor", self.lr_factor, 0, 1, low_open=True, high_open=True)
+        _in_range("min_lr", self.min_lr, 0, 10)
+        _in_range("momentum", self.momentum, 0, 1, high_open=True)
+        _in_range("weight_decay", self.weight_decay, 0, 1)
+        _in_range("warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        _in_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        _in_range("erasing", self.erasing, 0, 1)
+        _in_range("mixup", self.mixup, 0, 100)
+        _in_range("cutmix", self.cutmix, 0, 100)
+        _in_range("ema", self.ema, 0, 1, high_open=True)
+        if self.crop_padding > 16:
+            raise UserError(f"crop_padding: must be at most 16 pixels, got {self.crop_padding}")
+        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
+            raise UserError(f"class_weights: must be 'balanced' or a list of numbers, got {self.class_weights!r}")
+        if isinstance(self.class_weights, list) and not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                for w in self.class_weights):
+            raise UserError(f"class_weights: a list needs one finite number >= 0 per class, got {self.class_weights!r}")
+        if self.val_fraction == 0:
+            needs = [name for name, on in (("lr_schedule = plateau", self.lr_schedule == PLATEAU),
+                                           ("early_stopping", self.early_stopping > 0)) if on]
+            if needs:
+                raise UserError(f"val_fraction = 0 leaves no validation split, which {' and '.join(needs)} need; "
+                                "use a fixed schedule (lr_schedule = one-cycle, cosine, linear or constant) "
+                                "without early stopping, or keep a validation split")
         return self
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the final weights are the best epoch's (restore_best; on with early stopping by default)."""
+        return bool(self.early_stopping) if self.restore_best is None else self.restore_best
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# ------------------------------------------------------------------ recipes
+
+# A recipe is a named set of defaults that any explicit option overrides; the whole resolved config is
+# written into config.json, so a run says what it used. "report" is the 2019 study, unchanged.
+RECIPES: dict[str, dict] = {
+    "report": {},
+    # The modern recipe (airbench / ResNet "bag of tricks" style) for the small-image ResNets: SGD with
+    # Nesterov momentum, one-cycle, label smoothing, crop + flip, weight decay off BN and biases, flip TTA.
+    "modern": {"model": "resnet9", "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
+               "weight_decay": 5e-4, "lr_schedule": "one-cycle", "label_smoothing": 0.1, "crop_padding": 2,
+               "hflip": True, "batch_size": 256, "epochs": 30, "tta": True},
+    # The best a 2-core CPU reaches in about 15 minutes: a narrow ResNet-9, fewer epochs.
+    "cpu-budget": {"model": "resnet9", "model_params": {"width": 16}, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
+                   "nesterov": True, "weight_decay": 5e-4, "lr_schedule": "one-cycle", "label_smoothing": 0.1,
+                   "crop_padding": 2, "hflip": True, "batch_size": 256, "epochs": 12, "tta": True},
+}
+
+
+# ------------------------------------------------------------------ type and range checks
+
+
+def _type_name(kind) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table",
+            list: "a list", type(None): "none"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _allowed_types(annotation) -> tuple:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(a for arg in typing.get_args(annotation) for a in _allowed_types(arg))
+    return (origin or annotation,)
+
+
+_HINTS: dict | None = None
+
+
+def check_types(config: TrainConfig) -> None:
+    """Each value has its field's type: `epochs = true`, `lr = "fast"` or `augment = "no"` are refused."""
+    global _HINTS
+    _HINTS = _HINTS or typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value, allowed = getattr(config, f.name), _allowed_types(_HINTS[f.name])
+        if isinstance(value, bool):
+            ok = bool in allowed
+        elif isinstance(value, int):
+            ok = int in allowed or float in allowed
+        else:
+            ok = isinstance(value, tuple(t for t in allowed if isinstance(t, type)))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name}: must be a finite number, got {value}")
+        if not ok:
+            wanted = " or ".join(_type_name(t) for t in allowed)
+            raise UserError(f"{f.name}: must be {wanted}, got {value!r} ({_type_name(type(value))})")
+        if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+            setattr(config, f.name, float(value))
+
+
+def _at_least(key: str, value, low: int, wanted: str) -> None:
+    if value < low:
+        raise UserError(f"{key}: must be {wanted}, got {value!r}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    bad = value < low or value > high or (low_open and value == low) or (high_open and value == high)
+    if bad:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise UserError(f"{key}: must lie in {lo}, {hi}, got {value!r}")
+
+
+# ------------------------------------------------------------------ reading and merging
+
 FIELDS = {f.name for f in fields(TrainConfig)}
+# settings that only record how a run was made and do not change what it learns
+RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size")
 
 
 def _normalize_keys(data: dict, source: str) -> dict:
@@ -82,45 +215,66 @@ def _normalize_keys(data: dict, source: str) -> dict:
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--config {path}: no such file")
+        raise UserError(f"{path}: no such config file")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--config {path}: not valid TOML ({exc})") from None
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     return _normalize_keys(data, str(path))
 
 
 def read_params_file(path: str | Path) -> dict:
-    """A best-parameters JSON (as `cnnlab tune` writes): training keys and model hyperparameters."""
+    """A best-parameters JSON (as `cnnlab tune` writes): training keys and model hyperparameters.
+
+    best.json also carries the setting it was tuned with (data, classes, epochs, ...) under "setting";
+    those become defaults that explicit options override."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"--params {path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--params {path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--params {path}: expected a JSON object of parameter names and values")
+        raise UserError(f"{path}: no such parameters file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("params", data), dict):
+        raise UserError(f"{path}: expected a JSON object of parameter names and values")
+    setting = data.get("setting", {}) if isinstance(data.get("setting", {}), dict) else {}
     data = data.get("params", data)
-    train = {k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in FIELDS}
+    train = {k: v for k, v in _normalize_keys(setting, str(path)).items()} if setting else {}
+    train.update({k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in FIELDS})
     model = {k: v for k, v in data.items() if k.replace("-", "_") not in FIELDS}
     if model:
-        train["model_params"] = model
+        train["model_params"] = {**train.get("model_params", {}), **model}
     return train
 
 
 def build_config(*layers: dict) -> TrainConfig:
-    """Merge option layers left to right; None means 'not given'."""
+    """Merge option layers left to right (None means 'not given'), with the recipe's defaults first."""
     merged: dict = {}
     for layer in layers:
         for key, value in layer.items():
             if value is None:
                 continue
             if key == "model_params":
+                if not isinstance(value, dict):
+                    raise UserError(f"model_params: must be a table of the model's hyperparameters, got {value!r}")
                 merged["model_params"] = {**merged.get("model_params", {}), **value}
             else:
                 merged[key] = value
     unknown = set(merged) - FIELDS
     if unknown:
-        raise UserError(f"unknown option(s) {', '.join(sorted(unknown))}")
-    return TrainConfig(**merged).validate()
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; known settings are {', '.join(sorted(FIELDS))}")
+    recipe = merged.get("recipe", "report")
+    if recipe not in RECIPES:
+        raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    defaults = dict(RECIPES[recipe])
+    if "model" in merged and merged["model"] != defaults.get("model", merged["model"]):
+        defaults.pop("model_params", None)  # a recipe's model options belong to its own model
+    params = {**defaults.pop("model_params", {}), **merged.pop("model_params", {})}
+    return TrainConfig(**{**defaults, **merged, "model_params": params}).validate()
+
+
+def differing_settings(a: dict, b: dict) -> list[str]:
+    """Settings that change what a run learns and differ between two config dicts."""
+    return sorted(k for k in set(a) | set(b) if k not in RESULT_NEUTRAL and a.get(k) != b.get(k))

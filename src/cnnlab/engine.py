@@ -1,15 +1,24 @@
-"""Training and prediction: the report's recipe, done fast.
+"""The training engine as small public functions, in the shape of torchvision's reference train.py:
+
+    setup = prepare(config)                   # device, precision, data on the device, model, optimizer
+    train_one_epoch(setup, epoch)             # one pass over the training split
+    evaluate(setup, setup.val)                # loss, accuracy and logits of a split
+    fit(config, run_dir, callbacks=[...])     # the loop: checkpoints, history, callbacks, final files
 
 Fast path (after airbench): the whole dataset sits on the device as uint8; each epoch shuffles by
 index and slices batches; pixels become floats per batch on the device; augmentation is batched
 tensor ops; loss and accuracy accumulate on the device and are read once per epoch.
+
+One loop serves a standalone model and a fused group of K ensemble members (cnnlab.fused): a setup
+has K members (1 for a standalone model), each with its own generator (shuffle, augmentation), its
+own learning rate and its own run directory; logits are always N x K x classes inside the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import hashlib
 import math
 import os
 import platform
@@ -24,21 +33,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import runs
-from cnnlab.augment import AugmentSettings, augment_batch
-from cnnlab.config import TrainConfig
-from cnnlab.data import Split, load_dataset, train_val_split
+from cnnlab.augment import AugmentSettings, apply_affine, sample_params
+from cnnlab.augment_modern import ModernAugment, apply_modern
+from cnnlab.config import PLATEAU, TrainConfig
+from cnnlab.data import Dataset, Split, load_dataset, train_val_split
 from cnnlab.errors import UserError
 from cnnlab.models import count_parameters, create_architecture, create_model, model_info
-
+from cnnlab.runs import RunDir
 
 # ------------------------------------------------------------------ devices and precision
+
+AUTO_PRECISION_ENV = "CNNLAB_AUTO_PRECISION"  # fp32 or bf16: what precision "auto" means (tests, CI)
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        raise UserError("device cuda: no CUDA device is available here; use device cpu or auto")
     return torch.device(name)
 
 
@@ -48,9 +60,6 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:
         return False
-
-
-AUTO_PRECISION_ENV = "CNNLAB_AUTO_PRECISION"  # fp32 or bf16: what precision "auto" means (tests, CI)
 
 
 def auto_precision(device: torch.device) -> str:
@@ -65,7 +74,7 @@ def auto_precision(device: torch.device) -> str:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast or fp32, as the precision setting says ("auto": see auto_precision).
+    """(resolved precision, autocast context factory).
 
     On the 2-core Xeon (AMX) dev machine, tuned-cnn trains at 2,819 img/s in bf16 + channels_last
     against 1,731 in fp32 + channels_last and 1,517 in plain fp32 (measured with the same batches).
@@ -74,7 +83,11 @@ def autocast_for(device: torch.device, precision: str):
         precision = auto_precision(device)
     if precision == "bf16":
         return precision, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return precision, contextlib.nullcontext
+    return precision, contextlib.nullcontext  # fp32, or fp64 (model and inputs in float64: exactness checks)
+
+
+def float_dtype(precision: str) -> torch.dtype:
+    return torch.float64 if precision == "fp64" else torch.float32
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,20 +124,20 @@ def environment(device: torch.device) -> dict:
             "platform": platform.platform(), "device": device_name(device), "git_commit": commit}
 
 
-# ------------------------------------------------------------------ batches on the device
+# ------------------------------------------------------------------ data on the device
 
 
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """The one place uint8 pixels become model input: float in 0..1, on the images' device.
-    Float tensors pass through: they are cached features of a frozen base (see Trainer._cache_features)."""
+def to_input(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The one place uint8 pixels become model input: floats in 0..1, on the images' device.
+    Float tensors pass through: they are cached features of a frozen base (see cache_features)."""
     if images.dtype != torch.uint8:
         return images
-    return images.float().mul_(1 / 255)
+    return images.to(dtype).mul_(1 / 255)
 
 
 @dataclass
 class DeviceData:
-    images: torch.Tensor  # uint8 on the device
+    images: torch.Tensor  # uint8 on the device (or float features of a frozen base)
     labels: torch.Tensor | None
 
     @classmethod
@@ -132,377 +145,776 @@ class DeviceData:
         labels = split.labels.to(device) if split.labels is not None else None
         return cls(split.images.to(device), labels)
 
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
-                   autocast=contextlib.nullcontext) -> torch.Tensor:
-    """Logits (float32, on the images' device) for uint8 images, in eval mode."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        with autocast():
-            out.append(model(to_input(images[start:start + batch_size])).float())
-    return torch.cat(out) if out else torch.empty(0)
+    def __len__(self) -> int:
+        return len(self.images)
 
 
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    loss = F.cross_entropy(logits.float(), labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
+MEMORY_PREFIX = "memory:"  # config.data of a run trained on in-memory arrays
 
 
-# ------------------------------------------------------------------ the training loop
+def data_fingerprint(dataset: Dataset) -> str:
+    """config.data for in-memory arrays: their shape and a SHA-256 of their bytes, so a resume can check
+    it was handed the same arrays (they cannot be reloaded from a path)."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.test):
+        if split is not None:
+            digest.update(split.images.numpy().tobytes())
+            if split.labels is not None:
+                digest.update(split.labels.numpy().tobytes())
+    shape = "x".join(map(str, dataset.train.images.shape))
+    return f"{MEMORY_PREFIX}sha256={digest.hexdigest()[:16]};train={shape}"
 
 
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    train_seconds: float
-    eval_seconds: float
+def load_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
+    """The config's dataset, or the in-memory one given (checked against the fingerprint in config.data)."""
+    if dataset is not None:
+        if config.data.startswith(MEMORY_PREFIX) and config.data != data_fingerprint(dataset):
+            raise UserError(f"data: these arrays differ from the ones the run was trained on ({config.data})")
+        return dataset
+    if config.data.startswith(MEMORY_PREFIX):
+        raise UserError(f"data: this run was trained on in-memory arrays ({config.data}); they cannot be reloaded "
+                        "from a path: pass the same arrays again (cnnlab.train(..., data=(x, y), resume=...))")
+    return load_dataset(config.data, data_dir=config.data_dir, classes=config.classes)
+
+
+def check_training_data(dataset: Dataset, train: Split, val: Split | None) -> None:
+    """Degenerate data is refused with an explanation before anything trains."""
+    if dataset.num_classes < 2:
+        raise UserError(f"{dataset.source}: only one class ({dataset.class_names[0]!r}); a classifier needs at least "
+                        "2 classes (check the labels or --classes)")
+    if val is None:
+        return
+    if len(val.images) == 0:
+        raise UserError(f"{dataset.source}: the validation split is empty; raise val_fraction or bring more images")
+    missing = sorted(set(train.labels.unique().tolist()) - set(val.labels.unique().tolist()))
+    if missing:
+        raise UserError(f"{dataset.source}: the validation split has no image of class {dataset.class_names[missing[0]]!r}, "
+                        "which training has; bring more images of it or raise val_fraction")
+
+
+# ------------------------------------------------------------------ the setup
 
 
 @dataclass
 class TrainState:
-    """Everything that changes from epoch to epoch; what a checkpoint holds."""
+    """Everything that changes from epoch to epoch; what a checkpoint holds besides tensors."""
 
     epoch: int = 0
+    step: int = 0  # optimizer steps taken (schedules are functions of it)
     history: list[dict] = field(default_factory=list)
-    best_val_loss: float = math.inf
+    best_value: float | None = None  # of config.monitor
+    best_epoch: int = 0
     epochs_since_best: int = 0
     stopped_early: bool = False
+    stop_reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        data = dict(data)
+        if "best_val_loss" in data:  # checkpoints written before callbacks existed
+            best = data.pop("best_val_loss")
+            data.setdefault("best_value", None if best is None or math.isinf(best) else best)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class Reporter:
-    """Progress callbacks; the CLI supplies a terminal or a plain-line implementation."""
+@dataclass
+class Setup:
+    """What training needs, prepared once: device, precision, data on the device, model(s), optimizer."""
 
-    def start(self, run_dir: Path, config: TrainConfig, info: dict) -> None: ...
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(self, done: int, images: int, loss: Callable[[], float], accuracy: Callable[[], float]) -> None: ...
-    def epoch_end(self, row: dict) -> None: ...
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    autocast: Callable
+    dataset: Dataset
+    train: DeviceData
+    val: DeviceData | None
+    test: DeviceData | None
+    model: nn.Module  # what is saved (a fused group: the fused network)
+    step_model: nn.Module  # what runs (the model, its head over cached features, or a compiled wrapper)
+    optimizer: torch.optim.Optimizer
+    generators: list[torch.Generator]  # one per member: shuffling and augmentation
+    spec: dict
+    members: int = 1
+    plateaus: list = field(default_factory=list)  # ReduceLROnPlateau per member (lr_schedule = plateau)
+    lr_holders: list = field(default_factory=list)  # the optimizers those schedulers adjust
+    augment: AugmentSettings | None = None
+    modern: ModernAugment | None = None
+    class_weights: torch.Tensor | None = None
+    ema: object | None = None  # cnnlab.ema.ModelEMA
+    group: object | None = None  # cnnlab.fused.FusedGroup for K > 1
+    feature_cache_seconds: float | None = None
+    state: TrainState = field(default_factory=TrainState)
+    states: list[TrainState] = field(default_factory=list)  # per member (one member: [state])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.config.batch_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return float_dtype(self.precision)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation runs: the averaged weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.step_model
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        # not fused=True: +10% on cnn2 on the CPU, but a resumed run then no longer matched an
-        # uninterrupted one bit for bit (tests/test_engine.py); exact resume matters more
-        return torch.optim.Adam(params, lr=lr, eps=1e-7)  # Keras's epsilon
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7)  # Keras's rho and epsilon
-    return torch.optim.SGD(params, lr=lr)
+def split_data(config: TrainConfig, dataset: Dataset, device: torch.device):
+    """(train, val or None, test or None) on the device; val is None when val_fraction is 0."""
+    if config.val_fraction == 0:
+        train_split, val_split = dataset.train, None
+    else:
+        splits = train_val_split(dataset, config.val_fraction, config.split_seed)
+        train_split, val_split = splits.train, splits.val
+    check_training_data(dataset, train_split, val_split)
+    test = dataset.test if dataset.test is not None and dataset.test.labels is not None else None
+    return (DeviceData.from_split(train_split, device),
+            DeviceData.from_split(val_split, device) if val_split is not None else None,
+            DeviceData.from_split(test, device) if test is not None else None)
 
 
-class Trainer:
-    """One training run into one run directory."""
+def model_options(config: TrainConfig, dataset: Dataset) -> dict:
+    c, h, w = dataset.shape
+    info = model_info(config.model)
+    options = dict(config.model_params)
+    if info.family == "transfer":
+        options["weights"] = config.weights or "imagenet"
+    elif config.weights:
+        raise UserError(f"weights: applies to transfer models only, not {config.model}")
+    if h != w and info.family != "transfer":
+        raise UserError(f"{dataset.source}: images are {h}x{w}; the models need square images")
+    image_size = config.image_size or (None if info.family == "transfer" else h)
+    return dict(num_classes=dataset.num_classes, in_chans=c, image_size=image_size, **options)
 
-    def __init__(self, config: TrainConfig, run_dir: Path, reporter: Reporter | None = None):
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.reporter = reporter or Reporter()
-        self.device = resolve_device(config.device)
-        self.precision, self.autocast = autocast_for(self.device, config.precision)
-        self.state = TrainState()
-        self.feature_cache_seconds: float | None = None  # set when a frozen base's features are cached
 
-    # -------------------------------------------------------------- setup
+def class_weight_tensor(config: TrainConfig, train: DeviceData, num_classes: int) -> torch.Tensor | None:
+    if config.class_weights is None:
+        return None
+    if config.class_weights == "balanced":  # scikit-learn's 'balanced': n / (classes * count)
+        counts = torch.bincount(train.labels, minlength=num_classes).float()
+        return (len(train) / (num_classes * counts.clamp(min=1))).to(train.labels.device)
+    if len(config.class_weights) != num_classes:
+        raise UserError(f"class_weights: {len(config.class_weights)} weights for {num_classes} classes; give one per class")
+    return torch.tensor(config.class_weights, dtype=torch.float32, device=train.labels.device)
 
-    def _prepare(self) -> None:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)  # model init and dropout
-        dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, classes=cfg.classes)
-        splits = train_val_split(dataset, cfg.val_fraction, cfg.split_seed)
-        self.dataset = dataset
-        self.train_data = DeviceData.from_split(splits.train, self.device)
-        self.val_data = DeviceData.from_split(splits.val, self.device)
-        self.test_data = DeviceData.from_split(splits.test, self.device) if splits.test is not None and \
-            splits.test.labels is not None else None
-        c, h, w = dataset.shape
-        info = model_info(cfg.model)
-        options = dict(cfg.model_params)
-        if info.family == "transfer":
-            options["weights"] = cfg.weights or "imagenet"
-        elif cfg.weights:
-            raise UserError(f"--weights applies to transfer models only, not {cfg.model}")
-        image_size = cfg.image_size or (None if info.family == "transfer" else h)
-        if h != w and info.family != "transfer":
-            raise UserError(f"{dataset.source}: images are {h}x{w}; the models need square images")
-        self.model = create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, image_size=image_size,
-                                  **options).to(self.device)
-        self.spec = dict(self.model.cnnlab_spec)
-        # channels_last: +14% on the CPU in fp32, +46% in bf16 (tuned-cnn, 2-core Xeon, measured)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self.optimizer = make_optimizer(cfg.optimizer, [p for p in self.model.parameters() if p.requires_grad], cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # shuffling, augmentation
-        self.augment = AugmentSettings() if cfg.augment else None
-        if getattr(self.model, "feature_cacheable", False) and self.augment is None:
-            self._cache_features()
+
+def make_plateaus(config: TrainConfig, lrs: list[float]) -> tuple[list, list]:
+    """One ReduceLROnPlateau per member, each on a placeholder optimizer holding that member's rate;
+    learning_rates() reads them, so the rate for a step comes from one place."""
+    holders = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for lr in lrs]
+    plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(h, mode="min", factor=config.lr_factor,
+                                                           patience=config.lr_patience, min_lr=config.min_lr)
+                for h in holders]
+    return plateaus, holders
+
+
+def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str | None = None) -> Setup:
+    """Everything one standalone training needs. Fails on bad input before anything is written.
+
+    `precision` overrides the config's resolved precision (a resumed run keeps the one it started with)."""
+    from cnnlab.optim import make_optimizer
+
+    device = resolve_device(config.device)
+    resolved, autocast = autocast_for(device, precision or config.precision)
+    dataset = load_data(config, dataset)
+    train, val, test = split_data(config, dataset, device)
+    torch.manual_seed(config.seed)  # model init and dropout
+    model = create_model(config.model, **model_options(config, dataset)).to(device, float_dtype(resolved))
+    spec = dict(model.cnnlab_spec)
+    # channels_last: +14% on the CPU in fp32, +46% in bf16 (tuned-cnn, 2-core Xeon, measured)
+    model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    optimizer = make_optimizer(config.optimizer, model, config.lr, weight_decay=config.weight_decay,
+                               momentum=config.momentum, nesterov=config.nesterov)
+    plateaus, holders = make_plateaus(config, [config.lr])
+    setup = Setup(config, device, resolved, autocast, dataset, train, val, test, model, model, optimizer,
+                  [torch.Generator(device=device).manual_seed(config.seed)], spec, plateaus=plateaus,
+                  lr_holders=holders, augment=AugmentSettings() if config.augment else None,
+                  modern=modern_augment(config), class_weights=class_weight_tensor(config, train, dataset.num_classes))
+    setup.states = [setup.state]
+    if getattr(model, "feature_cacheable", False) and setup.augment is None and setup.modern is None:
+        cache_features(setup)
+    if config.ema:
+        from cnnlab.ema import ModelEMA
+
+        setup.ema = ModelEMA(model, decay=config.ema)
+    if config.compile:
+        setup.step_model = torch.compile(setup.step_model)
+    return setup
+
+
+def modern_augment(config: TrainConfig) -> ModernAugment | None:
+    settings = ModernAugment(crop_padding=config.crop_padding, hflip=config.hflip, erasing=config.erasing,
+                             mixup=config.mixup, cutmix=config.cutmix)
+    return settings if settings != ModernAugment(crop_padding=0, hflip=False) else None
+
+
+@torch.inference_mode()
+def cache_features(setup: Setup) -> None:
+    """A frozen base never changes: run it once over every split and train only the head on its output
+    (the report did the same with VGG19's predict). Without augmentation only: augmented images differ
+    every epoch."""
+    synchronize(setup.device)
+    start = time.perf_counter()
+    setup.model.eval()
+    batch = setup.config.eval_batch_size
+    for name in ("train", "val", "test"):
+        data = getattr(setup, name)
+        if data is None:
+            continue
+        chunks = []
+        for i in range(0, len(data), batch):
+            x = to_input(data.images[i:i + batch], setup.dtype).contiguous(memory_format=torch.channels_last)
+            with setup.autocast():
+                chunks.append(setup.model.features(x).float())
+        setattr(setup, name, DeviceData(torch.cat(chunks), data.labels))
+    synchronize(setup.device)
+    setup.feature_cache_seconds = time.perf_counter() - start
+    setup.step_model = setup.model.head
+
+
+# ------------------------------------------------------------------ learning rates: one place
+
+
+def learning_rates(setup: Setup, step: int) -> list[float]:
+    """Each member's learning rate for optimizer step `step` (0-based)."""
+    cfg = setup.config
+    if cfg.lr_schedule == PLATEAU:
+        return [h.param_groups[0]["lr"] for h in setup.lr_holders]
+    from cnnlab.schedules import lr_at
+
+    total = cfg.epochs * setup.steps_per_epoch
+    warmup = min(total, round(cfg.warmup_epochs * setup.steps_per_epoch))
+    return [lr_at(cfg.lr_schedule, step, total, cfg.lr, warmup_steps=warmup)] * setup.members
+
+
+def apply_learning_rates(setup: Setup, lrs: list[float]) -> None:
+    if setup.group is not None:
+        setup.group.set_learning_rates(setup, lrs)
+    else:
+        for group in setup.optimizer.param_groups:
+            group["lr"] = lrs[0]
+
+
+# ------------------------------------------------------------------ one epoch
+
+
+def member_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits N x K x classes; targets N x K labels (or N x K x classes soft rows) -> each member's mean loss (K,)."""
+    from cnnlab.losses import classification_loss
+
+    n, k, c = logits.shape
+    if k == 1:
+        return classification_loss(logits[:, 0], targets[:, 0], label_smoothing=label_smoothing,
+                                    class_weights=class_weights)[None]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 stays
+    if targets.ndim == 2 and class_weights is None:
+        return F.cross_entropy(logits.reshape(n * k, c), targets.reshape(n * k), reduction="none",
+                               label_smoothing=label_smoothing).view(n, k).mean(0)
+    return torch.stack([classification_loss(logits[:, m], targets[:, m], label_smoothing=label_smoothing,
+                                            class_weights=class_weights) for m in range(k)])
+
+
+def forward(setup: Setup, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """N x K x classes logits of every member (K = 1: a standalone model's N x classes, unsqueezed)."""
+    out = (model or setup.step_model)(x)
+    return out if setup.group is not None else out.unsqueeze(1)
+
+
+def member_input(setup: Setup, x: torch.Tensor) -> torch.Tensor:
+    """The same images for every member (evaluation): a fused group takes them as K x C channels."""
+    if setup.group is not None:
+        x = x.repeat(1, setup.members, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def make_batch(setup: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """idx: K x B image indices (member k's own shuffle) -> (model input, targets N x K).
+
+    Images are gathered once for all members; each member's augmentation parameters come from its own
+    generator (as in a standalone run), then one batched resampling transforms every image."""
+    k, b = idx.shape
+    x = to_input(setup.train.images[idx.reshape(-1)], setup.dtype)  # (K*B) x C x H x W
+    y = setup.train.labels[idx]  # K x B
+    if setup.augment is not None:
+        params = [sample_params(b, setup.augment, g, x.device) for g in setup.generators]
+        x = apply_affine(x, {key: torch.cat([p[key] for p in params]) for key in params[0]})
+    if setup.modern is not None:  # standalone only (see fused.can_fuse_config)
+        x, y = apply_modern(x, y[0], setup.modern, setup.generators[0], setup.dataset.num_classes)
+        y = y[None]
+    if k > 1:
+        c, h, w = x.shape[1:]
+        x = x.view(k, b, c, h, w).transpose(0, 1).reshape(b, k * c, h, w)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.transpose(0, 1)
+
+
+def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step for every member; returns (losses (K,), logits N x K x classes), detached."""
+    with setup.autocast():
+        logits = forward(setup, x)
+    losses = member_losses(logits, y, setup.config.label_smoothing, setup.class_weights)
+    setup.optimizer.zero_grad()
+    losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
+    setup.optimizer.step()
+    if setup.ema is not None:
+        setup.ema.update(setup.model)
+    return losses.detach(), logits.detach()
+
+
+OnStep = Callable[[int, int, Callable[[], float], Callable[[], float]], None]
+
+
+def train_one_epoch(setup: Setup, epoch: int, on_step: OnStep | None = None) -> tuple[list[float], list[float], float]:
+    """One pass over the training split: (loss per member, accuracy per member, seconds)."""
+    cfg, n, k = setup.config, len(setup.train), setup.members
+    setup.step_model.train()
+    loss_sum = torch.zeros(k, device=setup.device)
+    correct = torch.zeros(k, device=setup.device)
+    synchronize(setup.device)
+    start = time.perf_counter()
+    perms = [torch.randperm(n, generator=g, device=setup.device) for g in setup.generators]
+    seen = 0
+    for step in range(setup.steps_per_epoch):
+        apply_learning_rates(setup, learning_rates(setup, setup.state.step))
+        idx = torch.stack([p[step * cfg.batch_size:(step + 1) * cfg.batch_size] for p in perms])
+        x, y = make_batch(setup, idx)
+        losses, logits = train_step(setup, x, y)
+        batch = idx.shape[1]
+        loss_sum += losses * batch
+        hard = y if y.ndim == 2 else y.argmax(2)  # mixed targets count toward their larger share
+        correct += (logits.argmax(2) == hard).sum(0)
+        seen += batch
+        setup.state.step += 1
+        if on_step is not None:
+            on_step(step + 1, seen, lambda s=seen: (loss_sum[0] / s).item(), lambda s=seen: (correct[0] / s).item())
+    synchronize(setup.device)
+    seconds = time.perf_counter() - start
+    return (loss_sum / n).tolist(), (correct / n).tolist(), seconds
+
+
+@torch.inference_mode()
+def split_logits(setup: Setup, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """N x K x classes float32 logits in eval mode (flip TTA: the mean with the left-right mirror)."""
+    model = model or setup.eval_model
+    model.eval()
+    out = []
+    for start in range(0, len(images), setup.config.eval_batch_size):
+        x = member_input(setup, to_input(images[start:start + setup.config.eval_batch_size], setup.dtype))
+        with setup.autocast():
+            logits = forward(setup, x, model).float()
+            if setup.config.tta and x.dim() == 4:
+                logits = (logits + forward(setup, x.flip(-1), model).float()) / 2
+        out.append(logits)
+    if not out:
+        return torch.empty(0, setup.members, setup.dataset.num_classes, device=setup.device)
+    return torch.cat(out)
+
+
+def evaluate(setup: Setup, data: DeviceData) -> tuple[list[float], list[float], float, torch.Tensor]:
+    """(loss per member, accuracy per member, seconds, logits N x K x classes) on a labeled split."""
+    synchronize(setup.device)
+    start = time.perf_counter()
+    logits = split_logits(setup, data.images)
+    synchronize(setup.device)
+    seconds = time.perf_counter() - start
+    k = setup.members
+    labels = data.labels[:, None].expand(-1, k)
+    losses = member_losses(logits, labels).tolist()
+    return losses, (logits.argmax(2) == labels).float().mean(0).tolist(), seconds, logits
+
+
+def warm_up(setup: Setup) -> float:
+    """Run the shapes training will see once (compilation, cuDNN autotuning), then undo every effect."""
+    cfg = setup.config
+    model_state = copy.deepcopy(setup.model.state_dict())
+    rng, gens = torch.get_rng_state(), [g.get_state() for g in setup.generators]
+    cuda_rng = torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None
+    synchronize(setup.device)
+    start = time.perf_counter()
+    n = len(setup.train)
+    sizes = {min(cfg.batch_size, n), n % cfg.batch_size or min(cfg.batch_size, n)}
+    setup.step_model.train()
+    for size in sorted(sizes, reverse=True):
+        idx = torch.arange(size, device=setup.device).expand(setup.members, -1)
+        x, y = make_batch(setup, idx)
+        with setup.autocast():
+            logits = forward(setup, x)
+        member_losses(logits, y, cfg.label_smoothing, setup.class_weights).sum().backward()
+    setup.optimizer.zero_grad()
+    if setup.val is not None:
+        split_logits(setup, setup.val.images[: cfg.eval_batch_size])
+    synchronize(setup.device)
+    seconds = time.perf_counter() - start
+    setup.model.load_state_dict(model_state)
+    torch.set_rng_state(rng)
+    for g, state in zip(setup.generators, gens):
+        g.set_state(state)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return seconds
+
+
+# ------------------------------------------------------------------ checkpoints (tensors + JSON)
+
+
+def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """A torch optimizer state_dict as safetensors tensors + JSON metadata (never pickled)."""
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        meta["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+                meta["state"][str(pid)][key] = "tensor"
+            else:
+                meta["state"][str(pid)][key] = value
+    return tensors, meta
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {}
+    for pid, entries in meta["state"].items():
+        state[int(pid)] = {key: tensors[f"optim.{pid}.{key}"] if value == "tensor" else value
+                           for key, value in entries.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def checkpoint_of(model_state: dict, optimizer_state_dict: dict, plateau, generator: torch.Generator,
+                  state: TrainState, config: TrainConfig, precision: str, device: torch.device,
+                  best_weights: dict | None = None, ema_state: dict | None = None) -> tuple[dict, dict]:
+    """One member's checkpoint, in the format a standalone run writes (a fused member's resumes alone too)."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    opt_tensors, opt_meta = optimizer_tensors(optimizer_state_dict)
+    tensors.update(opt_tensors)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state()
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    for key, value in (best_weights or {}).items():
+        tensors[f"best.{key}"] = value
+    for key, value in (ema_state or {}).items():
+        tensors[f"ema.{key}"] = value
+    meta = {"train_state": state.__dict__, "optimizer": opt_meta, "scheduler": plateau.state_dict(),
+            "config": config.to_dict(), "precision": precision}
+    return tensors, meta
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def save_checkpoints(setup: Setup, run_dirs: list[RunDir], best_weights: list[dict | None]) -> None:
+    if setup.group is not None:
+        parts = setup.group.member_checkpoints(setup, best_weights)
+    else:
+        opt = setup.optimizer.state_dict()
+        ema = setup.ema.state_dict() if setup.ema is not None else None
+        parts = [checkpoint_of(setup.model.state_dict(), opt, setup.plateaus[0], setup.generators[0], setup.state,
+                               setup.config, setup.precision, setup.device, best_weights[0], ema)]
+    for run_dir, (tensors, meta) in zip(run_dirs, parts):
+        run_dir.save_checkpoint(tensors, meta)
+
+
+def load_checkpoints(setup: Setup, run_dirs: list[RunDir]) -> list[dict | None]:
+    """Restore every member from its run directory's checkpoint; returns each member's best weights (or None)."""
+    loaded = [run_dir.load_checkpoint() for run_dir in run_dirs]
+    for run_dir, (tensors, meta) in zip(run_dirs, loaded):
+        if "train_state" not in meta or "optimizer" not in meta or "model.rng" in tensors:
+            raise UserError(f"{run_dir.file(runs.CHECKPOINT)}: not a cnnlab checkpoint (damaged or edited)")
+    epochs = {meta["train_state"]["epoch"] for _, meta in loaded}
+    if len(epochs) > 1:
+        raise UserError(f"{', '.join(map(str, run_dirs))}: members stopped at different epochs; resume them one by one")
+    try:
+        if setup.group is not None:
+            setup.group.load_member_checkpoints(setup, loaded)
         else:
-            self.step_model = self.model
-        if cfg.compile:
-            self.step_model = torch.compile(self.step_model)
+            tensors, meta = loaded[0]
+            setup.model.load_state_dict(_prefixed(tensors, "model."))
+            setup.optimizer.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
+            if setup.ema is not None:
+                setup.ema.load_state_dict(_prefixed(tensors, "ema."))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{run_dirs[0].file(runs.CHECKPOINT)}: does not fit this model and configuration "
+                        f"({str(exc).splitlines()[0]}); start a new run") from None
+    for m, (tensors, meta) in enumerate(loaded):
+        setup.plateaus[m].load_state_dict(meta["scheduler"])
+        setup.lr_holders[m].param_groups[0]["lr"] = _member_lr(setup, m, meta)
+        setup.generators[m].set_state(tensors["rng.generator"].to(torch.uint8).cpu())
+        setup.states[m] = TrainState.from_dict(meta["train_state"])
+    tensors, _ = loaded[0]
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and setup.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], setup.device)
+    setup.state = setup.states[0]
+    return [_prefixed(t, "best.") or None for t, _ in loaded]
 
-    @torch.inference_mode()
-    def _cache_features(self) -> None:
-        """A frozen base never changes: run it once over every split and train only the head on its output
-        (the report did the same with VGG19's predict). Without augmentation only: augmented images differ
-        every epoch."""
-        synchronize(self.device)
-        start = time.perf_counter()
-        self.model.eval()
-        for name in ("train_data", "val_data", "test_data"):
-            data = getattr(self, name)
-            if data is None:
-                continue
-            chunks = []
-            for i in range(0, len(data.images), self.config.eval_batch_size):
-                x = to_input(data.images[i:i + self.config.eval_batch_size]).contiguous(memory_format=torch.channels_last)
-                with self.autocast():
-                    chunks.append(self.model.features(x).float())
-            setattr(self, name, DeviceData(torch.cat(chunks), data.labels))
-        synchronize(self.device)
-        self.feature_cache_seconds = time.perf_counter() - start
-        self.step_model = self.model.head
 
-    def _model_metadata(self) -> dict:
-        c, h, w = self.dataset.shape
-        trainable, frozen = count_parameters(self.model)
-        return {"spec": self.spec, "num_classes": self.dataset.num_classes, "class_names": self.dataset.class_names,
-                "class_ids": self.dataset.class_ids, "input_shape": [c, h, w], "dataset": self.dataset.name,
-                "trainable_params": trainable, "frozen_params": frozen, "input_scale": "pixels / 255"}
+def _member_lr(setup: Setup, m: int, meta: dict) -> float:
+    return float(meta["optimizer"]["param_groups"][0]["lr"])
 
-    # -------------------------------------------------------------- one epoch
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.autocast():
-            logits = self.step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), logits.detach()
+# ------------------------------------------------------------------ fit: the loop
 
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_input(self.train_data.images[idx])
-        if self.augment is not None:
-            x = augment_batch(x, self.augment, self.generator)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.train_data.labels[idx]
 
-    def train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
-        cfg, n = self.config, len(self.train_data.images)
-        steps = math.ceil(n / cfg.batch_size)
-        self.model.train()
-        self.reporter.epoch_start(epoch, cfg.epochs, steps)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        synchronize(self.device)
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=self.generator, device=self.device)
-        seen = 0
-        for step in range(steps):
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = self._batch(idx)
-            loss, logits = self._train_step(x, y)
-            loss_sum += loss * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(idx)
-            self.reporter.step(step + 1, seen, lambda s=seen: (loss_sum / s).item(),
-                               lambda s=seen: (correct / s).item())
-        synchronize(self.device)
-        seconds = time.perf_counter() - start
-        return (loss_sum / n).item(), (correct / n).item(), seconds
+class NonFiniteLoss(Exception):
+    pass
 
-    def evaluate(self, data: DeviceData) -> tuple[float, float, float, torch.Tensor]:
-        synchronize(self.device)
-        start = time.perf_counter()
-        logits = predict_logits(self.step_model, data.images, self.config.eval_batch_size, self.autocast)
-        synchronize(self.device)
-        seconds = time.perf_counter() - start
-        loss, acc = loss_and_accuracy(logits, data.labels)
-        return loss, acc, seconds, logits
 
-    # -------------------------------------------------------------- warm-up, kept out of epoch 1
+class Context:
+    """What callbacks see: the setup, the run directories, each member's state, and a way to stop."""
 
-    def warm_up(self) -> float:
-        """Run the shapes training will see once (compilation, cuDNN autotuning), then undo every effect."""
-        cfg = self.config
-        model_state = copy.deepcopy(self.model.state_dict())
-        rng, gen = torch.get_rng_state(), self.generator.get_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-        synchronize(self.device)
-        start = time.perf_counter()
-        n = len(self.train_data.images)
-        sizes = {min(cfg.batch_size, n), n % cfg.batch_size or min(cfg.batch_size, n)}
-        self.model.train()
-        for size in sorted(sizes, reverse=True):
-            x, y = self._batch(torch.arange(size, device=self.device))
-            with self.autocast():
-                loss = F.cross_entropy(self.step_model(x).float(), y)
-            loss.backward()
-        self.optimizer.zero_grad(set_to_none=True)
-        predict_logits(self.step_model, self.val_data.images[: cfg.eval_batch_size], cfg.eval_batch_size, self.autocast)
-        synchronize(self.device)
-        seconds = time.perf_counter() - start
-        self.model.load_state_dict(model_state)
-        torch.set_rng_state(rng)
-        self.generator.set_state(gen)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        return seconds
+    def __init__(self, setup: Setup, run_dirs: list[RunDir]):
+        self.setup, self.run_dirs = setup, run_dirs
+        self.config = setup.config
+        self.best_weights: list[dict | None] = [None] * setup.members
+        self.warmup_seconds = 0.0
 
-    # -------------------------------------------------------------- checkpoints
+    @property
+    def state(self) -> TrainState:
+        return self.setup.state
 
-    def save_checkpoint(self) -> None:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        opt_meta = {"param_groups": opt["param_groups"], "state": {}}
-        for pid, entries in opt["state"].items():
-            opt_meta["state"][str(pid)] = {}
-            for key, value in entries.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{pid}.{key}"] = value
-                    opt_meta["state"][str(pid)][key] = "tensor"
-                else:
-                    opt_meta["state"][str(pid)][key] = value
-        tensors["rng.cpu"] = torch.get_rng_state()
-        tensors["rng.generator"] = self.generator.get_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"train_state": self.state.__dict__, "optimizer": opt_meta,
-                "scheduler": self.scheduler.state_dict(), "config": self.config.to_dict()}
-        runs.save_tensors(self.run_dir / "checkpoint.safetensors", tensors, {"cnnlab": json.dumps(meta)})
+    @property
+    def states(self) -> list[TrainState]:
+        return self.setup.states
 
-    def load_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.safetensors"
-        from safetensors import safe_open
+    def stop(self, reason: str) -> None:
+        """Stop after this epoch; the run then finishes normally and records the reason."""
+        for state in self.states:
+            state.stopped_early, state.stop_reason = True, reason
 
-        tensors = runs.load_tensors(path)
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["cnnlab"])
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt_state = {}
-        for pid, entries in meta["optimizer"]["state"].items():
-            opt_state[int(pid)] = {key: tensors[f"optim.{pid}.{key}"] if value == "tensor" else value
-                                   for key, value in entries.items()}
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
-        self.scheduler.load_state_dict(meta["scheduler"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        self.generator.set_state(tensors["rng.generator"].to(torch.uint8).cpu())
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.state = TrainState(**meta["train_state"])
+    @property
+    def stop_requested(self) -> bool:
+        return all(state.stopped_early for state in self.states)
 
-    # -------------------------------------------------------------- the run
 
-    def _write_start(self) -> None:
-        runs.write_json(self.run_dir / "config.json", self.config.to_dict())
-        runs.write_json(self.run_dir / "env.json", environment(self.device))
+def default_callbacks(config: TrainConfig, extra=()) -> list:
+    from cnnlab.callbacks import Checkpoint, EarlyStopping
 
-    def _status(self, status: str, extra: dict | None = None) -> None:
-        runs.write_json(self.run_dir / "metrics.json", {"status": status, "epochs_done": self.state.epoch,
-                                                        **(extra or {})})
+    out = []
+    if config.early_stopping or config.keeps_best:
+        out.append(EarlyStopping(config.early_stopping, config.monitor, config.keeps_best))
+    if config.checkpoint_every:
+        out.append(Checkpoint(config.checkpoint_every))
+    return out + list(extra)
 
-    def fit(self, resume: bool = False) -> dict:
-        self._prepare()  # data and model first: a bad input fails before anything is written
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.load_checkpoint()
-        else:
-            self._write_start()
-        info = {"device": device_name(self.device), "precision": self.precision, "params": count_parameters(self.model),
-                "train": len(self.train_data.images), "val": len(self.val_data.images),
-                "test": len(self.test_data.images) if self.test_data else 0, "dataset": self.dataset.name}
-        self.reporter.start(self.run_dir, self.config, info)
-        warmup = self.warm_up()
-        self._status("running", {"warmup_seconds": warmup})
-        try:
-            while self.state.epoch < self.config.epochs and not self.state.stopped_early:
-                self._run_epoch()
-        except KeyboardInterrupt:
-            self._status("interrupted", {"warmup_seconds": warmup})
-            raise
-        return self._finish(warmup)
 
-    def _run_epoch(self) -> None:
-        cfg, st = self.config, self.state
-        epoch = st.epoch + 1
-        train_loss, train_acc, train_s = self.train_one_epoch(epoch)
-        val_loss, val_acc, eval_s, _ = self.evaluate(self.val_data)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step(val_loss)
-        row = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, train_s, eval_s).__dict__
-        st.history.append(row)
-        st.epoch = epoch
-        if val_loss < st.best_val_loss:
-            st.best_val_loss, st.epochs_since_best = val_loss, 0
-        else:
-            st.epochs_since_best += 1
-        if cfg.early_stopping and st.epochs_since_best >= cfg.early_stopping:
-            st.stopped_early = True
-        # checkpoint first, then history: a kill between the two leaves history behind, never ahead
-        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            self.save_checkpoint()
-        runs.write_csv(self.run_dir / "history.csv", st.history)
-        self.reporter.epoch_end(row)
+def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume: bool = False,
+        dataset: Dataset | None = None) -> dict:
+    """Train one model into one run directory and return its final metrics.
 
-    def _finish(self, warmup: float) -> dict:
-        val_loss, val_acc, _, val_logits = self.evaluate(self.val_data)
-        tensors = {"val_logits": val_logits, "val_labels": self.val_data.labels}
-        metrics = {"val_loss": val_loss, "val_accuracy": val_acc}
-        if self.test_data is not None:
-            test_loss, test_acc, test_s, test_logits = self.evaluate(self.test_data)
-            tensors.update(test_logits=test_logits, test_labels=self.test_data.labels)
-            metrics.update(test_loss=test_loss, test_accuracy=test_acc, test_predict_seconds=test_s)
-        history = self.state.history
+    `callbacks` (cnnlab.callbacks.Callback) come after the defaults the config asks for (early
+    stopping, checkpoints). `resume` continues from the directory's checkpoint."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    precision = stored_precision(run_dir) if resume else None
+    setup = prepare(config, dataset, precision)  # data and model first: a bad input fails before anything is written
+    with run_dir.owned():
+        return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume)[0]
+
+
+def stored_precision(run_dir: RunDir) -> str | None:
+    if run_dir.has_checkpoint():
+        return runs.tensor_metadata(run_dir.file(runs.CHECKPOINT)).get("precision")
+    return None
+
+
+def member_configs(setup: Setup) -> list[TrainConfig]:
+    return setup.group.configs if setup.group is not None else [setup.config]
+
+
+def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: bool = False) -> list[dict]:
+    """The loop over epochs for a prepared setup (one member per run directory, all owned by the caller)."""
+    ctx = Context(setup, run_dirs)
+    if resume:
+        ctx.best_weights = load_checkpoints(setup, run_dirs)
+    else:
+        env = environment(setup.device)
+        for run_dir, cfg in zip(run_dirs, member_configs(setup)):
+            run_dir.clear()
+            run_dir.write_start(cfg.to_dict(), env)
+    for run_dir in run_dirs:
+        run_dir.unfinish()  # the weights are about to change: the old result no longer holds
+    for cb in callbacks:
+        cb.on_train_start(ctx)
+    ctx.warmup_seconds = warm_up(setup)
+
+    def status(value: str, **extra) -> None:
+        for run_dir, state in zip(run_dirs, setup.states):
+            run_dir.write_status(value, epochs_done=state.epoch, precision=setup.precision,
+                                 warmup_seconds=ctx.warmup_seconds, **extra)
+
+    status(runs.RUNNING)
+    try:
+        while setup.state.epoch < setup.config.epochs and not ctx.stop_requested:
+            run_epoch(ctx, callbacks)
+    except KeyboardInterrupt:
+        status(runs.INTERRUPTED)
+        raise
+    except NonFiniteLoss as exc:
+        status(runs.FAILED, reason=str(exc))
+        raise UserError(f"{run_dirs[0]}: {exc}") from None
+    results = finish(ctx)
+    for cb in callbacks:
+        cb.on_train_end(ctx, results)
+    return results
+
+
+def run_epoch(ctx: Context, callbacks: list) -> None:
+    setup = ctx.setup
+    epoch = setup.state.epoch + 1
+    for cb in callbacks:
+        cb.on_epoch_start(ctx, epoch, setup.steps_per_epoch)
+
+    def on_step(done, images, loss, accuracy):
+        for cb in callbacks:
+            cb.on_step(ctx, done, images, loss, accuracy)
+
+    lrs = learning_rates(setup, setup.state.step)
+    train_loss, train_acc, train_s = train_one_epoch(setup, epoch, on_step)
+    bad = [m for m, value in enumerate(train_loss) if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteLoss(f"training diverged: the training loss became {train_loss[bad[0]]} in epoch {epoch}; "
+                            f"lower the learning rate (lr = {setup.config.lr:g}) or check the data")
+    if setup.val is not None:
+        val_loss, val_acc, eval_s, _ = evaluate(setup, setup.val)
+    else:
+        val_loss, val_acc, eval_s = [math.nan] * setup.members, [math.nan] * setup.members, 0.0
+    k = setup.members
+    rows = []
+    for m in range(k):
+        row = {"epoch": epoch, "train_loss": train_loss[m], "train_accuracy": train_acc[m], "val_loss": val_loss[m],
+               "val_accuracy": val_acc[m], "lr": lrs[m],
+               "train_seconds": train_s / k, "eval_seconds": eval_s / k}  # a fused member's share of the time
+        rows.append(row)
+        state = setup.states[m]
+        state.history.append(row)
+        state.epoch = epoch
+        if m:
+            state.step = setup.state.step
+        if setup.config.lr_schedule == PLATEAU:
+            setup.plateaus[m].step(val_loss[m])
+    for cb in callbacks:
+        cb.on_epoch_end(ctx, rows)
+    # after the checkpoint callback: a kill between the two leaves history behind, never ahead
+    for run_dir, state in zip(ctx.run_dirs, setup.states):
+        run_dir.write_history(state.history)
+
+
+def model_metadata(setup: Setup, weights_epoch: int) -> dict:
+    c, h, w = setup.dataset.shape
+    trainable, frozen = count_parameters(setup.group.template if setup.group is not None else setup.model)
+    return {"spec": setup.spec, "num_classes": setup.dataset.num_classes, "class_names": setup.dataset.class_names,
+            "class_ids": setup.dataset.class_ids, "input_shape": [c, h, w], "dataset": setup.dataset.name,
+            "trainable_params": trainable, "frozen_params": frozen, "input_scale": "pixels / 255",
+            "weights_epoch": weights_epoch, "tta": setup.config.tta}
+
+
+def finish(ctx: Context) -> list[dict]:
+    """Final evaluation and files of every member: best weights restored if asked, model.json last."""
+    setup = ctx.setup
+    restored = [best is not None and setup.config.keeps_best for best in ctx.best_weights]
+    if any(restored):
+        member_weights = final_weights(setup)
+        for m, best in enumerate(ctx.best_weights):
+            if restored[m]:
+                member_weights[m] = best
+        load_member_weights(setup, member_weights)
+    splits = {"val": setup.val, "test": setup.test}
+    evaluated = {name: evaluate(setup, data) for name, data in splits.items() if data is not None}
+    weights = final_weights(setup)
+    results = []
+    for m, (run_dir, state) in enumerate(zip(ctx.run_dirs, setup.states)):
+        logits, metrics = {}, {}
+        for name, (losses, accs, seconds, out) in evaluated.items():
+            logits[f"{name}_logits"], logits[f"{name}_labels"] = out[:, m], splits[name].labels
+            metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = losses[m], accs[m]
+            if name == "test":
+                metrics["test_predict_seconds"] = seconds
+        history = state.history
         train_secs = [r["train_seconds"] for r in history]
+        weights_epoch = state.best_epoch if restored[m] else state.epoch
         metrics.update(
-            status="finished", epochs_done=self.state.epoch, stopped_early=self.state.stopped_early,
-            warmup_seconds=warmup, train_seconds_total=sum(train_secs),
+            status=runs.FINISHED, epochs_done=state.epoch, stopped_early=state.stopped_early,
+            stop_reason=state.stop_reason, weights_epoch=weights_epoch,
+            warmup_seconds=ctx.warmup_seconds, train_seconds_total=sum(train_secs),
             train_seconds_per_epoch_median=sorted(train_secs)[len(train_secs) // 2] if train_secs else None,
-            train_images_per_second=(len(self.train_data.images) * len(train_secs) / sum(train_secs)) if train_secs else None,
-            best_val_epoch=min(history, key=lambda r: r["val_loss"])["epoch"] if history else None,
-            feature_cache_seconds=self.feature_cache_seconds,
-            device=device_name(self.device), precision=self.precision)
-        runs.save_tensors(self.run_dir / "logits.safetensors", tensors)
-        runs.save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
-                          {"cnnlab": json.dumps(self._model_metadata())})
-        runs.write_json(self.run_dir / "metrics.json", metrics)
-        # model.json last: its presence is what marks a run directory finished for every reader
-        runs.write_json(self.run_dir / "model.json", self._model_metadata())
-        return metrics
+            train_images_per_second=(len(setup.train) * len(train_secs) / sum(train_secs)) if train_secs else None,
+            best_val_epoch=min(history, key=lambda r: r["val_loss"])["epoch"] if setup.val is not None and history else None,
+            feature_cache_seconds=setup.feature_cache_seconds,
+            device=device_name(setup.device), precision=setup.precision)
+        if setup.group is not None:
+            metrics["fused_members"] = setup.members
+        run_dir.write_result(metrics, logits, weights[m], model_metadata(setup, weights_epoch))
+        results.append(metrics)
+    return results
 
 
-def train(config: TrainConfig, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> dict:
-    return Trainer(config, run_dir, reporter).fit(resume=resume)
+def final_weights(setup: Setup) -> list[dict[str, torch.Tensor]]:
+    """Each member's weights as a standalone model's state dict (the EMA's when EMA is on)."""
+    if setup.group is not None:
+        return setup.group.member_weights(setup)
+    model = setup.ema.module if setup.ema is not None else setup.model
+    return [{k: v.detach().clone() for k, v in model.state_dict().items()}]
+
+
+def load_member_weights(setup: Setup, weights: list[dict[str, torch.Tensor]]) -> None:
+    if setup.group is not None:
+        setup.group.load_member_weights(setup, weights)
+    else:
+        (setup.ema.module if setup.ema is not None else setup.model).load_state_dict(weights[0])
+
+
+def train(config: TrainConfig, run_dir, callbacks=(), resume: bool = False, dataset: Dataset | None = None) -> dict:
+    """Alias of fit (the name earlier versions used)."""
+    return fit(config, run_dir, callbacks, resume, dataset)
 
 
 # ------------------------------------------------------------------ loading a trained model
 
 
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+                   autocast=contextlib.nullcontext, tta: bool = False) -> torch.Tensor:
+    """Logits (float32, on the images' device) for uint8 images, in eval mode; tta: mean with the mirror."""
+    model.eval()
+    dtype = next(model.parameters(), torch.empty(0)).dtype  # float64 for fp64 runs
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], dtype)
+        with autocast():
+            logits = model(x).float()
+            if tta:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits)
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def run_autocast(run_dir: str | Path, device: torch.device):
     """The precision the run trained and evaluated in, so predictions match its stored logits."""
-    metrics = Path(run_dir) / "metrics.json"
-    precision = runs.read_json(metrics).get("precision", "fp32") if metrics.is_file() else "fp32"
+    run = RunDir(run_dir)
+    precision = run.read_metrics().get("precision", "fp32") if run.file(runs.METRICS).is_file() else "fp32"
     return autocast_for(torch.device(device), precision)[1]
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a run's model from model.json and model.safetensors."""
-    run_dir = runs.require_run_dir(run_dir)
-    meta = runs.read_json(run_dir / "model.json")
+    run = RunDir(run_dir).require_finished()
+    meta = run.read_model_meta()
     spec = dict(meta["spec"])
-    name = spec.pop("name")
-    model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
-    path = run_dir / "model.safetensors"
-    state = runs.load_tensors(path)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise UserError(f"{run.file(runs.MODEL)}: 'spec' has no model name; the file was edited or damaged")
+    try:
+        model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
+    except TypeError as exc:
+        raise UserError(f"{run.file(runs.MODEL)}: the model spec does not fit {name} ({exc}); the file was edited") from None
+    path = run.file(runs.WEIGHTS)
+    state = run.weights()
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
@@ -512,6 +924,18 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         if value.shape != state[key].shape:
             raise UserError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, "
                             f"model {name} expects {tuple(value.shape)}")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise UserError(f"{path}: tensor {key} holds NaN or infinite values; the run diverged, retrain it")
+    if any(v.dtype == torch.float64 for v in state.values()):
+        model = model.double()  # an fp64 run
     model.load_state_dict(state)
     # the memory format training used, so the same kernels run and logits come out bit-identical
     return model.to(device, memory_format=torch.channels_last).eval(), meta
+
+
+def config_for_resume(run_dir: RunDir, epochs: int | None = None, device: str | None = None) -> TrainConfig:
+    """The stored configuration of a run, with the only settings a resume may change."""
+    from cnnlab.config import build_config
+
+    stored = run_dir.read_config()
+    return build_config(stored, {"epochs": epochs, "device": device})

@@ -5,18 +5,15 @@ Unlike the report, the threshold is applied to the *validation* split; the test 
 reported. An ensemble directory holds one ordinary run directory per member attempt, so members
 can be trained by several processes or machines into one directory and combined later:
 
-    DIR/ensemble.json          settings + the combined result (rewritten under a lock)
+    DIR/ensemble_settings.json the options, fixed by the first invocation
+    DIR/ensemble.json          the combined result (rewritten under a lock)
+    DIR/groups.json            which attempts trained together in one fused network
     DIR/members/member-007/    attempt 7 (seed = seed + 7): a normal run directory
     DIR/model.json, logits.safetensors, growth.png   the vote, usable by evaluate and predict
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import shutil
-import socket
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +24,12 @@ import torch
 from cnnlab import runs
 from cnnlab.config import TrainConfig
 from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
 
-SETTINGS_FILE = "ensemble_settings.json"
+SETTINGS_FILE = "ensemble_settings.json"  # the ensemble's options, fixed by its first invocation
+GROUPS_FILE = "groups.json"  # attempt -> the attempts of its fused group
+MANIFEST_FILE = "ensemble.json"  # the vote's members, accuracies and growth (rewritten by combine)
+LOCK_FILE = ".lock"
 
 
 # ------------------------------------------------------------------ voting (pure functions)
@@ -50,7 +51,7 @@ def vote(logits: np.ndarray, method: str = "hard") -> np.ndarray:
     if method == "soft":
         return probs.mean(0)
     if method != "hard":
-        raise UserError(f"--vote must be hard or soft, got {method!r}")
+        raise UserError(f"vote: must be hard or soft, got {method!r}")
     votes = np.zeros((n, c))
     np.add.at(votes, (np.repeat(np.arange(n)[None], k, 0), probs.argmax(2)), 1)
     # summed probability is at most k < k + 1, so it only decides between classes with equal votes
@@ -67,92 +68,100 @@ def scores_to_logits(scores: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def locked(directory: Path):
-    """An exclusive lock on the ensemble directory (flock; safe across processes on one machine or NFS v4)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock on the ensemble directory's shared files (filelock, like run directories)."""
+    from filelock import FileLock
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise runs._os_error(directory, exc) from None
+    with FileLock(str(directory / LOCK_FILE), thread_local=False):
+        yield
 
 
 def member_dir(directory: Path, attempt: int) -> Path:
     return directory / "members" / f"member-{attempt:03d}"
 
 
-def is_finished(path: Path) -> bool:
-    return (path / "model.json").is_file() and (path / "logits.safetensors").is_file()
-
-
-def _claim_is_stale(path: Path) -> bool:
-    claim = path / "claim.json"
-    try:
-        info = json.loads(claim.read_text())
-    except (OSError, json.JSONDecodeError):
-        return True  # a claim without its file: the claimer died between mkdir and write
-    if info.get("host") != socket.gethostname():
-        return False  # another machine's process: we cannot tell, so leave it alone
-    try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def claim_attempts(directory: Path, candidates: list[int], count: int) -> list[int]:
-    """Claim up to `count` attempts nobody has finished or is training (stale claims are taken over)."""
-    claimed = []
-    with locked(directory):
-        for attempt in candidates:
-            if len(claimed) == count:
-                break
-            path = member_dir(directory, attempt)
-            if path.exists():
-                if is_finished(path) or not _claim_is_stale(path):
-                    continue
-                shutil.rmtree(path)  # an interrupted attempt: start it over
-            path.mkdir(parents=True)
-            runs.write_json(path / "claim.json", {"pid": os.getpid(), "host": socket.gethostname()})
-            claimed.append(attempt)
-    return claimed
-
-
-def release(directory: Path, attempts: list[int]) -> None:
-    """Drop unfinished claims (after an interruption), so the attempts can be trained again."""
-    with locked(directory):
-        for attempt in attempts:
-            path = member_dir(directory, attempt)
-            if path.exists() and not is_finished(path):
-                shutil.rmtree(path)
-
-
 def finished_members(directory: Path) -> list[dict]:
     members = []
     for path in sorted((directory / "members").glob("member-*")):
-        if is_finished(path):
-            metrics = runs.read_json(path / "metrics.json")
-            members.append({"attempt": int(path.name.split("-")[1]), "seed": runs.read_json(path / "config.json")["seed"],
+        run = RunDir(path)
+        if run.is_finished():
+            metrics = run.read_metrics()
+            members.append({"attempt": int(path.name.split("-")[1]), "seed": run.read_config()["seed"],
                             "path": str(path.relative_to(directory)), "val_accuracy": metrics["val_accuracy"],
                             "test_accuracy": metrics.get("test_accuracy"),
                             "train_seconds": metrics.get("train_seconds_total")})
     return members
 
 
+def claim_attempts(directory: Path, candidates: list[int], count: int) -> list[tuple[int, RunDir]]:
+    """Own up to `count` member directories nobody has finished or is training, interrupted ones first
+    (they continue from their checkpoints). A claim is the run directory's owner lock: a dead process's
+    claim is gone with it."""
+    claimed: list[tuple[int, RunDir]] = []
+    with locked(directory):
+        ordered = sorted(candidates, key=lambda a: RunDir(member_dir(directory, a)).status() != runs.INTERRUPTED)
+        for attempt in ordered:
+            if len(claimed) == count:
+                break
+            run = RunDir(member_dir(directory, attempt))
+            if run.status() in (runs.FINISHED, runs.RUNNING) or not run.try_own():
+                continue
+            claimed.append((attempt, run))
+    return claimed
+
+
+def record_group(directory: Path, attempts: list[int]) -> None:
+    """groups.json maps each attempt to the fused group it trains in, so a rerun resumes groups whole."""
+    with locked(directory):
+        path = directory / GROUPS_FILE
+        groups = runs.read_json(path) if path.is_file() else {}
+        groups.update({str(a): attempts for a in attempts})
+        runs.write_json(path, groups)
+
+
+def resumable_groups(directory: Path, claimed: list[tuple[int, RunDir]]) -> tuple[list[list], list, list]:
+    """Split claimed attempts into (fused groups to resume whole, single runs to resume, fresh ones).
+
+    A group resumes as the same group when all its members are claimed here with checkpoints of the
+    same epoch; otherwise each checkpointed member resumes alone (its checkpoint has a standalone
+    run's format), so no finished epoch is lost."""
+    path = directory / GROUPS_FILE
+    groups = runs.read_json(path) if path.is_file() else {}
+    by_attempt = dict(claimed)
+    resumable = {a for a, run in claimed if run.status() == runs.INTERRUPTED and run.has_checkpoint()}
+    whole, singles, seen = [], [], set()
+    for attempt in sorted(resumable):
+        if attempt in seen:
+            continue
+        group = [a for a in groups.get(str(attempt), [attempt]) if a in by_attempt]
+        if len(group) > 1 and set(group) <= resumable and len(set(groups.get(str(attempt)))) == len(group) and \
+                len({runs.tensor_metadata(by_attempt[a].file(runs.CHECKPOINT))["train_state"]["epoch"] for a in group}) == 1:
+            whole.append([(a, by_attempt[a]) for a in group])
+            seen.update(group)
+        else:
+            singles.append((attempt, by_attempt[attempt]))
+            seen.add(attempt)
+    fresh = [(a, run) for a, run in claimed if a not in resumable]
+    return whole, singles, fresh
+
+
 def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict:
     """The first invocation fixes the settings; later ones (other workers, restarts) must agree."""
+    from cnnlab.config import differing_settings
+
     path = directory / SETTINGS_FILE
     wanted = {"train": config.to_dict(), **settings}
     with locked(directory):
         if path.is_file():
             stored = runs.read_json(path)
             # the device may differ between workers (one CPU machine, one GPU machine); results may not
-            diff = sorted(k for k in wanted["train"] if k != "device" and wanted["train"][k] != stored["train"].get(k))
+            diff = differing_settings(wanted["train"], stored.get("train", {}))
             if diff:
                 raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
-                                "use another --out or the same options")
+                                "use another output folder or the same options")
             return stored
         runs.write_json(path, wanted)
     return wanted
@@ -169,70 +178,108 @@ def parse_member_range(text: str | None) -> range | None:
         lo, _, hi = text.partition("-")
         lo, hi = int(lo), int(hi or lo)
     except ValueError:
-        raise UserError(f"--only-members: expected a range such as 0-9, got {text!r}") from None
+        raise UserError(f"only_members: expected a range such as 0-9, got {text!r}") from None
     if lo < 0 or hi < lo:
-        raise UserError(f"--only-members: expected a range such as 0-9, got {text!r}")
+        raise UserError(f"only_members: expected a range such as 0-9, got {text!r}")
     return range(lo, hi + 1)
+
+
+def check_settings(members: int, threshold: float, method: str, max_attempts: int | None, fuse: int) -> None:
+    for name, value in (("members", members), ("max_attempts", max_attempts if max_attempts is not None else 1),
+                        ("fuse", fuse + 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{name}: must be a positive integer, got {value!r}")
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise UserError(f"threshold: is an accuracy between 0 and 1, got {threshold!r}")
+    if method not in ("hard", "soft"):
+        raise UserError(f"vote: must be hard or soft, got {method!r}")
+
+
+def training_path(config: TrainConfig, fuse: int) -> tuple[int, str]:
+    """(members trained at once, a sentence saying so and why)."""
+    from cnnlab.engine import resolve_device
+    from cnnlab.fused import can_fuse_config
+
+    fusable, why = can_fuse_config(config)
+    # auto: fuse on CUDA, where one small CNN leaves the GPU mostly idle; on the 2-core CPU five fused
+    # tuned-cnn members ran at 3,150 member-images/s against 3,960 images/s for one model (measured)
+    group = (fuse or (30 if resolve_device(config.device).type == "cuda" else 1)) if fusable else 1
+    text = f"fused, up to {group} members at once" if group > 1 else "one member after another"
+    return group, text + ("" if fusable else f" (not fusable: {why})")
 
 
 def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, threshold: float = 0.91,
                    method: str = "hard", max_attempts: int | None = None, only: range | None = None,
-                   fuse: int = 0, reporter=None, say=print) -> dict:
-    """Train attempts until `members` pass the threshold (or attempts run out), then combine."""
-    from cnnlab.engine import resolve_device
-    from cnnlab.fused import can_fuse, train_members_fused
-    from cnnlab.models import create_model
+                   fuse: int = 0, callbacks=(), say=print, dataset=None) -> dict:
+    """Train attempts until `members` pass the threshold (or attempts run out), then combine.
 
-    if members < 1:
-        raise UserError(f"--members must be at least 1, got {members}")
-    if not 0 <= threshold <= 1:
-        raise UserError(f"--threshold is an accuracy between 0 and 1, got {threshold}")
-    if method not in ("hard", "soft"):
-        raise UserError(f"--vote must be hard or soft, got {method!r}")
+    Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
+    (a fused group as the same group when it can)."""
+    from cnnlab.engine import fit
+    from cnnlab.fused import train_members_fused
+
+    check_settings(members, threshold, method, max_attempts, fuse)
+    if config.val_fraction == 0:
+        raise UserError("val_fraction = 0: an ensemble keeps members by their validation accuracy; keep a validation split")
+    directory = Path(directory)
     max_attempts = max_attempts or members * 3
+    group, text = training_path(config, fuse)
+    if dataset is None:
+        from cnnlab.engine import load_data, split_data
+
+        split_data(config, load_data(config), torch.device("cpu"))  # bad data fails before anything is written
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
                                                   "max_attempts": max_attempts})
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
-    device = resolve_device(config.device)
-    fusable = can_fuse(create_model(config.model, num_classes=2, **config.model_params)) and not config.early_stopping and config.optimizer == "adam"
-    # auto: fuse on CUDA, where one small CNN leaves the GPU mostly idle; on the 2-core CPU five fused
-    # tuned-cnn members ran at 3,150 member-images/s against 3,960 images/s for one model (measured)
-    group = (fuse or (30 if device.type == "cuda" else 1)) if fusable else 1
-    say(f"training path: {'fused, up to %d members at once' % group if group > 1 else 'one member after another'}"
-        + ("" if fusable else f" ({config.model} cannot be fused)"))
-    candidates = [a for a in range(max_attempts) if only is None or a in only]
+    say(f"training path: {text}")
+    candidates = [a for a in range(settings["max_attempts"]) if only is None or a in only]
     while True:
         done = finished_members(directory)
         qualified = sum(m["val_accuracy"] >= threshold for m in done)
         if qualified >= members:
             break
-        attempts = claim_attempts(directory, candidates, min(group, members - qualified))
-        if not attempts:
+        claimed = claim_attempts(directory, candidates, min(group, members - qualified))
+        if not claimed:
             break
         try:
-            seeds = [config.seed + a for a in attempts]
-            dirs = [member_dir(directory, a) for a in attempts]
-            say(f"attempts {', '.join(map(str, attempts))} (seeds {', '.join(map(str, seeds))}); "
-                f"{qualified}/{members} qualified so far")
-            if group > 1:
-                results = train_members_fused(config, seeds, dirs, reporter)
+            whole, singles, fresh = resumable_groups(directory, claimed)
+            jobs = [(g, True) for g in whole] + [([s], True) for s in singles]
+            if group > 1 and len(fresh) > 1:
+                record_group(directory, [a for a, _ in fresh])
+                jobs.append((fresh, False))
             else:
-                from cnnlab.engine import train
-
-                results = [train(replace(config, seed=seeds[0]), dirs[0], reporter)]
-            for attempt, result in zip(attempts, results):
-                verdict = "kept" if result["val_accuracy"] >= threshold else "discarded"
-                say(f"  attempt {attempt}: val {result['val_accuracy']:.4f}"
-                    + (f", test {result['test_accuracy']:.4f}" if "test_accuracy" in result else "") + f" -> {verdict}")
-        except BaseException:
-            release(directory, attempts)
-            raise
+                jobs += [([f], False) for f in fresh]
+            for job, resume in jobs:
+                attempts, dirs = [a for a, _ in job], [d for _, d in job]
+                seeds = [config.seed + a for a in attempts]
+                say(f"attempts {', '.join(map(str, attempts))} (seeds {', '.join(map(str, seeds))})"
+                    + (", resumed" if resume else "") + f"; {qualified}/{members} qualified so far")
+                if len(job) > 1:
+                    results = train_members_fused(config, seeds, dirs, callbacks, resume=resume, dataset=dataset)
+                else:
+                    member_config = config_for_member(config, dirs[0], seeds[0], resume)
+                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset)]
+                for attempt, result in zip(attempts, results):
+                    verdict = "kept" if result["val_accuracy"] >= threshold else "discarded"
+                    say(f"  attempt {attempt}: val {result['val_accuracy']:.4f}"
+                        + (f", test {result['test_accuracy']:.4f}" if "test_accuracy" in result else "") + f" -> {verdict}")
+        finally:
+            for _, run in claimed:
+                run.release()  # an interrupted member keeps its checkpoint and resumes next time
     return combine(directory)
+
+
+def config_for_member(config: TrainConfig, run: RunDir, seed: int, resume: bool) -> TrainConfig:
+    """A resumed member continues with the configuration it stored (a fused member's is its own)."""
+    if resume:
+        from cnnlab.engine import config_for_resume
+
+        return config_for_resume(run, device=config.device)
+    return replace(config, seed=seed)
 
 
 def combine(directory: Path) -> dict:
     """Vote with the first `members` qualified members; write the ensemble's files and manifest."""
-    from cnnlab.evaluation import run_logits
     from cnnlab.metrics import classification_metrics
 
     directory = Path(directory)
@@ -246,13 +293,13 @@ def combine(directory: Path) -> dict:
                     "threshold_split": "val", "members_wanted": settings["members"], "attempts": len(done),
                     "qualified": len(qualified), "members": qualified, "discarded": [m for m in done if m not in qualified]}
         if not qualified:
-            runs.write_json(directory / "ensemble.json", manifest)
+            runs.write_json(directory / MANIFEST_FILE, manifest)
             return manifest
-        meta = runs.read_json(directory / qualified[0]["path"] / "model.json")
+        meta = RunDir(directory / qualified[0]["path"]).read_model_meta()
         tensors, growth = {}, {}
         for split in ("val", "test"):
             try:
-                stacked = [run_logits(directory / m["path"], split) for m in qualified]
+                stacked = [RunDir(directory / m["path"]).logits(split) for m in qualified]
             except UserError:
                 continue  # no labeled test split in this dataset
             logits, labels = np.stack([s[0] for s in stacked]), stacked[0][1]
@@ -264,10 +311,10 @@ def combine(directory: Path) -> dict:
                              for i in range(1, len(qualified) + 1)]
             manifest[f"{split}_metrics"] = classification_metrics(labels, scores.argmax(1), meta["class_names"])
         manifest["growth"] = growth
-        runs.save_tensors(directory / "logits.safetensors", tensors)
-        runs.write_json(directory / "model.json", {**meta, "ensemble": True,
-                                                   "members": [m["path"] for m in qualified], "vote": settings["vote"]})
-        runs.write_json(directory / "ensemble.json", manifest)
+        runs.save_tensors(directory / runs.LOGITS, tensors)
+        runs.write_json(directory / runs.MODEL, {**meta, "ensemble": True,
+                                                 "members": [m["path"] for m in qualified], "vote": settings["vote"]})
+        runs.write_json(directory / MANIFEST_FILE, manifest)
     from cnnlab.plots import ensemble_growth_plot
 
     ensemble_growth_plot(growth, directory / "growth.png", f"{manifest['model']} ensemble ({settings['vote']} vote)")
@@ -278,10 +325,11 @@ def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: i
     """Vote scores of an ensemble directory's members on new images."""
     from cnnlab.engine import load_model, predict_logits, run_autocast
 
-    meta = runs.read_json(Path(directory) / "model.json")
+    meta = RunDir(directory).read_model_meta()
     stacked = []
     for path in meta["members"]:
-        model, _ = load_model(Path(directory) / path, device)
+        model, member_meta = load_model(Path(directory) / path, device)
         autocast = run_autocast(Path(directory) / path, device)
-        stacked.append(predict_logits(model, images.to(device), batch_size, autocast).cpu().numpy())
+        stacked.append(predict_logits(model, images.to(device), batch_size, autocast,
+                                      tta=member_meta.get("tta", False)).cpu().numpy())
     return vote(np.stack(stacked), meta["vote"])

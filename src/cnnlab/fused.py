@@ -11,8 +11,9 @@ another.
 
 from __future__ import annotations
 
+import copy
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 _ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.Identity)
@@ -155,145 +156,152 @@ class MemberAdam:
             p.addcdiv_(m * (-lr / bias1), denom)
 
 
-def member_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits N x K x classes, labels N x K -> each member's mean cross-entropy (K,)."""
-    n, k, c = logits.shape
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 stays
-    return F.cross_entropy(logits.reshape(n * k, c), labels.reshape(n * k), reduction="none").view(n, k).mean(0)
+# the loss of K members: the engine's (kept importable from here for the tests and older code)
+from cnnlab.engine import member_losses  # noqa: E402, F401
 
 
-# ------------------------------------------------------------------ training K members at once
+# ------------------------------------------------------------------ a fused group in the engine
 
 
-def train_members_fused(config, seeds: list[int], run_dirs: list, reporter=None) -> list[dict]:
-    """Train len(seeds) members of config.model as one fused network; write one run directory each.
+def can_fuse_config(config) -> tuple[bool, str]:
+    """The one place that decides whether members of this configuration can train fused, and why not.
 
-    Returns each member's metrics. Members' initial weights equal standalone runs with the same
-    seeds; shuffles and augmentation draw from each member's own generator, as standalone runs do.
-    """
-    import copy
-    import math
-    import time
+    Fused: the report's sequential CNNs (layer types above), Adam (MemberAdam is Adam per member)
+    without weight decay, no early stopping (members would stop at different epochs), and none of
+    the per-run extras the fused network does not implement per member."""
+    from cnnlab.models import create_architecture
+
+    if not can_fuse(create_architecture(config.model, num_classes=2, **config.model_params)):
+        return False, f"{config.model} is not a plain sequential CNN"
+    reasons = [why for why, bad in (
+        ("optimizer is not adam", config.optimizer != "adam"), ("weight decay", config.weight_decay),
+        ("early stopping", config.early_stopping), ("restore_best", config.keeps_best), ("EMA", config.ema),
+        ("class weights", config.class_weights is not None), ("crop/flip/erasing/mixup/cutmix",
+                                                              config.crop_padding or config.hflip or config.erasing
+                                                              or config.mixup or config.cutmix),
+        ("flip TTA", config.tta), ("torch.compile", config.compile)) if bad]
+    return (False, ", ".join(reasons)) if reasons else (True, "")
+
+
+class FusedGroup:
+    """The member-wise view of a fused network: configs, template, per-member weights and checkpoints."""
+
+    def __init__(self, configs: list, template: nn.Sequential):
+        self.configs, self.template, self.k = configs, template, len(configs)
+        # which fused parameters hold members stacked (MemberLinear) rather than concatenated
+        self._stacked: list[bool] = []
+
+    def bind(self, net: nn.Sequential) -> None:
+        self._stacked = [isinstance(layer, MemberLinear) for layer in net for _ in layer.parameters(recurse=False)]
+
+    def _slice(self, tensor: torch.Tensor, i: int, m: int) -> torch.Tensor:
+        if self._stacked[i]:
+            return tensor[m]
+        size = tensor.shape[0] // self.k
+        return tensor[m * size:(m + 1) * size]
+
+    def _join(self, parts: list[torch.Tensor], i: int) -> torch.Tensor:
+        return torch.stack(parts) if self._stacked[i] else torch.cat(parts)
+
+    def set_learning_rates(self, setup, lrs: list[float]) -> None:
+        setup.optimizer.lr.copy_(torch.tensor(lrs, dtype=setup.optimizer.lr.dtype))  # CPU; MemberAdam caches per change
+
+    def member_weights(self, setup) -> list[dict[str, torch.Tensor]]:
+        return unfuse(setup.model, self.template, self.k)
+
+    def load_member_weights(self, setup, weights: list[dict[str, torch.Tensor]]) -> None:
+        members = []
+        for state in weights:
+            member = copy.deepcopy(self.template)
+            member.load_state_dict(state)
+            members.append(member)
+        setup.model.load_state_dict(fuse(members).state_dict())
+
+    def member_checkpoints(self, setup, best_weights: list) -> list[tuple[dict, dict]]:
+        """Each member's checkpoint in a standalone run's format (torch Adam state, its own generator
+        and plateau), so a member can also be resumed alone."""
+        from cnnlab.engine import checkpoint_of
+
+        opt: MemberAdam = setup.optimizer
+        out = []
+        for m, (weights, cfg) in enumerate(zip(self.member_weights(setup), self.configs)):
+            adam = torch.optim.Adam(self.template.parameters(), lr=float(opt.lr[m]), eps=opt.eps, betas=opt.betas)
+            state = adam.state_dict()
+            state["state"] = {i: {"step": torch.tensor(float(opt.step_count)),
+                                  "exp_avg": self._slice(ea, i, m).detach().cpu().clone(),
+                                  "exp_avg_sq": self._slice(eas, i, m).detach().cpu().clone()}
+                              for i, (ea, eas) in enumerate(zip(opt.exp_avg, opt.exp_avg_sq))} if opt.step_count else {}
+            out.append(checkpoint_of(weights, state, setup.plateaus[m], setup.generators[m], setup.states[m], cfg,
+                                     setup.precision, setup.device, best_weights[m]))
+        return out
+
+    def load_member_checkpoints(self, setup, loaded: list[tuple[dict, dict]]) -> None:
+        from cnnlab.engine import _prefixed
+
+        self.load_member_weights(setup, [_prefixed(tensors, "model.") for tensors, _ in loaded])
+        opt: MemberAdam = setup.optimizer
+        steps = {int(tensors["optim.0.step"]) if "optim.0.step" in tensors else 0 for tensors, _ in loaded}
+        if len(steps) != 1:
+            raise ValueError("members' optimizer steps differ")
+        opt.step_count = steps.pop()
+        if opt.step_count:
+            for i, (ea, eas) in enumerate(zip(opt.exp_avg, opt.exp_avg_sq)):
+                ea.copy_(self._join([t[f"optim.{i}.exp_avg"] for t, _ in loaded], i))
+                eas.copy_(self._join([t[f"optim.{i}.exp_avg_sq"] for t, _ in loaded], i))
+        self.set_learning_rates(setup, [float(meta["optimizer"]["param_groups"][0]["lr"]) for _, meta in loaded])
+
+
+def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None = None):
+    """A setup of len(seeds) members of config.model trained as one fused network.
+
+    Members' initial weights equal standalone runs with the same seeds; shuffles and augmentation
+    parameters come from each member's own generator, as in standalone runs."""
     from dataclasses import replace
 
-    from cnnlab import runs
-    from cnnlab.augment import AugmentSettings, augment_batch
-    from cnnlab.engine import EpochResult, Reporter, Trainer, synchronize, to_input
+    from cnnlab.augment import AugmentSettings
+    from cnnlab.engine import (Setup, autocast_for, float_dtype, load_data, make_plateaus, model_options,
+                               resolve_device, split_data)
     from cnnlab.models import create_model
 
-    reporter = reporter or Reporter()
-    k = len(seeds)
-    trainers = [Trainer(replace(config, seed=s), d, reporter) for s, d in zip(seeds, run_dirs)]
-    base = trainers[0]
-    base._prepare()
-    device, autocast = base.device, base.autocast
-    spec = dict(base.spec)
-    name = spec.pop("name")
+    ok, why = can_fuse_config(config)
+    if not ok:
+        raise ValueError(f"cannot fuse {config.model}: {why}")
+    device = resolve_device(config.device)
+    resolved, autocast = autocast_for(device, precision or config.precision)
+    dataset = load_data(config, dataset)
+    train, val, test = split_data(config, dataset, device)
+    options = model_options(config, dataset)
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
-        members.append(create_model(name, **spec))
+        members.append(create_model(config.model, **options).to(dtype=float_dtype(resolved)))
+    spec = dict(members[0].cnnlab_spec)
     template = copy.deepcopy(members[0])
     net = fuse(members).to(device, memory_format=torch.channels_last)
-    optimizer = MemberAdam(net.parameters(), k, config.lr)
-    # one ReduceLROnPlateau per member, each driving its member's learning rate
-    holders = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr) for _ in range(k)]
-    schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(h, mode="min", factor=config.lr_factor,
-                                                             patience=config.lr_patience, min_lr=config.min_lr)
-                  for h in holders]
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    settings = AugmentSettings() if config.augment else None
-    train_images, train_labels = base.train_data.images, base.train_data.labels
-    n, (c, h, w) = len(train_images), train_images.shape[1:]
-    steps = math.ceil(n / config.batch_size)
-    histories: list[list[dict]] = [[] for _ in range(k)]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(seeds[0])  # dropout draws of the group
+    group = FusedGroup([replace(config, seed=s) for s in seeds], template)
+    group.bind(net)
+    plateaus, holders = make_plateaus(config, [config.lr] * len(seeds))
+    setup = Setup(config, device, resolved, autocast, dataset, train, val, test, net, net,
+                  MemberAdam(net.parameters(), len(seeds), config.lr),
+                  [torch.Generator(device=device).manual_seed(s) for s in seeds], spec, members=len(seeds),
+                  plateaus=plateaus, lr_holders=holders, augment=AugmentSettings() if config.augment else None,
+                  group=group)
+    from cnnlab.engine import TrainState
 
-    def evaluate(images: torch.Tensor, labels: torch.Tensor):
-        net.eval()
-        outs = []
-        with torch.inference_mode():
-            for start in range(0, len(images), config.eval_batch_size):
-                x = to_input(images[start:start + config.eval_batch_size]).repeat(1, k, 1, 1)
-                with autocast():
-                    outs.append(net(x.contiguous(memory_format=torch.channels_last)).float())
-        logits = torch.cat(outs)  # N x K x classes
-        losses = member_losses(logits, labels[:, None].expand(-1, k))
-        accuracy = (logits.argmax(2) == labels[:, None]).float().mean(0)
-        return losses.tolist(), accuracy.tolist(), logits
+    setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
+    return setup
 
-    def warm_up() -> float:
-        """One training batch and one evaluation batch, then every effect undone: kernel selection and
-        allocation are timed apart from epoch 1, as in the engine."""
-        state, rng = copy.deepcopy(net.state_dict()), torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-        synchronize(device)
-        start = time.perf_counter()
-        net.train()
-        size = min(config.batch_size, n)
-        x = to_input(train_images[:size]).repeat(1, k, 1, 1).contiguous(memory_format=torch.channels_last)
-        with autocast():
-            member_losses(net(x), train_labels[:size, None].expand(-1, k)).sum().backward()
-        optimizer.zero_grad()
-        evaluate(base.val_data.images[:config.eval_batch_size], base.val_data.labels[:config.eval_batch_size])
-        synchronize(device)
-        net.load_state_dict(state)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        return time.perf_counter() - start
 
-    warmup_seconds = warm_up()
-    for epoch in range(1, config.epochs + 1):
-        net.train()
-        reporter.epoch_start(epoch, config.epochs, steps)
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device)
-        synchronize(device)
-        start = time.perf_counter()
-        perms = [torch.randperm(n, generator=g, device=device) for g in generators]
-        for step in range(steps):
-            idx = torch.stack([p[step * config.batch_size:(step + 1) * config.batch_size] for p in perms])  # K x B
-            batch = idx.shape[1]
-            xs = to_input(train_images[idx.reshape(-1)]).view(k, batch, c, h, w)  # one gather for all members
-            if settings is not None:  # each member draws from its own generator, as a standalone run would
-                xs = torch.stack([augment_batch(x, settings, g) for x, g in zip(xs, generators)])
-            x = xs.transpose(0, 1).reshape(batch, k * c, h, w).contiguous(memory_format=torch.channels_last)
-            y = train_labels[idx].T  # B x K
-            with autocast():
-                logits = net(x)
-            losses = member_losses(logits, y)
-            optimizer.zero_grad()
-            losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
-            optimizer.step()
-            loss_sum += losses.detach() * batch
-            correct += (logits.detach().argmax(2) == y).sum(0)
-        synchronize(device)
-        train_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        val_loss, val_acc, _ = evaluate(base.val_data.images, base.val_data.labels)
-        eval_seconds = time.perf_counter() - start
-        train_loss, train_acc = (loss_sum / n).tolist(), (correct / n).tolist()
-        for m in range(k):
-            row = EpochResult(epoch, train_loss[m], train_acc[m], val_loss[m], val_acc[m], float(optimizer.lr[m]),
-                              train_seconds / k, eval_seconds / k).__dict__  # seconds: each member's share
-            histories[m].append(row)
-            schedulers[m].step(val_loss[m])
-            optimizer.lr[m] = holders[m].param_groups[0]["lr"]
-        reporter.epoch_end({**histories[0][-1], "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+def train_members_fused(config, seeds: list[int], run_dirs: list, callbacks=(), resume: bool = False,
+                        dataset=None) -> list[dict]:
+    """Train len(seeds) members as one fused network, one ordinary run directory each (the caller owns
+    them). With resume, the group continues from its members' checkpoints. Returns each member's metrics."""
+    from cnnlab.engine import default_callbacks, fit_setup, stored_precision
+    from cnnlab.runs import RunDir
 
-    # split the fused weights back into ordinary run directories
-    results = []
-    for m, (trainer, state) in enumerate(zip(trainers, unfuse(net.cpu(), template, k))):
-        member = copy.deepcopy(template)
-        member.load_state_dict(state)
-        trainer.model = trainer.step_model = member.to(device, memory_format=torch.channels_last)
-        trainer.spec, trainer.dataset = base.spec, base.dataset
-        trainer.train_data, trainer.val_data, trainer.test_data = base.train_data, base.val_data, base.test_data
-        trainer.state.history, trainer.state.epoch = histories[m], config.epochs
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        trainer._write_start()
-        runs.write_csv(trainer.run_dir / "history.csv", histories[m])
-        runs_metrics = trainer._finish(warmup=warmup_seconds)
-        runs_metrics["fused_members"] = k
-        results.append(runs_metrics)
-    return results
+    run_dirs = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
+    setup = prepare_fused(config, seeds, dataset, stored_precision(run_dirs[0]) if resume else None)
+    return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume)

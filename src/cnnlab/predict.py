@@ -9,6 +9,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
 
 
 def submission_rows(ids: list[str] | None, labels: np.ndarray) -> list[dict]:
@@ -46,22 +47,36 @@ def load_inputs(path: str | Path, input_shape: list[int]):
     return split
 
 
-def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto", batch_size: int = 1024) -> dict:
-    from cnnlab.engine import load_model, predict_logits, resolve_device, run_autocast
+def run_logits_on(run_dir: Path, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    """Scores (N x classes) of a run or an ensemble directory on uint8 images, in the run's own precision
+    and test-time augmentation, so they match its stored logits."""
+    from cnnlab.engine import load_model, predict_logits, run_autocast
 
-    if Path(output).suffix.lower() != ".csv":
-        raise UserError(f"-o {output}: a submission is a CSV; give a file name ending in .csv")
-    dev = resolve_device(device)
-    meta = runs.read_json(runs.require_run_dir(run_dir) / "model.json")
-    split = load_inputs(input_path, meta["input_shape"])
+    meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
         from cnnlab.ensemble import ensemble_logits
 
-        predictions = ensemble_logits(run_dir, split.images, dev, batch_size).argmax(1)
+        scores = ensemble_logits(run_dir, images, device, batch_size)
     else:
-        model, meta = load_model(run_dir, dev)
-        autocast = run_autocast(run_dir, dev)
-        predictions = predict_logits(model, split.images.to(dev), batch_size, autocast).cpu().argmax(1).numpy()
+        model, meta = load_model(run_dir, device)
+        scores = predict_logits(model, images.to(device), batch_size, run_autocast(run_dir, device),
+                                tta=meta.get("tta", False)).cpu().numpy()
+    if not np.isfinite(scores).all():
+        raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
+    return scores
+
+
+def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto", batch_size: int = 1024) -> dict:
+    from cnnlab.engine import resolve_device
+
+    if Path(output).suffix.lower() != ".csv":
+        raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
+    if Path(output).is_dir():
+        raise UserError(f"{output}: is a folder; give a file name ending in .csv")
+    dev = resolve_device(device)
+    meta = RunDir(run_dir).require_finished().read_model_meta()
+    split = load_inputs(input_path, meta["input_shape"])
+    predictions = run_logits_on(run_dir, split.images, dev, batch_size).argmax(1)
     write_submission(output, split.ids, predictions, meta["class_ids"])
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}

@@ -1,14 +1,15 @@
-"""How training shows progress: a rich bar per epoch on a terminal, one plain line per epoch otherwise."""
+"""How training shows progress: a rich bar per epoch on a terminal and in Jupyter (time left for the
+epoch and for the run), one plain line per epoch otherwise (logs, CI)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cnnlab.engine import Reporter
+from cnnlab.callbacks import Callback
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -17,48 +18,71 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"train {row['train_seconds']:.2f}s  eval {row['eval_seconds']:.2f}s")
 
 
-class ConsoleReporter(Reporter):
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class ConsoleProgress(Callback):
+    """The CLI's and the Python API's progress callback."""
+
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console()
-        self.live = self.console.is_terminal and not quiet
+        self.live = (self.console.is_terminal or self.console.is_jupyter) and not quiet
         self.quiet = quiet
         self.progress: Progress | None = None
-        self.epochs = 0
+        self.epoch_seconds: list[float] = []
 
-    def start(self, run_dir: Path, config, info: dict) -> None:
-        self.epochs = config.epochs
+    def on_train_start(self, ctx) -> None:
+        setup = ctx.setup
+        self.epochs, self.epoch_seconds = ctx.config.epochs, []
         if self.quiet:
             return
-        trainable, frozen = info["params"]
-        self.console.print(f"[bold]{config.model}[/bold] on {info['dataset']} "
-                           f"({info['train']} train / {info['val']} val / {info['test']} test), "
-                           f"{trainable:,} trainable params, {info['device']}, {info['precision']}")
-        self.console.print(f"run directory: {run_dir}")
+        from cnnlab.engine import device_name
+        from cnnlab.models import count_parameters
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self._t0 = time.perf_counter()
-        self._last = 0.0
+        trainable, _ = count_parameters(setup.model)
+        members = f" ({setup.members} members fused)" if setup.members > 1 else ""
+        val = len(setup.val) if setup.val is not None else 0
+        test = len(setup.test) if setup.test is not None else 0
+        self.console.print(f"[bold]{escape(ctx.config.model)}[/bold]{members} on {escape(setup.dataset.name)} "
+                           f"({len(setup.train)} train / {val} val / {test} test), {trainable:,} trainable params, "
+                           f"{escape(device_name(setup.device))}, {setup.precision}")
+        self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False)
+
+    def on_epoch_start(self, ctx, epoch: int, steps: int) -> None:
+        self._t0 = self._last = time.perf_counter()
+        self.epoch = epoch
         if self.live:
-            self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                     console=self.console, transient=True)
+            self.progress = Progress(TextColumn(f"epoch {epoch}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("left"),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
             self.progress.start()
             self.task = self.progress.add_task("train", total=steps, stats="")
 
-    def step(self, done: int, images: int, loss, accuracy) -> None:
+    def on_step(self, ctx, step: int, images: int, loss, accuracy) -> None:
         if not self.progress:
             return
         now = time.perf_counter()
-        if now - self._last < 0.25 and done < self.progress.tasks[0].total:  # reading loss syncs the device
+        total = self.progress.tasks[0].total
+        if now - self._last < 0.25 and step < total:  # reading loss syncs the device
             return
         self._last = now
-        rate = images / max(now - self._t0, 1e-9)
-        self.progress.update(self.task, completed=done,
-                             stats=f"loss {loss():.4f} acc {accuracy():.4f} {rate:,.0f} img/s")
+        elapsed = now - self._t0
+        rate = images / max(elapsed, 1e-9)
+        per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else elapsed * total / step
+        run_left = per_epoch * (self.epochs - self.epoch) + elapsed * (total - step) / step
+        self.progress.update(self.task, completed=step, stats=f"loss {loss():.4f} acc {accuracy():.4f} {rate:,.0f} img/s "
+                                                              f"run left ~{_duration(run_left)}")
 
-    def epoch_end(self, row: dict) -> None:
+    def on_epoch_end(self, ctx, rows: list[dict]) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._t0)
         if self.progress:
             self.progress.stop()
             self.progress = None
         if not self.quiet:
-            self.console.print(_epoch_line(row, self.epochs), highlight=False)
+            self.console.print(_epoch_line(rows[0], self.epochs), highlight=False)
+
+
+ConsoleReporter = ConsoleProgress  # the name earlier versions used

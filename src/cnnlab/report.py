@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cnnlab import runs
 from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
 
 
 @dataclass
@@ -39,8 +40,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"{path}: no such run or study directory")
-        candidates = [path] if (path / "history.csv").is_file() else sorted(p.parent for p in path.rglob("history.csv"))
-        found += [c for c in candidates if (c / "model.json").is_file()]
+        candidates = [path] if RunDir(path).file(runs.HISTORY).is_file() else \
+            sorted(p.parent for p in path.rglob(runs.HISTORY))
+        found += [c for c in candidates if RunDir(c).is_finished()]
     if not found:
         raise UserError(f"{', '.join(map(str, paths))}: no finished run directories found")
     return list(dict.fromkeys(found))
@@ -49,10 +51,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def load_run(path: Path) -> Run:
     from cnnlab.evaluation import evaluate_run, history
 
-    logits = runs.load_tensors(path / "logits.safetensors")
-    return Run(path, runs.read_json(path / "config.json"), runs.read_json(path / "env.json"),
-               runs.read_json(path / "metrics.json"), runs.read_json(path / "model.json"), history(path),
-               evaluate_run(path, "val"), evaluate_run(path, "test") if "test_logits" in logits else None)
+    run = RunDir(path)
+    return Run(path, run.read_config(), run.read_env(), run.read_metrics(), run.read_model_meta(), history(path),
+               evaluate_run(path, "val"), evaluate_run(path, "test") if run.has_logits("test") else None)
 
 
 def group_runs(loaded: list[Run]) -> list[Group]:

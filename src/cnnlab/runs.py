@@ -1,16 +1,19 @@
 """Run directories: the only interface between training and everything after it.
 
-Layout of a run directory:
-    config.json         resolved training configuration
-    env.json            package versions, device, git commit
-    history.csv         one row per finished epoch
-    metrics.json        final metrics, timing, status
-    model.safetensors   weights; model.json beside it says how to rebuild the model
-    logits.safetensors  validation/test logits and labels
-    checkpoint/         everything needed to resume (weights, optimizer, scheduler, RNG)
+Layout of a run directory (the names are the constants below; no other module spells them):
+    config.json              resolved training configuration
+    env.json                 package versions, device, git commit
+    history.csv              one row per finished epoch, written as training goes
+    metrics.json             status while training; final metrics, timing and status at the end
+    checkpoint.safetensors   everything needed to resume (weights, optimizer, schedules, RNG)
+    logits.safetensors       validation/test logits and labels
+    model.safetensors        final weights; model.json beside it says how to rebuild the model
+    model.json               written last: its presence marks the run finished for every reader
 
-Every file is written to a temporary name and renamed, so a killed process never leaves half a
-file that looks whole.
+`RunDir.status()` is the one definition of fresh / running / interrupted / failed / finished.
+"Running" means a live process holds the directory's owner lock (filelock: the kernel drops the
+lock when its process dies, so a killed owner never blocks anyone). Every file is written to a
+temporary name and renamed, so a killed process never leaves half a file that looks whole.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -29,18 +34,61 @@ from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import UserError
 
+CONFIG = "config.json"
+ENV = "env.json"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.safetensors"
+LOGITS = "logits.safetensors"
+WEIGHTS = "model.safetensors"
+MODEL = "model.json"
+OWNER_LOCK = ".owner.lock"
+
+FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED = "fresh", "running", "interrupted", "failed", "finished"
+STATUSES = (FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED)
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+# ------------------------------------------------------------------ atomic files
+
+
+def _os_error(path: Path, exc: OSError) -> UserError:
+    """Operating-system errors a user can fix, as one line naming the path and the fix."""
+    import errno
+
+    reason = {errno.ENOSPC: "no space left on the device; free some space or write elsewhere (--out)",
+              errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere (--out)",
+              errno.EACCES: "permission denied; choose a folder you can write to (--out)",
+              errno.EPERM: "permission denied; choose a folder you can write to (--out)",
+              errno.EROFS: "read-only file system; choose a folder you can write to (--out)",
+              errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+              errno.EISDIR: "this path is a folder; give a file name"}.get(exc.errno)
+    return UserError(f"{path}: {reason or exc.strerror or exc}")
+
 
 @contextlib.contextmanager
 def atomic_target(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the user's normal permissions (umask), not mkstemp's 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -57,11 +105,16 @@ def write_json(path: str | Path, data) -> None:
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the file was edited or damaged") from None
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}; the file was edited or damaged")
+    return data
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
@@ -74,8 +127,11 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def read_csv_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -94,10 +150,271 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a valid safetensors weights file ({exc}); cnnlab never unpickles files") from None
 
 
+def tensor_metadata(path: str | Path) -> dict:
+    """The JSON a checkpoint or weights file carries in its safetensors metadata under 'cnnlab'."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("cnnlab", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Temporary files a killed process left behind (atomic_target's .NAME.XXXXXXXX.tmp)."""
+    removed = 0
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if TEMP_PATTERN.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+# ------------------------------------------------------------------ the run directory
+
+
+class RunDir:
+    """One run directory: names, status, ownership, writing and reading back."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -------------------------------------------------------------- naming and ownership
+
+    @classmethod
+    def create(cls, out: str | Path, prefix: str) -> "RunDir":
+        """A new, empty directory OUT/PREFIX-YYYYmmdd-HHMMSS (then -2, -3, ...), claimed with an atomic
+        mkdir, so two processes started in the same second never share one."""
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(out, exc) from None
+        base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for k in range(1, 10_000):
+            path = out / (base if k == 1 else f"{base}-{k}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _os_error(path, exc) from None
+        raise UserError(f"{out}: cannot find a free run directory name for {base}")
+
+    def _owner_lock(self):
+        from filelock import FileLock
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.file(OWNER_LOCK)), thread_local=False)
+        return self._lock
+
+    def try_own(self) -> bool:
+        """Take the owner lock without waiting; False if another live process holds it."""
+        from filelock import Timeout
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._owner_lock().acquire(timeout=0)
+        except Timeout:
+            return False
+        except OSError as exc:
+            raise _os_error(self.path, exc) from None
+        remove_stale_temporaries(self.path)  # we own it: any temporary file is a dead writer's
+        return True
+
+    def wait_own(self, poll: float = 0.5) -> None:
+        """Take the owner lock, waiting for the current owner to finish."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._owner_lock().acquire(poll_interval=poll)
+        remove_stale_temporaries(self.path)
+
+    @contextlib.contextmanager
+    def owned(self) -> Iterator["RunDir"]:
+        """Hold the owner lock for the block (kept if this object holds it already)."""
+        if self.holds():
+            yield self
+            return
+        if not self.try_own():
+            raise UserError(f"{self.path}: another process is training into this run directory; "
+                            "wait for it to finish or choose another directory")
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def holds(self) -> bool:
+        """Whether this object holds the owner lock."""
+        return self._lock is not None and self._lock.is_locked
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            self._lock.release()
+
+    def is_owned_elsewhere(self) -> bool:
+        """A live process (another one, or another RunDir object here) holds the owner lock."""
+        from filelock import FileLock, Timeout
+
+        if not self.file(OWNER_LOCK).exists() or (self._lock is not None and self._lock.is_locked):
+            return False
+        probe = FileLock(str(self.file(OWNER_LOCK)), thread_local=False)
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:
+            return False
+        probe.release()
+        return False
+
+    # -------------------------------------------------------------- status
+
+    def status(self) -> str:
+        """fresh | running | interrupted | failed | finished, defined here only.
+
+        finished: model.json exists (written last). running: a live process owns the directory.
+        failed: the run stopped on an error it recorded (e.g. a non-finite loss). interrupted:
+        training started and stopped without finishing (Ctrl-C, kill, crash). fresh: nothing yet."""
+        if self.file(MODEL).is_file():
+            return FINISHED
+        if not self.path.is_dir():
+            return FRESH
+        if self.is_owned_elsewhere():
+            return RUNNING
+        recorded = self._recorded_status()
+        if recorded == FAILED:
+            return FAILED
+        if recorded is not None or self.file(CHECKPOINT).is_file() or self.file(HISTORY).is_file():
+            return INTERRUPTED
+        return FRESH
+
+    def _recorded_status(self) -> str | None:
+        try:
+            return json.loads(self.file(METRICS).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def is_finished(self) -> bool:
+        return self.status() == FINISHED
+
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).is_file()
+
+    def require_finished(self) -> "RunDir":
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: no such run directory")
+        if not self.file(MODEL).is_file():
+            raise UserError(f"{self.path}: not a finished cnnlab run directory (no {MODEL}; status: {self.status()}); "
+                            "train one with 'cnnlab train' or resume it with 'cnnlab train --resume'")
+        return self
+
+    def clear(self) -> None:
+        """Remove what a run wrote (not the owner lock): a run that never finished an epoch starts over."""
+        for name in (CONFIG, ENV, HISTORY, METRICS, CHECKPOINT, LOGITS, WEIGHTS, MODEL):
+            self.file(name).unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- writing
+
+    def write_start(self, config: dict, env: dict) -> None:
+        write_json(self.file(CONFIG), config)
+        write_json(self.file(ENV), env)
+
+    def write_status(self, status: str, **extra) -> None:
+        write_json(self.file(METRICS), {"status": status, **extra})
+
+    def write_history(self, rows: list[dict]) -> None:
+        write_csv(self.file(HISTORY), rows)
+
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        save_tensors(self.file(CHECKPOINT), tensors, {"cnnlab": json.dumps(meta, default=str)})
+
+    def write_result(self, metrics: dict, logits: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                     model_meta: dict) -> None:
+        """Final files; model.json last, so 'finished' is atomic for every reader."""
+        self.file(MODEL).unlink(missing_ok=True)
+        save_tensors(self.file(LOGITS), logits)
+        save_tensors(self.file(WEIGHTS), weights, {"cnnlab": json.dumps(model_meta)})
+        write_json(self.file(METRICS), metrics)
+        write_json(self.file(MODEL), model_meta)
+
+    def unfinish(self) -> None:
+        """Training is about to change the weights (resume, extend): the old result no longer holds."""
+        self.file(MODEL).unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- reading
+
+    def read_config(self) -> dict:
+        return _checked(read_json(self.file(CONFIG)), self.file(CONFIG), {"model": str, "data": str, "seed": int})
+
+    def read_env(self) -> dict:
+        return read_json(self.file(ENV)) if self.file(ENV).is_file() else {}
+
+    def read_metrics(self) -> dict:
+        return _checked(read_json(self.file(METRICS)), self.file(METRICS), {"status": str})
+
+    def read_model_meta(self) -> dict:
+        keys = {"num_classes": int, "class_names": list, "class_ids": list, "input_shape": list}
+        meta = read_json(self.file(MODEL))
+        if not meta.get("ensemble"):
+            keys["spec"] = dict
+        return _checked(meta, self.file(MODEL), keys)
+
+    def history(self) -> list[dict]:
+        if not self.file(HISTORY).is_file():
+            raise UserError(f"{self.path}: no {HISTORY} (no finished epoch yet)")
+        return read_csv_rows(self.file(HISTORY))
+
+    def history_frame(self):
+        """The history as a pandas DataFrame (numbers as numbers)."""
+        import pandas as pd
+
+        if not self.file(HISTORY).is_file():
+            return pd.DataFrame()
+        return pd.read_csv(self.file(HISTORY))
+
+    def logits(self, split: str):
+        """(logits N x classes float32 numpy, labels numpy) stored for the split."""
+        tensors = load_tensors(self.file(LOGITS))
+        if f"{split}_logits" not in tensors or f"{split}_labels" not in tensors:
+            raise UserError(f"{self.path}: no {split} split in this run (its dataset has no labeled {split} split)")
+        return tensors[f"{split}_logits"].float().numpy(), tensors[f"{split}_labels"].numpy()
+
+    def has_logits(self, split: str) -> bool:
+        return f"{split}_logits" in load_tensors(self.file(LOGITS))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_tensors(self.file(WEIGHTS))
+
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
+        path = self.file(CHECKPOINT)
+        return load_tensors(path), tensor_metadata(path)
+
+
+def _checked(data: dict, path: Path, keys: dict[str, type]) -> dict:
+    """Schema check of a run file before use: an edited or damaged file is one clear line, not a KeyError."""
+    for key, kind in keys.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f"{path}: {key!r} is missing or not a {kind.__name__} (found {value!r}); "
+                            "the file was edited or damaged; retrain the run or restore the file")
+    return data
+
+
 def require_run_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such run directory")
-    if not (path / "model.json").is_file() and not (path / "ensemble.json").is_file():
-        raise UserError(f"{path}: not a finished cnnlab run directory (no model.json); train one with 'cnnlab train'")
-    return path
+    """A finished run or ensemble directory (model.json present), else one clear line."""
+    return RunDir(path).require_finished().path

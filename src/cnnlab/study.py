@@ -2,7 +2,9 @@
 
 Orchestration only: every run is an ordinary `cnnlab train` run directory under DIR/runs/, named
 MODEL-seedS. Finished runs are reused, interrupted ones resumed from their checkpoint, so a study
-picks up where it stopped. Tables and figures come from `cnnlab.report`, which reads directories.
+picks up where it stopped. Several processes may work on one study directory: each run is owned by
+one process at a time (RunDir's owner lock), the others move on and wait for it at the end, so
+every run is trained once. Tables and figures come from `cnnlab.report`, which reads directories.
 """
 
 from __future__ import annotations
@@ -11,61 +13,95 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, differing_settings
 from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
 
 REPORT_MODELS = ["cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"]
+SETTINGS_FILE = "study.json"
 
 
-def run_status(path: Path) -> str:
-    """finished | resumable | fresh"""
-    if (path / "metrics.json").is_file() and runs.read_json(path / "metrics.json").get("status") == "finished" \
-            and (path / "model.json").is_file():
-        return "finished"
-    if (path / "checkpoint.safetensors").is_file():
-        return "resumable"
-    return "fresh"
-
-
-def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) -> list[tuple[TrainConfig, Path]]:
+def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) -> list[tuple[TrainConfig, RunDir]]:
+    from cnnlab.config import build_config
     from cnnlab.models import model_info
 
-    if repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {repeats}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise UserError(f"repeats: must be a positive integer, got {repeats!r}")
+    if not models:
+        raise UserError("models: name at least one model (see `cnnlab models`)")
     for name in models:
         model_info(name)  # unknown names fail before anything trains
-    return [(replace(config, model=name, seed=config.seed + r), directory / "runs" / f"{name}-seed{config.seed + r}")
-            for name in models for r in range(repeats)]
+    base = config.to_dict()
+    jobs = []
+    for name in models:
+        # each model gets the recipe's settings with its own model options
+        cfg = build_config({**base, "model": name, "model_params": {}}) if name != config.model else config
+        for r in range(repeats):
+            jobs.append((replace(cfg, seed=config.seed + r), RunDir(directory / "runs" / f"{name}-seed{config.seed + r}")))
+    return jobs
 
 
-def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, reporter=None,
-              say=print) -> list[Path]:
+def write_settings(directory: Path, config: TrainConfig, models: list[str], repeats: int) -> dict:
+    """study.json, written only after the inputs were validated; a rerun must use the same options."""
+    from cnnlab.ensemble import locked
+
+    path = directory / SETTINGS_FILE
+    settings = {"models": models, "repeats": repeats, "train": config.to_dict()}
+    with locked(directory):
+        if path.is_file():
+            stored = runs.read_json(path)
+            diff = differing_settings({k: v for k, v in stored.get("train", {}).items() if k != "model"},
+                                      {k: v for k, v in settings["train"].items() if k != "model"})
+            if diff:
+                raise UserError(f"{directory}: holds a study with other training options ({', '.join(diff)}); "
+                                "use another output folder or the same options")
+            settings["models"] = list(dict.fromkeys(stored.get("models", []) + models))
+            settings["repeats"] = max(stored.get("repeats", 0), repeats)
+        runs.write_json(path, settings)
+    return settings
+
+
+def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, callbacks=(),
+              say=print, dataset=None) -> list[Path]:
     """Train what is missing; return every run directory of the study."""
-    import shutil
-
-    from cnnlab.engine import train
+    from cnnlab.engine import fit, load_data, split_data
 
     directory = Path(directory)
     jobs = plan(config, models, repeats, directory)
-    settings = {"models": models, "repeats": repeats, "train": config.to_dict()}
-    settings_path = directory / "study.json"
-    if settings_path.is_file():
-        stored = runs.read_json(settings_path)
-        if {k: v for k, v in stored["train"].items() if k != "device"} != \
-                {k: v for k, v in settings["train"].items() if k != "device"}:
-            raise UserError(f"{directory}: holds a study with other training options; use another --out")
-        settings["models"] = list(dict.fromkeys(stored["models"] + models))
-        settings["repeats"] = max(stored["repeats"], repeats)
-    runs.write_json(settings_path, settings)
-    for i, (cfg, run_dir) in enumerate(jobs, 1):
-        status = run_status(run_dir)
-        if status == "finished":
-            say(f"[{i}/{len(jobs)}] {run_dir.name}: finished earlier, reused")
-            continue
-        if status == "fresh" and run_dir.exists():
-            shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start over
-        say(f"[{i}/{len(jobs)}] {run_dir.name}: {'resuming' if status == 'resumable' else 'training'}")
-        metrics = train(cfg, run_dir, reporter, resume=status == "resumable")
+    if dataset is None:
+        import torch
+
+        split_data(config, load_data(config), torch.device("cpu"))  # bad data fails before anything is written
+    write_settings(directory, config, models, repeats)
+    deferred = []
+
+    def train_owned(i: int, cfg: TrainConfig, run: RunDir) -> None:
+        status = run.status()
+        if status == runs.FINISHED:
+            say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
+            return
+        resume = status == runs.INTERRUPTED and run.has_checkpoint()
+        say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}")
+        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset)
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
                                                        if "test_accuracy" in metrics else ""))
-    return [run_dir for _, run_dir in jobs]
+
+    for i, (cfg, run) in enumerate(jobs, 1):
+        if run.status() == runs.FINISHED:
+            say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
+            continue
+        if not run.try_own():
+            say(f"[{i}/{len(jobs)}] {run.path.name}: another process is training it; coming back to it later")
+            deferred.append((i, cfg, run))
+            continue
+        try:
+            train_owned(i, cfg, run)
+        finally:
+            run.release()
+    for i, cfg, run in deferred:  # wait for the other process; train it here if it stopped unfinished
+        run.wait_own()
+        try:
+            train_owned(i, cfg, run)
+        finally:
+            run.release()
+    return [run.path for _, run in jobs]

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
+from cnnlab.callbacks import Callback
 from cnnlab.config import FIELDS, TrainConfig, build_config
 from cnnlab.errors import UserError
 
@@ -56,6 +57,20 @@ def read_space_file(path: Path, model: str) -> dict:
         space.pop(name, None)
     validate_space(space, str(path))
     return space
+
+
+def check_space_names(space: dict, model: str) -> None:
+    """Every searched name is a training setting or one of the model's own hyperparameters."""
+    import inspect
+
+    from cnnlab.models import model_info
+
+    info = model_info(model)
+    own = set(info.tunable) | set(inspect.signature(info.builder).parameters)
+    unknown = sorted(name for name in space if name not in FIELDS and name not in own)
+    if unknown:
+        raise UserError(f"search space: unknown parameter(s) {', '.join(map(repr, unknown))}; use training settings "
+                        f"or {model}'s own hyperparameters ({', '.join(sorted(info.tunable)) or 'none'})")
 
 
 def validate_space(space: dict, source: str) -> None:
@@ -139,28 +154,23 @@ def fail_dead_trials(study) -> int:
     return failed
 
 
-class PruningReporter:
-    """Engine reporter that hands each epoch's metric to Optuna and stops the run when pruned."""
+class Pruning(Callback):
+    """Hands each epoch's metric to Optuna and stops the run, with a reason, when the trial is pruned."""
 
-    def __init__(self, trial, metric: str, inner=None):
-        from cnnlab.engine import Reporter
-
-        self.trial, self.metric, self.inner = trial, metric, inner or Reporter()
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric = trial, metric
         self.epochs_done = 0
         self.epoch_seconds: list[float] = []
+        self.pruned = False
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def epoch_end(self, row: dict) -> None:
-        import optuna
-
-        self.inner.epoch_end(row)
+    def on_epoch_end(self, ctx, rows: list[dict]) -> None:
+        row = rows[0]
         self.epochs_done = row["epoch"]
         self.epoch_seconds.append(row["train_seconds"] + row["eval_seconds"])
         self.trial.report(row[self.metric], row["epoch"])
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+            self.pruned = True
+            ctx.stop(f"pruned by Optuna after epoch {row['epoch']}")
 
 
 def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: float | None = None,
@@ -169,18 +179,24 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     import optuna
     from optuna.trial import TrialState
 
-    from cnnlab.engine import train
+    from cnnlab.engine import fit, load_data, split_data
 
     if metric not in METRICS:
-        raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if trials < 1:
-        raise UserError(f"--trials must be at least 1, got {trials}")
+        raise UserError(f"metric: must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise UserError(f"trials: must be a positive integer, got {trials!r}")
+    if config.val_fraction == 0:
+        raise UserError("val_fraction = 0: a search scores trials on the validation split; keep one")
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
     if isinstance(pruner, str) and pruner not in pruners:
-        raise UserError(f"--pruner must be one of {', '.join(pruners)}, got {pruner!r}")
+        raise UserError(f"pruner: must be one of {', '.join(pruners)}, got {pruner!r}")
     space = space or default_space(config.model)
     validate_space(space, "search space")
+    check_space_names(space, config.model)
+    import torch
+
+    split_data(config, load_data(config), torch.device("cpu"))  # input mistakes fail before any trial starts
     directory = Path(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=open_storage(storage, directory),
@@ -199,14 +215,13 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
         run_dir = directory / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        reporter = PruningReporter(trial, metric)
-        try:
-            metrics = train(cfg, run_dir, reporter)
-        except optuna.TrialPruned:
-            epoch_time = sum(reporter.epoch_seconds) / max(1, len(reporter.epoch_seconds))
-            trial.set_user_attr("seconds_saved", (cfg.epochs - reporter.epochs_done) * epoch_time)
-            say(f"trial {trial.number}: pruned after epoch {reporter.epochs_done} {params}")
-            raise
+        pruning = Pruning(trial, metric)
+        metrics = fit(cfg, run_dir, [pruning])
+        if pruning.pruned:
+            epoch_time = sum(pruning.epoch_seconds) / max(1, len(pruning.epoch_seconds))
+            trial.set_user_attr("seconds_saved", (cfg.epochs - pruning.epochs_done) * epoch_time)
+            say(f"trial {trial.number}: pruned after epoch {pruning.epochs_done} {params}")
+            raise optuna.TrialPruned(metrics["stop_reason"])
         say(f"trial {trial.number}: {metric} {metrics[metric]:.4f} {params}")
         return metrics[metric]
 

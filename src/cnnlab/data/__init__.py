@@ -145,10 +145,18 @@ def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | N
     else:
         raise UserError(f"unknown dataset {data!r}; built-in datasets are {', '.join(known_datasets())}, "
                         "or give a path to an IDX folder, .npz, .npy, .csv or image folder")
-    if raw_train.labels is None:
-        raise UserError(f"{source}: the training data has no labels")
     if test_data is not None:
         raw_test, _ = _read_path(Path(test_data).expanduser(), keep_rgb)
+    return assemble(raw_train, raw_test, name=name, source=source, class_names=names, verified=verified,
+                    classes=classes, keep_rgb=keep_rgb)
+
+
+def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, source: str, class_names: list[str] | None,
+             verified: bool = False, classes: str | list | None = None, keep_rgb: bool = False) -> Dataset:
+    """Read splits -> a checked Dataset: labels in range, one image size, --classes applied, every class present."""
+    names = class_names
+    if raw_train.labels is None:
+        raise UserError(f"{source}: the training data has no labels")
     n_classes = len(names) if names else int(raw_train.labels.max()) + 1
     names = names or [str(i) for i in range(n_classes)]
     for split_name, raw in (("train", raw_train), ("test", raw_test)):

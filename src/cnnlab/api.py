@@ -1,0 +1,269 @@
+"""The Python API: what the CLI does, for notebooks and scripts.
+
+    import cnnlab
+    run = cnnlab.train("cnn4", classes=[0, 1, 2, 3, 4], epochs=20)
+    run.history            # pandas DataFrame, one row per epoch
+    run.metrics["test_accuracy"]
+    run.predict(images)    # labels for a numpy array or tensor of images
+    cnnlab.load_run("runs/cnn4-...").evaluate("test")
+
+Every function takes the training settings of `cnnlab.TrainConfig` as keyword arguments (a recipe's
+defaults first, then a TOML `config` file, then a `params` JSON, then the keywords), and `data` as a
+built-in name, a path, or in-memory arrays: (x, y), (x_train, y_train, x_test, y_test) or a dict with
+those keys and optionally class_names. The CLI calls these functions and holds no policy of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
+from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
+
+
+# ------------------------------------------------------------------ configuration and data
+
+
+def make_config(model: str | None = None, data=None, config: str | Path | dict | TrainConfig | None = None,
+                params: str | Path | None = None, **options) -> tuple[TrainConfig, object]:
+    """(TrainConfig, in-memory Dataset or None) from the layers a user gives."""
+    from cnnlab.engine import data_fingerprint
+
+    if isinstance(config, TrainConfig):
+        config = config.to_dict()
+    base = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+    dataset = None
+    if data is not None and not isinstance(data, (str, Path)):
+        dataset = dataset_from(data, options.get("classes") if "classes" in options else base.get("classes"))
+        data = data_fingerprint(dataset)
+    if isinstance(options.get("classes"), (list, tuple)):
+        options["classes"] = ",".join(map(str, options["classes"]))
+    layers = [base, read_params_file(params) if params else {},
+              {**options, "model": model, "data": str(data) if data is not None else None}]
+    return build_config(*layers), dataset
+
+
+def dataset_from(data, classes=None):
+    """In-memory arrays -> a Dataset, checked like a file's arrays (same messages)."""
+    from cnnlab.data.arrays import dataset_from_arrays
+
+    if isinstance(data, dict):
+        unknown = set(data) - {"x_train", "y_train", "x_test", "y_test", "class_names"}
+        if unknown or "x_train" not in data or "y_train" not in data:
+            raise UserError("data: a dict needs x_train and y_train (optionally x_test, y_test, class_names)"
+                            + (f"; unknown key(s) {', '.join(sorted(unknown))}" if unknown else ""))
+        return dataset_from_arrays(data["x_train"], data["y_train"], data.get("x_test"), data.get("y_test"),
+                                   data.get("class_names"), classes)
+    if isinstance(data, (tuple, list)) and len(data) in (2, 4):
+        return dataset_from_arrays(*data, classes=classes) if len(data) == 2 else \
+            dataset_from_arrays(data[0], data[1], data[2], data[3], classes=classes)
+    raise UserError(f"data: expected a dataset name, a path, (x, y), (x_train, y_train, x_test, y_test) or a dict "
+                    f"of arrays, got {type(data).__name__}")
+
+
+def _progress(progress: bool, quiet: bool = False):
+    from cnnlab.progress import ConsoleProgress
+
+    return [ConsoleProgress(quiet=quiet)] if progress else []
+
+
+# ------------------------------------------------------------------ runs
+
+
+class Run:
+    """A run directory as an object: its settings, history, metrics, model and predictions."""
+
+    def __init__(self, path: str | Path):
+        self.dir = RunDir(path)
+        self.path = self.dir.path
+        self._model = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r})"
+
+    @property
+    def status(self) -> str:
+        return self.dir.status()
+
+    @property
+    def config(self) -> dict:
+        return self.dir.read_config()
+
+    @property
+    def metrics(self) -> dict:
+        return self.dir.read_metrics()
+
+    @property
+    def history(self):
+        """One row per finished epoch (pandas DataFrame)."""
+        return self.dir.history_frame()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dir.read_model_meta()["class_names"]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The trained model (CPU, eval mode): N x C x H x W floats in 0..1 -> logits."""
+        if self._model is None:
+            from cnnlab.engine import load_model
+
+            self._model, _ = load_model(self.path, "cpu")
+        return self._model
+
+    def predict_proba(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities (N x classes) for images as the data readers accept them (uint8 pixels 0..255;
+        N x H x W, N x H x W x C or N x C x H x W; numpy or torch)."""
+        from cnnlab.metrics import softmax
+
+        return softmax(self.logits(images, device, batch_size))
+
+    def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+        from cnnlab.engine import resolve_device
+        from cnnlab.predict import run_logits_on
+
+        return run_logits_on(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
+                             resolve_device(device), batch_size)
+
+    def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+        """Predicted labels (the source's class ids) for the images."""
+        ids = np.asarray(self.dir.read_model_meta()["class_ids"])
+        return ids[self.logits(images, device, batch_size).argmax(1)]
+
+    def evaluate(self, split: str = "val") -> dict:
+        """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a stored split."""
+        from cnnlab.evaluation import evaluate_run
+
+        return evaluate_run(self.path, split)
+
+    def plot(self) -> list[Path]:
+        from cnnlab.evaluation import plot_run
+
+        return plot_run(self.path)
+
+
+def as_images(images, input_shape: list[int]) -> torch.Tensor:
+    from cnnlab.data.formats import validate_arrays
+
+    if torch.is_tensor(images):
+        images = images.detach().cpu().numpy()
+    array, _ = validate_arrays(np.asarray(images), None, "images")
+    if list(array.shape[1:]) != list(input_shape):
+        raise UserError(f"images: shape {'x'.join(map(str, array.shape[1:]))} per image, but the model was trained "
+                        f"on {'x'.join(map(str, input_shape))}")
+    return torch.from_numpy(array)
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run (or ensemble) directory."""
+    RunDir(path).require_finished()
+    return Run(path)
+
+
+def train(model: str | None = None, data=None, *, config=None, params=None, out: str | Path = "runs",
+          resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False, **options) -> Run:
+    """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
+    finished) run: only `epochs` and `device` may change then (in-memory data must be passed again)."""
+    from cnnlab.engine import fit
+
+    extra = list(callbacks) + _progress(progress, quiet)
+    if resume is not None:
+        run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
+        fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
+        return Run(run.path)
+    cfg, dataset = make_config(model, data, config, params, **options)
+    from cnnlab.engine import load_data, split_data
+
+    split_data(cfg, load_data(cfg, dataset), torch.device("cpu"))  # bad data fails before a directory is made
+    run = RunDir.create(out, cfg.model)
+    try:
+        fit(cfg, run, extra, dataset=dataset)
+    except BaseException:
+        if run.status() == "fresh":  # nothing worth keeping was written: leave no empty directory behind
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return Run(run.path)
+
+
+def resume_setting(resume, *, model=None, data=None, config=None, params=None, epochs=None, device=None, **options):
+    """(RunDir, config, dataset) to continue a run; refuses settings a resume cannot change."""
+    from cnnlab import runs
+    from cnnlab.engine import config_for_resume
+
+    run = RunDir(resume)
+    if not run.file(runs.CONFIG).is_file():
+        raise UserError(f"{resume}: not a cnnlab run directory (no config.json); nothing to resume")
+    changed = [k for k, v in {"model": model, "config": config, "params": params, **options}.items() if v is not None]
+    if changed:
+        raise UserError(f"resume continues the stored configuration; only epochs and device may change "
+                        f"(got {', '.join(changed)})")
+    cfg = config_for_resume(run, epochs, device)
+    dataset = dataset_from(data, cfg.classes) if data is not None and not isinstance(data, (str, Path)) else None
+    return run, cfg, dataset
+
+
+def evaluate(run: str | Path | Run, split: str = "val") -> dict:
+    return (run if isinstance(run, Run) else load_run(run)).evaluate(split)
+
+
+def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
+    return (run if isinstance(run, Run) else load_run(run)).predict(images, device)
+
+
+# ------------------------------------------------------------------ studies, ensembles, searches
+
+
+def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"), repeats: int = 3,
+          data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
+          say=print, report: bool = True, **options) -> dict:
+    """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
+    from cnnlab.study import run_study
+
+    names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+    names = [n for n in names if n]
+    cfg, dataset = make_config(names[0] if names else None, data, config, params, **options)
+    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + _progress(progress, quiet=True), say, dataset)
+    result = {"runs": [Run(d) for d in dirs], "report": None, "markdown": None}
+    if report:
+        from cnnlab.report import build_report
+
+        result["report"], result["markdown"] = build_report(dirs, Path(out) / "report.html")
+    return result
+
+
+def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str = "hard", data=None, *,
+             out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
+             fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, **options) -> dict:
+    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth)."""
+    from cnnlab.ensemble import parse_member_range, train_ensemble
+
+    cfg, dataset = make_config(model, data, config, params, **options)
+    return train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
+                          fuse, list(callbacks) + _progress(progress, quiet=True), say, dataset)
+
+
+def combine(directory: str | Path) -> dict:
+    from cnnlab.ensemble import combine as combine_members
+
+    return combine_members(Path(directory))
+
+
+def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune", timeout: float | None = None,
+         storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
+         space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
+         **options) -> dict:
+    """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
+    from cnnlab.tune import read_space_file, run_tune
+
+    if data is not None and not isinstance(data, (str, Path)):
+        raise UserError("data: a search reloads its data in every trial; give a dataset name or path")
+    cfg, _ = make_config(model, data, config, params, **options)
+    if isinstance(space, (str, Path)):
+        space = read_space_file(Path(space), cfg.model)
+    return run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say)
