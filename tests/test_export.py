@@ -134,8 +134,10 @@ def test_ensemble_exports_as_one_graph_that_votes(ensemble_dirs, images, method)
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, size=(200, 1, SIZE, SIZE), dtype=np.uint8)  # members disagree on noise
     check = np.concatenate([images, noise])
-    result = export_onnx(root / method, check_images=check)
+    # hard: checked on blobs and noise; soft: on the first member's validation images (the default)
+    result = export_onnx(root / method, check_images=check if method == "hard" else None)
     assert result["ensemble"] and result["members"] == 3 and result["vote"] == method
+    assert result["images_checked"] == (500 if method == "hard" else 96) and result["argmax_agreement"] == 1.0
     path = root / method / "model.onnx"
     meta = read_onnx_metadata(path)
     assert meta["vote"] == method and meta["ensemble"] == "true" and meta["outputs"][0]["name"] == "scores"

@@ -314,10 +314,16 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, *, opset:
     check_images: uint8 N x C x H x W (or N x H x W for one channel) to check on; default the first
     CHECK_IMAGES of the run's validation images. tolerance: relative to the logit scale (see module
     docstring); default DEFAULT_TOLERANCE = 1000 float32 epsilons.
-    Returns the check's figures and the file's path, size, exporter and opset. Raises ExportCheckError
+    Returns the check's figures and the file's path, size, exporter and opset:
+        output, bytes, exporter ('dynamo', or 'torchscript' with dynamo_failure saying why), opset, ensemble
+        (+ vote, members), images_checked, max_abs_diff, max_rel_diff (per value; values below atol count as
+        atol), max_abs_diff_eps (max_abs_diff / max(1, logit_scale) in float32 epsilons), logit_scale, atol,
+        rtol, tolerance, values_within_tolerance, argmax_agreement (fraction), argmax_disagreements,
+        disagreements_outside_near_ties (0 on success), near_ties.
+    An ensemble is checked on its first member's validation images by default. Raises ExportCheckError
     (a UserError) if the graph does not reproduce PyTorch; the output file is then not written.
     """
-    onnx, ort = _require_onnx()
+    onnx, _ = _require_onnx()
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / "model.onnx"
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
