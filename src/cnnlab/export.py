@@ -20,8 +20,11 @@ FMA use, Winograd convolutions), so each logit differs by rounding only. A lengt
 another order differs by about sqrt(K) * eps relative to the magnitude of its terms (K = 3*3*64 = 576
 to 64*4*4 = 1024 here, a few thousand in VGG19), and the differences of a stack of L layers add up
 (about sqrt(L) of them when independent). For a 20-layer network with K ~ 5000 that is ~300 eps;
-1000 eps leaves a margin of 3 for the largest models and of 100 or more for the report's CNNs (which
-measure 2-10 eps). The comparison is relative to the logit scale of the batch:
+1000 eps leaves a margin of 3 for the largest models and of 100 or more for the report's CNNs.
+Measured (2-core Xeon, onnxruntime 1.32, torch 2.14): tuned-cnn after 1 epoch on Fashion-MNIST, all 12,000
+validation images, max abs diff 7.6e-6 = 2.6 eps x logit scale 24.5, every prediction equal; randomly
+initialized cnn2-4, inception, resnet50, vgg19-transfer 0.1-11 eps of their logit scale,
+inceptionv3-transfer 21. The comparison is relative to the logit scale of the batch:
 
     |onnx - torch| <= atol + rtol * |torch|,   rtol = tolerance,  atol = tolerance * max(1, max|torch|)
 
