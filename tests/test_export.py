@@ -28,7 +28,7 @@ SIZE = 16
 def train_run(tmp_path_factory):
     """Train a tiny run (1 epoch, fp32, CPU) into a fresh directory: the one place tests train."""
     from cnnlab.config import build_config
-    from cnnlab.engine import train
+    from cnnlab.engine import fit as train
 
     data = write_npz_dataset(tmp_path_factory.mktemp("data") / "small.npz", 480, 60, size=SIZE)
 
@@ -232,3 +232,19 @@ def test_missing_extra_is_a_user_error(monkeypatch, tmp_path):
                  lambda: read_onnx_metadata(tmp_path / "m.onnx")):
         with pytest.raises(UserError, match=r"pip install 'cnnlab\[export\]'"):
             call()
+
+
+def test_cli_export_then_predict_from_onnx_equals_the_run(runs_by_model, tmp_path, cli):
+    """`cnnlab export` then `cnnlab predict model.onnx`: the submission equals the fp32 run's own."""
+    from conftest import write_csv
+
+    run = runs_by_model["tuned-cnn"]
+    code, out, err = cli("export", run, "-o", tmp_path / "m.onnx")
+    assert code == 0 and "same predictions" in out, err
+    x, _ = make_images(200, SIZE, seed=5)
+    write_csv(tmp_path / "test.csv", x, None)
+    code, _, err = cli("predict", tmp_path / "m.onnx", "--input", tmp_path / "test.csv", "-o", tmp_path / "onnx.csv")
+    assert code == 0, err
+    code, _, err = cli("predict", run, "--input", tmp_path / "test.csv", "-o", tmp_path / "torch.csv", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()

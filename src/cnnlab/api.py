@@ -208,6 +208,15 @@ def resume_setting(resume, *, model=None, data=None, config=None, params=None, e
     return run, cfg, dataset
 
 
+def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx") -> dict:
+    """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures."""
+    from cnnlab.export import export_onnx
+
+    if format != "onnx":
+        raise UserError(f"format: must be onnx, got {format!r}")
+    return export_onnx(run.path if isinstance(run, Run) else run, output)
+
+
 def evaluate(run: str | Path | Run, split: str = "val") -> dict:
     return (run if isinstance(run, Run) else load_run(run)).evaluate(split)
 

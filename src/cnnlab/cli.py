@@ -267,7 +267,7 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
 
 
 @app.command("predict")
-def predict_cmd(run_dir: Path = typer.Argument(..., help="A run (or ensemble) directory."),
+def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble directory, or an exported .onnx file."),
                 input: Path = typer.Option(..., "--input", help="Unlabeled images: Kaggle test CSV, .npz/.npy, IDX or image folder."),
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
                 device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
@@ -277,6 +277,20 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run (or ensemble) di
     result = predict_run(run_dir, input, output, device)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
                   highlight=False)
+
+
+@app.command("export")
+def export_cmd(run_dir: Path = typer.Argument(..., help="A finished run or ensemble directory."),
+               format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+               output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (default RUN_DIR/model.onnx).")) -> None:
+    """Export for deployment: one ONNX graph (uint8 pixels in, logits or the ensemble's vote out), checked
+    with ONNX Runtime against PyTorch's fp32 logits on the run's validation images before it is written."""
+    from cnnlab import api
+
+    result = api.export(run_dir, output, format=format)
+    console.print(escape(f"wrote {result['output']} ({result['bytes']:,} bytes, opset {result['opset']}); checked on "
+                         f"{result['images_checked']} images: max |diff| {result['max_abs_diff']:.2e} (tolerance "
+                         f"{result['atol']:.2e}), {result['argmax_agreement']:.2%} same predictions"), highlight=False)
 
 
 @app.command("plot")

@@ -47,6 +47,7 @@ from torch import nn
 
 from cnnlab import runs
 from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
 
 EXTRA_HINT = "ONNX export needs the export extra: pip install 'cnnlab[export]'"
 EPS32 = float(np.finfo(np.float32).eps)
@@ -85,6 +86,21 @@ class PixelModel(nn.Module):
         return self.model(images.to(torch.float32) * PIXEL_SCALE)
 
 
+class FlipTTA(nn.Module):
+    """A run trained with flip test-time augmentation predicts the mean of the plain and mirrored logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+def _with_tta(model: nn.Module, meta: dict) -> nn.Module:
+    return FlipTTA(model).eval() if meta.get("tta") else model
+
+
 class VoteModel(nn.Module):
     """uint8 pixels -> the ensemble's vote scores, as cnnlab.ensemble.vote computes them.
 
@@ -119,21 +135,16 @@ def _load_source(run_dir: Path) -> dict:
     from cnnlab.engine import load_model
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    if not (run_dir / "model.json").is_file():
-        raise UserError(f"{run_dir}: not a finished cnnlab run directory (no model.json); "
-                        "train one with 'cnnlab train' or let it finish")
-    meta = runs.read_json(run_dir / "model.json")
+    meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
         paths = [run_dir / p for p in meta.get("members", [])]
         if not paths:
-            raise UserError(f"{run_dir}/model.json: an ensemble without members")
-        members = [load_model(p, "cpu")[0].float().eval() for p in paths]
+            raise UserError(f"{run_dir}: an ensemble without members ({runs.MODEL})")
+        members = [_with_tta(*load_model(p, "cpu")).float().eval() for p in paths]
         return {"meta": meta, "members": members, "member_dirs": paths, "vote": meta.get("vote", "hard"),
                 "module": VoteModel(members, meta.get("vote", "hard")).eval(), "data_dir": paths[0]}
     model, meta = load_model(run_dir, "cpu")
-    model = model.float().eval()
+    model = _with_tta(model.float().eval(), meta)
     return {"meta": meta, "members": [model], "member_dirs": [run_dir], "vote": None,
             "module": PixelModel(model).eval(), "data_dir": run_dir}
 

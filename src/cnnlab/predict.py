@@ -73,10 +73,17 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
-    dev = resolve_device(device)
-    meta = RunDir(run_dir).require_finished().read_model_meta()
-    split = load_inputs(input_path, meta["input_shape"])
-    predictions = run_logits_on(run_dir, split.images, dev, batch_size).argmax(1)
+    if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
+        from cnnlab.export import onnx_predict_logits, read_onnx_metadata
+
+        meta = read_onnx_metadata(run_dir)
+        split = load_inputs(input_path, meta["input_shape"])
+        predictions = onnx_predict_logits(run_dir, split.images, batch_size).argmax(1)
+    else:
+        dev = resolve_device(device)
+        meta = RunDir(run_dir).require_finished().read_model_meta()
+        split = load_inputs(input_path, meta["input_shape"])
+        predictions = run_logits_on(run_dir, split.images, dev, batch_size).argmax(1)
     write_submission(output, split.ids, predictions, meta["class_ids"])
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}
