@@ -57,11 +57,14 @@ def test_three_trial_search_and_best_params_round_trip(data, tmp_path, cli):
     assert set(best["params"]) == {"dropout", "dense", "optimizer", "lr", "batch_size"}
     assert 0 <= best["params"]["dropout"] <= 0.9 and best["params"]["lr"] in (0.001, 0.01, 0.1)
     assert (tmp_path / "t" / "tune.html").read_text().count("<tr>") >= 4
-    code, _, err = cli("train", "cnn1", "--data", data / "d.npz", "--params", tmp_path / "t" / "best.json",
-                       "--epochs", "1", "--device", "cpu", "--out", tmp_path / "runs", "--quiet")
+    assert best["setting"]["data"] == str(data / "d.npz") and best["setting"]["model"] == "cnn1"
+    # the tuned setting (data, model, epochs) comes with the parameters; explicit options still win
+    code, _, err = cli("train", "--params", tmp_path / "t" / "best.json", "--epochs", "1", "--device", "cpu",
+                       "--out", tmp_path / "runs", "--quiet")
     assert code == 0, err
     (run,) = (tmp_path / "runs").iterdir()
     trained = json.loads((run / "config.json").read_text())
+    assert trained["data"] == str(data / "d.npz") and trained["model"] == "cnn1" and trained["epochs"] == 1
     assert trained["lr"] == best["params"]["lr"] and trained["batch_size"] == best["params"]["batch_size"]
     assert trained["model_params"] == {"dropout": best["params"]["dropout"], "dense": best["params"]["dense"]}
 

@@ -7,7 +7,6 @@ one message naming the setting, what is allowed and what was given.
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 import types
@@ -230,14 +229,11 @@ def read_params_file(path: str | Path) -> dict:
 
     best.json also carries the setting it was tuned with (data, classes, epochs, ...) under "setting";
     those become defaults that explicit options override."""
+    from cnnlab.runs import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such parameters file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("params", data), dict):
+    data = read_json(path)
+    if not isinstance(data.get("params", data), dict):
         raise UserError(f"{path}: expected a JSON object of parameter names and values")
     setting = data.get("setting", {}) if isinstance(data.get("setting", {}), dict) else {}
     data = data.get("params", data)

@@ -231,10 +231,14 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     if already < trials:
         study.optimize(objective, n_trials=trials - already, timeout=timeout, callbacks=[stop_at_total],
                        catch=(UserError,))
-    return write_results(study, directory, metric)
+    return write_results(study, directory, metric, config)
 
 
-def write_results(study, directory: Path, metric: str) -> dict:
+# what best.json records of the setting a search ran in, so `train --params best.json` repeats it
+TUNED_SETTING = ("model", "recipe", "data", "data_dir", "classes", "val_fraction", "split_seed", "epochs", "augment")
+
+
+def write_results(study, directory: Path, metric: str, config: TrainConfig | None = None) -> dict:
     """trials.csv, best.json (for `cnnlab train --params`), Optuna's plots and an HTML page."""
     from optuna.trial import TrialState
 
@@ -254,8 +258,9 @@ def write_results(study, directory: Path, metric: str) -> dict:
     if complete:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
-        runs.write_json(directory / "best.json", {"params": best.params, metric: best.value, "trial": best.number,
-                                                  "study": study.study_name})
+        setting = {k: v for k, v in config.to_dict().items() if k in TUNED_SETTING} if config else {}
+        runs.write_json(directory / "best.json", {"params": best.params, "setting": setting, metric: best.value,
+                                                  "trial": best.number, "study": study.study_name})
     figures = _plots(study, directory) if len(complete) >= 2 else []
     _html(directory, summary, rows, figures)
     runs.write_json(directory / "tune.json", summary)
