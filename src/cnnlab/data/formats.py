@@ -263,7 +263,7 @@ def _read_idx_data(raw: bytes, gzipped: bool, path: Path, expect_magic: int) -> 
     check_claim(str(path), expected, None, f"shape {dims}")
     data = _gunzip(raw, path, expected) if gzipped else raw
     if len(data) != expected:
-        have = f"at least {len(data)}" if len(data) > expected else str(len(data))
+        have = f"at least {len(data)}" if gzipped and len(data) > expected else str(len(data))
         raise UserError(f"{path}: wrong length: header promises {expected} bytes for shape {dims}, "
                         f"file has {have}{' after decompression' if gzipped else ''}; the file is truncated or corrupt")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
