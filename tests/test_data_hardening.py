@@ -211,6 +211,14 @@ def test_npy_header_claiming_absurd_size_is_refused_before_allocating(tmp_path):
     refused(tmp_path / "big.npy", "truncated or corrupt")
 
 
+def test_npy_header_garbled(tmp_path):
+    good = npy_bytes((12, 4, 4), payload=X.tobytes())
+    (tmp_path / "paren.npy").write_bytes(good.replace(b"(12, 4, 4)", b"(12, 4, 4 "))  # numpy's parser: TokenError
+    refused(tmp_path / "paren.npy", "not a valid NPY array", "numpy.save")
+    (tmp_path / "magic.npy").write_bytes(b"\x93NUMPX" + good[6:])
+    refused(tmp_path / "magic.npy", "not a valid NPY array")
+
+
 def test_npz_member_claiming_absurd_size_is_refused(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
         z.writestr("images.npy", npy_bytes((10**12, 28, 28)))
@@ -360,7 +368,8 @@ def test_idx_claim_larger_than_payload(tmp_path, gz):
     (b"\0\0\x08", "too short to be an IDX file (3 bytes)"),
     (idx_header(0x803, 5), "truncated IDX header"),
     (idx_header(0x801, 60) + b"\0" * 60, "bad IDX magic number 0x00000801 (expected 0x00000803 for images)"),
-    (idx_header(0x803, 60, 0, 0), "at least one pixel"),
+    (idx_header(0x803, 60, 0, 0), "header says shape [60, 0, 0], which holds no data"),
+    (idx_header(0x803, 0, 2**32 - 1, 2**32 - 1), "which holds no data"),
     (idx_header(0x803, 60, 8, 8) + b"\0" * 100, "wrong length"),
 ])
 def test_bad_idx_images(tmp_path, images, expected):

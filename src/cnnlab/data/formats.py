@@ -26,6 +26,7 @@ import io
 import math
 import os
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -45,7 +46,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 # what decoding a damaged file can raise from the libraries (zip, gzip, numpy, Pillow); OS-level
 # errors (a set errno) are told apart by `_os_error`
 _DECODE_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, struct.error, NotImplementedError,
-                  RuntimeError, KeyError, IndexError, TypeError, UnicodeError, OverflowError, SyntaxError, MemoryError)
+                  RuntimeError, KeyError, IndexError, TypeError, UnicodeError, OverflowError, SyntaxError, MemoryError,
+                  tokenize.TokenError)  # numpy parses NPY headers with tokenize
 
 
 @dataclass
@@ -215,12 +217,20 @@ def validate_labels(labels: np.ndarray, n_images: int, source: str) -> np.ndarra
 
 
 def _gunzip(raw: bytes, path: Path, limit: int | None = None) -> bytes:
-    """Decompress gzip data; with `limit`, stop after limit + 1 bytes (a header's claim plus one)."""
+    """Decompress gzip data, stopping after limit + 1 bytes (a header's claim plus one; default this machine's memory)."""
+    limit = memory_bytes() if limit is None else limit
+    chunks, size = [], 0
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            return stream.read(-1 if limit is None else limit + 1)
+            while size <= limit:  # in chunks: read(n) would allocate all n bytes at once
+                chunk = stream.read(min(limit + 1 - size, 1 << 22))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
     except (EOFError, OSError, zlib.error) as exc:
         raise UserError(f"{path}: corrupt or truncated gzip file ({one_line(exc)}); download it again") from None
+    return b"".join(chunks)
 
 
 def _gzip_check(raw: bytes, path: Path) -> None:
@@ -259,6 +269,8 @@ def _read_idx_data(raw: bytes, gzipped: bool, path: Path, expect_magic: int) -> 
     if len(head) < header:
         raise UserError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if 0 in dims:
+        raise UserError(f"{path}: header says shape {dims}, which holds no data; the file is empty or corrupt")
     expected = math.prod(dims) + header
     check_claim(str(path), expected, None, f"shape {dims}")
     data = _gunzip(raw, path, expected) if gzipped else raw
@@ -455,7 +467,10 @@ def read_csv(path: Path) -> RawSplit:
 
     raw = read_file(path)
     if raw[:2] == GZIP_MAGIC:
-        raw = _gunzip(raw, path, memory_bytes())
+        raw = _gunzip(raw, path)
+        if len(raw) > memory_bytes():
+            raise UserError(f"{path}: decompresses to more than this machine's memory ({_human(memory_bytes())}); "
+                            "split it or use a machine with more memory")
     try:
         # header=None: the first row is read as data, so rows longer than the header are an error
         # instead of pandas silently turning the first column into an index
