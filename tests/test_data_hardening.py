@@ -144,6 +144,59 @@ def test_corrupt_or_truncated_image(tmp_path, content):
     refused(root, "cannot read image", "replace or remove it", names=str(file))
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IHDR_8X8 = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("content", [
+    PNG_SIGNATURE + png_chunk(b"IHDR", b"\0" * 5) + png_chunk(b"IEND", b""),  # Pillow: ValueError
+    PNG_SIGNATURE + PNG_IHDR_8X8 + png_chunk(b"IDAT", zlib.compress(b"\0" * 72)[:5]) + png_chunk(b"\xc7\xc8[v", b"abc")
+    + png_chunk(b"IEND", b""),  # Pillow: SyntaxError
+])
+def test_images_pillow_fails_on_with_other_exception_types(tmp_path, content):
+    root = write_image_folder(tmp_path / "imgs")
+    (root / "owl" / "odd.png").write_bytes(content)
+    refused(root, "cannot read image", names=str(root / "owl" / "odd.png"))
+
+
+def test_pillow_warnings_do_not_escape(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    real_open = Image.open
+
+    def warning_open(*args, **kwargs):
+        warnings.warn("Corrupt EXIF data.", UserWarning)  # what Pillow says of some damaged but readable files
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", warning_open)
+    root = write_image_folder(tmp_path / "imgs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loads(root)
+    assert not caught
+
+
+def test_gzip_bomb_behind_idx_header_is_not_decompressed(tmp_path):
+    import tracemalloc
+
+    folder = write_idx_folder(tmp_path / "idx")
+    header = idx_header(0x803, 60, 8, 8)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(60 * 8 * 8) + bytes(64 << 20), 1))
+    tracemalloc.start()
+    try:
+        refused(folder, "wrong length", "at least", names=str(folder / "train-images-idx3-ubyte.gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes held while reading a 64 MiB gzip bomb"
+
+
 def test_symlink_loops(tmp_path):
     root = write_image_folder(tmp_path / "imgs")
     (root / "cat" / "x.png").symlink_to(root / "cat" / "x.png")  # a file link pointing at itself

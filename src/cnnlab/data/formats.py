@@ -539,7 +539,8 @@ def _read_image(file: Path, mode: str) -> np.ndarray:
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": extra lines on stderr, the image still reads
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # this one, though, refuses the image
             with Image.open(file) as img:
                 if img.mode.split(";")[0] in ("I", "F"):  # Pillow would clip these to 0..255 without a word
                     depth = "floating-point" if img.mode == "F" else "16-bit" if img.mode.startswith("I;16") else "32-bit"
