@@ -24,7 +24,7 @@ from cnnlab.data import load_dataset, parse_classes
 from cnnlab.data import formats
 from cnnlab.errors import UserError
 
-from conftest import make_images, write_csv, write_idx, write_idx_folder, write_image_folder
+from conftest import make_images, write_csv, write_idx_folder, write_image_folder
 
 X, Y = make_images(12, 4)
 

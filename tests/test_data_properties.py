@@ -16,14 +16,13 @@ import io
 import struct
 import tempfile
 import warnings
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnlab.data import load_dataset, parse_classes
@@ -31,12 +30,12 @@ from cnnlab.errors import UserError
 
 from conftest import make_images, write_csv, write_idx, write_image_folder
 
-EXAMPLES = {"idx": 120, "npy": 150, "npz": 120, "csv": 150, "images": 60, "truncate": 150, "classes": 200}
+EXAMPLES = {"idx": 250, "npy": 300, "npz": 250, "csv": 300, "images": 120, "truncate": 300, "classes": 300}
 EXAMPLES_TOTAL = sum(EXAMPLES.values())
 GENERATED = {"count": 0, "loaded": 0, "refused": 0}
-# deadline: per example; generous because 2 shared cores can stall any single example. database=None: no
-# .hypothesis folder in the repository. too_slow is not suppressed: the strategies are cheap.
-SETTINGS = dict(deadline=5000, database=None, suppress_health_check=[HealthCheck.data_too_large])
+# deadline: per example (ms); generous because 2 shared cores can stall any single example. database=None: no
+# .hypothesis folder in the repository. No health check is suppressed: the strategies are cheap.
+SETTINGS = dict(deadline=5000, database=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
