@@ -16,7 +16,8 @@ import torch
 from cnnlab.errors import UserError
 
 from .builtin import BUILTIN, load_builtin
-from .formats import RawSplit, read_csv, read_idx_folder, read_image_folder, read_npy, read_npz, find_idx_pair
+from .formats import (RawSplit, find_idx_pair, list_dir, os_error, read_csv, read_idx_folder, read_image_folder,
+                      read_npy, read_npz)
 
 __all__ = ["Split", "Dataset", "Splits", "load_dataset", "load_unlabeled", "train_val_split",
            "parse_classes", "BUILTIN", "known_datasets"]
@@ -72,17 +73,42 @@ def _to_split(raw: RawSplit, keep_rgb: bool) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(images)), labels, raw.ids)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise os_error(path, exc) from None
+
+
+_FILE_SUFFIXES = (".npz", ".npy", ".csv", ".csv.gz")
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+
+
 def _read_path(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
+    try:
+        return _read_path_unguarded(path, keep_rgb)
+    except OSError as exc:  # anything the readers did not turn into a UserError themselves
+        raise os_error(path, exc) from None
+
+
+def _read_path_unguarded(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: broken symbolic link or link loop; point it at the dataset")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    suffix = _suffix(path)
     if path.is_dir():
+        if suffix in _FILE_SUFFIXES:
+            raise UserError(f"{path}: is a folder, but its name says a {suffix} file; give the file's path")
         if find_idx_pair(path, "train"):
             return read_idx_folder(path)
-        subdirs = {p.name for p in path.iterdir() if p.is_dir()}
+        subdirs = {p.name for p in list_dir(path) if p.is_dir()}
         if {"train", "test"} <= subdirs:
             return read_image_folder(path / "train", keep_rgb), read_image_folder(path / "test", keep_rgb)
         return read_image_folder(path, keep_rgb), None
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if suffix == ".npz":
         return read_npz(path)
     if suffix == ".npy":
@@ -94,26 +120,33 @@ def _read_path(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
 
 
 def parse_classes(spec: str | list | None, class_names: list[str]) -> list[int] | None:
-    """'0,1,2' or 'Trouser,Bag' -> source label indices; None keeps all classes."""
-    if spec is None or spec == "" or spec == []:
+    """'0,1,2' or 'Trouser,Bag' -> source label indices; None keeps all classes.
+
+    A value that is a class name means that class (so folders named '3' and '7' are chosen by name);
+    otherwise a whole number is a class index."""
+    if spec is None or (isinstance(spec, (list, tuple)) and len(spec) == 0):
         return None
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    if all(item == "" for item in items):
+        raise UserError("--classes is empty; list at least 2 classes, e.g. --classes 0,1, or leave it out to keep all")
+    known = f"known classes are 0..{len(class_names) - 1} ({', '.join(class_names)})"
     chosen = []
     for item in items:
-        if item.lstrip("-").isdigit():
-            idx = int(item)
-        elif item in class_names:
+        if item == "":
+            raise UserError(f"--classes {spec}: empty entry between commas; {known}")
+        if item in class_names:
             idx = class_names.index(item)
+        elif item.lstrip("-").isdecimal() and item.count("-") <= 1 and item.isascii():
+            idx = int(item)
         else:
-            raise UserError(f"--classes: unknown class {item!r}; known classes are 0..{len(class_names) - 1} "
-                            f"({', '.join(class_names)})")
+            raise UserError(f"--classes: unknown class {item!r}; {known}")
         if not 0 <= idx < len(class_names):
             raise UserError(f"--classes: class {idx} does not exist; this dataset has classes 0..{len(class_names) - 1}")
         if idx in chosen:
             raise UserError(f"--classes: class {item!r} is listed twice")
         chosen.append(idx)
     if len(chosen) < 2:
-        raise UserError("--classes: keep at least 2 classes")
+        raise UserError(f"--classes {spec}: keep at least 2 classes; a classifier needs at least two to tell apart")
     return chosen
 
 
@@ -137,7 +170,7 @@ def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | N
     if data in BUILTIN:
         raw_train, raw_test, folder = load_builtin(data, data_dir)
         names, source, name, verified = list(BUILTIN[data].class_names), str(folder), data, True
-    elif Path(data).expanduser().exists() or any(c in data for c in "/\\.") or data.startswith("~"):
+    elif _exists(Path(data).expanduser()) or any(c in data for c in "/\\.") or data.startswith("~"):
         path = Path(data).expanduser()
         raw_train, raw_test = _read_path(path, keep_rgb)
         name, source = path.stem, str(path)
@@ -158,16 +191,20 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     if raw_train.labels is None:
         raise UserError(f"{source}: the training data has no labels")
     n_classes = len(names) if names else int(raw_train.labels.max()) + 1
-    names = names or [str(i) for i in range(n_classes)]
+    if not names and n_classes > len(raw_train.labels):  # some class would have no image; don't name a billion
+        raise UserError(f"{source}: labels go up to {n_classes - 1} but there are only {len(raw_train.labels)} "
+                        "training images, so some classes have none; number the classes 0..K-1 without gaps")
     for split_name, raw in (("train", raw_train), ("test", raw_test)):
         if raw is not None and raw.labels is not None and raw.labels.max() >= n_classes:
+            what = f"the {n_classes} class_names" if names else f"{n_classes} classes"
             raise UserError(f"{source} ({split_name}): label {int(raw.labels.max())} is out of range; "
-                            f"{n_classes} classes means labels 0..{n_classes - 1}")
+                            f"{what} means labels 0..{n_classes - 1}")
+    names = names or [str(i) for i in range(n_classes)]
     train = _to_split(raw_train, keep_rgb)
     test = _to_split(raw_test, keep_rgb) if raw_test is not None else None
-    if test is not None and test.images.shape[2:] != train.images.shape[2:]:
-        raise UserError(f"{source}: test images are {tuple(test.images.shape[2:])} but training images are "
-                        f"{tuple(train.images.shape[2:])}; they must have one size")
+    if test is not None and test.images.shape[1:] != train.images.shape[1:]:
+        raise UserError(f"{test_data or source}: test images are {tuple(test.images.shape[1:])} (C x H x W) but "
+                        f"training images are {tuple(train.images.shape[1:])}; they must have one size and channel count")
     class_ids = list(range(n_classes))
     chosen = parse_classes(classes, names)
     if chosen is not None:
@@ -178,6 +215,9 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     missing = sorted(set(range(len(names))) - set(train.labels.unique().tolist()))
     if missing:
         raise UserError(f"{source}: class {names[missing[0]]!r} has no training images")
+    if len(names) < 2:
+        raise UserError(f"{source}: only one class ({names[0]!r}); a classifier needs at least 2 classes, "
+                        "add images of another class")
     return Dataset(name, source, names, train, test, class_ids, verified)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import UserError
 
-from .formats import RawSplit, read_idx_split
+from .formats import RawSplit, one_line, os_error, read_idx_split
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -87,16 +88,30 @@ def candidate_folders(spec: BuiltinDataset, data_dir: str | Path | None) -> list
     return folders
 
 
+def _md5(path: Path) -> str:
+    """MD5 of a file's content, of the uncompressed data for a gzip file, read in chunks."""
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            try:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+            except (EOFError, OSError, zlib.error) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise
+                raise UserError(f"{path}: corrupt or truncated gzip file ({one_line(exc)}); download it again") from None
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    return digest.hexdigest()
+
+
 def verify_md5(spec: BuiltinDataset, folder: Path) -> None:
     for stem in IDX_FILES:
         path = _idx_path(folder, stem)
-        data = path.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            try:
-                data = gzip.decompress(data)
-            except (EOFError, OSError) as exc:
-                raise UserError(f"{path}: corrupt or truncated gzip file ({exc}); download it again") from None
-        digest = hashlib.md5(data).hexdigest()
+        digest = _md5(path)
         if digest != spec.md5[stem]:
             raise UserError(f"{path}: MD5 {digest} does not match the official {spec.name} release "
                             f"({spec.md5[stem]}); the file is corrupt or a different dataset, replace it")
@@ -118,6 +133,9 @@ def locate(spec: BuiltinDataset, data_dir: str | Path | None = None, download: b
     folders = candidate_folders(spec, data_dir)
     if data_dir and not Path(data_dir).expanduser().exists():
         raise UserError(f"--data-dir {data_dir}: folder does not exist")
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise UserError(f"--data-dir {data_dir}: is a file, but a folder is expected; give the folder that holds "
+                        "the IDX files")
     for folder in folders:
         if folder.is_dir() and _complete_folder(folder):
             return folder
