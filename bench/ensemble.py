@@ -24,7 +24,7 @@ from cnnlab.ensemble import train_ensemble  # noqa: E402
 
 
 def run(label: str, fuse: int, args) -> None:
-    cfg = build_config({"model": args.model, "epochs": args.epochs, "device": args.device})
+    cfg = build_config({"model": args.model, "epochs": args.epochs, "device": args.device, "data": args.data})
     out = Path(tempfile.mkdtemp(prefix="cnnlab-bench-ens-"))
     start = time.perf_counter()
     manifest = train_ensemble(cfg, out, members=args.members, threshold=0.0, method="hard", fuse=fuse,
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-sequential", action="store_true")
+    parser.add_argument("--data", default=None, help="dataset (default fashion-mnist); a small file for a dry run")
     args = parser.parse_args()
     print(f"device: {device_name(resolve_device(args.device))}; {args.model}, {args.members} members x {args.epochs} epochs, "
           "Fashion-MNIST 48,000/12,000, batch 128")

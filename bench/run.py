@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from cnnlab.config import build_config  # noqa: E402
-from cnnlab.engine import DeviceData, Trainer, device_name, synchronize  # noqa: E402
+from cnnlab.engine import DeviceData, Setup, device_name, prepare, synchronize, train_one_epoch, warm_up  # noqa: E402
 from cnnlab.models import create_model  # noqa: E402
 
 EPOCH_IMAGES = 48_000  # the report's training split
@@ -53,15 +53,15 @@ def plain_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, num_
 
 
 def cnnlab_loop(model_name: str, n: int, device: str, batch: int, compile: bool = False,
-                precision: str = "auto") -> tuple[float, Trainer]:
+                precision: str = "auto", data: str | None = None) -> tuple[float, Setup]:
+    """Images/second of one epoch of cnnlab's engine (public functions: prepare, warm_up, train_one_epoch)."""
     cfg = build_config({"model": model_name, "epochs": 1, "batch_size": batch, "device": device,
-                        "compile": compile, "precision": precision})
-    trainer = Trainer(cfg, Path("/nonexistent"))
-    trainer._prepare()
-    trainer.train_data = DeviceData(trainer.train_data.images[:n], trainer.train_data.labels[:n])
-    trainer.warm_up()
-    _, _, seconds = trainer.train_one_epoch(1)
-    return n / seconds, trainer
+                        "compile": compile, "precision": precision, "data": data})
+    setup = prepare(cfg)
+    setup.train = DeviceData(setup.train.images[:n], setup.train.labels[:n])
+    warm_up(setup)
+    _, _, seconds = train_one_epoch(setup, 1)
+    return n / seconds, setup
 
 
 def main() -> None:
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time cnnlab with torch.compile")
+    parser.add_argument("--data", default=None, help="dataset (default fashion-mnist)")
     args = parser.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
@@ -79,17 +80,17 @@ def main() -> None:
     print(f"{'model':<10} {'plain img/s':>12} {'cnnlab img/s':>13} {'ratio':>6} {'plain s/ep':>11} {'cnnlab s/ep':>12}"
           f" {'cnnlab fp32':>12} {'ratio':>6}" + (f" {'compiled':>9} {'ratio':>6}" if args.compile else ""))
     for name in args.models.split(","):
-        ours, trainer = cnnlab_loop(name, n, args.device, args.batch_size)
-        ours_fp32, _ = cnnlab_loop(name, n, args.device, args.batch_size, precision="fp32")
-        images, labels = trainer.train_data.images.cpu(), trainer.train_data.labels.cpu()
-        plain = plain_loop(name, images, labels, trainer.dataset.num_classes, dev, args.batch_size)
+        ours, setup = cnnlab_loop(name, n, args.device, args.batch_size, data=args.data)
+        ours_fp32, _ = cnnlab_loop(name, n, args.device, args.batch_size, precision="fp32", data=args.data)
+        images, labels = setup.train.images.cpu(), setup.train.labels.cpu()
+        plain = plain_loop(name, images, labels, setup.dataset.num_classes, dev, args.batch_size)
         line = (f"{name:<10} {plain:>12,.0f} {ours:>13,.0f} {ours / plain:>5.2f}x {EPOCH_IMAGES / plain:>11.2f}"
                 f" {EPOCH_IMAGES / ours:>12.2f} {ours_fp32:>12,.0f} {ours_fp32 / plain:>5.2f}x")
         if args.compile:
-            compiled, _ = cnnlab_loop(name, n, args.device, args.batch_size, compile=True)
+            compiled, _ = cnnlab_loop(name, n, args.device, args.batch_size, compile=True, data=args.data)
             line += f" {compiled:>9,.0f} {compiled / plain:>5.2f}x"
         print(line, flush=True)
-    print(f"cnnlab precision on this device: {trainer.precision}; 's/ep' = seconds per epoch of {EPOCH_IMAGES:,} images")
+    print(f"cnnlab precision on this device: {setup.precision}; 's/ep' = seconds per epoch of {EPOCH_IMAGES:,} images")
 
 
 if __name__ == "__main__":
