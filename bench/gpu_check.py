@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+T0 = time.monotonic()  # the budget counts from the script's start
+GRACE = 15  # seconds of the budget kept for stopping the last step (SIGTERM, then SIGKILL) and the summary
 NO_CUDA = ("gpu-check: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, "
            "or use --dry-run for the tiny CPU version")
 
@@ -51,7 +53,7 @@ MODERN = ["resnet9", "wrn-16-4"]  # the modern recipe's models, timed once they 
 COMPILED_ORDER = ["tuned-cnn", "resnet9", "wrn-16-4", "cnn1", "cnn4", "cnn2", "cnn3"]  # most wanted first
 
 # share of the budget each step may use, and the least time left for which it is started at all
-SHARES = {"gpu-tests": 0.22, "bench-eager": 0.14, "bench-compiled": 0.18, "ensemble": 0.30}
+SHARES = {"gpu-tests": 0.25, "bench-eager": 0.14, "bench-compiled": 0.16, "ensemble": 0.30}
 MINIMUM = {"gpu-tests": 15, "bench-eager": 10, "bench-compiled": 20, "ensemble": 30, "modern": 30}
 PROBE_TIMEOUT = 90
 TAIL_CHARS = 3000
@@ -180,6 +182,9 @@ def parse_pytest(text: str) -> dict:
         if "no tests ran" in line:
             figures["no_tests_ran"] = True
             break
+    outcomes = re.findall(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", text, flags=re.M)
+    if outcomes:  # -v: known test by test, also when the run was stopped before its closing line
+        figures["tests"] = {name.split("::", 1)[1]: outcome for name, outcome in outcomes}
     skips = re.findall(r"^SKIPPED \[\d+\] (.+)$", text, flags=re.M)
     if skips:
         figures["skip_reasons"] = sorted(set(skips))[:10]
@@ -219,8 +224,8 @@ def parse_run_dir(folder: Path) -> dict:
 class Check:
     def __init__(self, out: Path, budget: float, dry_run: bool):
         self.out, self.budget, self.dry_run = out, budget, dry_run
-        self.start = time.monotonic()
-        self.deadline = self.start + budget
+        self.start = T0
+        self.deadline = self.start + budget - GRACE
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = out / "gpu_check.log"
         self.json_path = out / "gpu_check.json"
@@ -424,7 +429,7 @@ class Check:
 
         # (a) GPU tests: on the CPU they are all skipped, which still proves they collect
         t = self.limit("gpu-tests", ["bench-eager", "bench-compiled", "ensemble"])
-        cmd = [self.py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/"]
+        cmd = [self.py, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "--durations=0", "tests/"]
         if t is None:
             self.skip("gpu-tests", "not enough time left", shlex.join(cmd))
         else:
