@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= demo
 
-.PHONY: setup demo test test-fast test-precision bench dataset clean
+.PHONY: setup demo test test-fast test-precision bench dataset clean gpu-check gpu-check-dry
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ test-precision: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# GPU checks (bench/gpu_check.py; bench/README.md, "GPU check"). gpu-check runs on a CUDA machine with its own
+# python3 and no install (no .venv there); elsewhere it says so in one line and fails. gpu-check-dry runs the
+# same steps tiny on the CPU (the test suite runs it too).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
