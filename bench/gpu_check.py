@@ -74,7 +74,7 @@ try:
 except Exception as exc:
     info.update(torch=None, cuda_available=False, torch_error=repr(exc))
 missing = {}
-for name in ("cnnlab.cli", "cnnlab.engine", "cnnlab.fused", "cnnlab.ensemble", "cnnlab.models", "cnnlab.runs"):
+for name in ("cnnlab.cli", "cnnlab.engine", "cnnlab.fused", "cnnlab.ensembles", "cnnlab.models", "cnnlab.runs"):
     try:
         importlib.import_module(name)
     except Exception as exc:

@@ -13,7 +13,7 @@ import pytest
 
 from cnnlab.config import build_config
 from cnnlab.callbacks import Callback
-from cnnlab.ensemble import parse_member_range, train_ensemble, vote
+from cnnlab.ensembles import parse_member_range, train_ensemble, vote
 from cnnlab.errors import UserError
 
 from conftest import make_images, write_npz_dataset

@@ -13,11 +13,11 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from cnnlab import export  # noqa: E402
+from cnnlab import deploy as export  # noqa: E402
 from cnnlab.engine import load_model, predict_logits  # noqa: E402
-from cnnlab.ensemble import vote  # noqa: E402
+from cnnlab.ensembles import vote  # noqa: E402
 from cnnlab.errors import UserError  # noqa: E402
-from cnnlab.export import DEFAULT_TOLERANCE, ExportCheckError, export_onnx, onnx_predict_logits, read_onnx_metadata  # noqa: E402
+from cnnlab.deploy import DEFAULT_TOLERANCE, ExportCheckError, export_onnx, onnx_predict_logits, read_onnx_metadata  # noqa: E402
 
 from conftest import make_images, write_npz_dataset  # noqa: E402
 
@@ -114,7 +114,7 @@ def test_metadata_round_trip(runs_by_model, images):
 
 @pytest.fixture(scope="module")
 def ensemble_dirs(train_run, tmp_path_factory):
-    """An ensemble directory as cnnlab.ensemble.combine leaves it (model.json lists members and the vote),
+    """An ensemble directory as cnnlab.ensembles.combine leaves it (model.json lists members and the vote),
     plus a soft-vote twin pointing at the same members."""
     root = tmp_path_factory.mktemp("ensemble")
     members = [f"members/member-{i:03d}" for i in range(3)]

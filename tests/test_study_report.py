@@ -9,7 +9,7 @@ import pytest
 
 from cnnlab.config import build_config
 from cnnlab.report import build_report
-from cnnlab.study import run_study
+from cnnlab.studies import run_study
 
 from conftest import write_npz_dataset
 

@@ -16,7 +16,7 @@ import pytest
 
 from cnnlab.config import build_config
 from cnnlab.errors import UserError
-from cnnlab.tune import read_space_file, run_tune
+from cnnlab.search import read_space_file, run_tune
 
 from conftest import make_images
 

@@ -210,7 +210,7 @@ def resume_setting(resume, *, model=None, data=None, config=None, params=None, e
 
 def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx") -> dict:
     """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures."""
-    from cnnlab.export import export_onnx
+    from cnnlab.deploy import export_onnx
 
     if format != "onnx":
         raise UserError(f"format: must be onnx, got {format!r}")
@@ -232,7 +232,7 @@ def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception"
           data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
           say=print, report: bool = True, **options) -> dict:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
-    from cnnlab.study import run_study
+    from cnnlab.studies import run_study
 
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
@@ -250,7 +250,7 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, **options) -> dict:
     """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth)."""
-    from cnnlab.ensemble import parse_member_range, train_ensemble
+    from cnnlab.ensembles import parse_member_range, train_ensemble
 
     cfg, dataset = make_config(model, data, config, params, **options)
     return train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
@@ -258,7 +258,7 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
 
 
 def combine(directory: str | Path) -> dict:
-    from cnnlab.ensemble import combine as combine_members
+    from cnnlab.ensembles import combine as combine_members
 
     return combine_members(Path(directory))
 
@@ -268,7 +268,7 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
          **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
-    from cnnlab.tune import read_space_file, run_tune
+    from cnnlab.search import read_space_file, run_tune
 
     if data is not None and not isinstance(data, (str, Path)):
         raise UserError("data: a search reloads its data in every trial; give a dataset name or path")

@@ -54,7 +54,7 @@ def run_logits_on(run_dir: Path, images: torch.Tensor, device: torch.device, bat
 
     meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
-        from cnnlab.ensemble import ensemble_logits
+        from cnnlab.ensembles import ensemble_logits
 
         scores = ensemble_logits(run_dir, images, device, batch_size)
     else:
@@ -74,7 +74,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
-        from cnnlab.export import onnx_predict_logits, read_onnx_metadata
+        from cnnlab.deploy import onnx_predict_logits, read_onnx_metadata
 
         meta = read_onnx_metadata(run_dir)
         split = load_inputs(input_path, meta["input_shape"])

@@ -181,11 +181,12 @@ def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | N
     if test_data is not None:
         raw_test, _ = _read_path(Path(test_data).expanduser(), keep_rgb)
     return assemble(raw_train, raw_test, name=name, source=source, class_names=names, verified=verified,
-                    classes=classes, keep_rgb=keep_rgb)
+                    classes=classes, keep_rgb=keep_rgb, test_source=str(test_data) if test_data is not None else None)
 
 
 def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, source: str, class_names: list[str] | None,
-             verified: bool = False, classes: str | list | None = None, keep_rgb: bool = False) -> Dataset:
+             verified: bool = False, classes: str | list | None = None, keep_rgb: bool = False,
+             test_source: str | None = None) -> Dataset:
     """Read splits -> a checked Dataset: labels in range, one image size, --classes applied, every class present."""
     names = class_names
     if raw_train.labels is None:
@@ -203,7 +204,7 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     train = _to_split(raw_train, keep_rgb)
     test = _to_split(raw_test, keep_rgb) if raw_test is not None else None
     if test is not None and test.images.shape[1:] != train.images.shape[1:]:
-        raise UserError(f"{test_data or source}: test images are {tuple(test.images.shape[1:])} (C x H x W) but "
+        raise UserError(f"{test_source or source}: test images are {tuple(test.images.shape[1:])} (C x H x W) but "
                         f"training images are {tuple(train.images.shape[1:])}; they must have one size and channel count")
     class_ids = list(range(n_classes))
     chosen = parse_classes(classes, names)

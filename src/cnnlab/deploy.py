@@ -31,7 +31,7 @@ inceptionv3-transfer 21. The comparison is relative to the logit scale of the ba
 A mistake in the graph is far larger: leaving out the /255 or exporting in training mode moves logits
 by whole units. Predictions must agree except on near-ties: images whose top-2 PyTorch logits are
 within 2 * (atol + rtol * |top1|) of each other (each of the two may move by that much), which are
-counted and reported. For an ensemble the reference is cnnlab.ensemble.vote of the members' PyTorch
+counted and reported. For an ensemble the reference is cnnlab.ensembles.vote of the members' PyTorch
 fp32 logits, and an image is also a near-tie when any member's own top-2 logits are that close (its
 vote may flip).
 """
@@ -102,7 +102,7 @@ def _with_tta(model: nn.Module, meta: dict) -> nn.Module:
 
 
 class VoteModel(nn.Module):
-    """uint8 pixels -> the ensemble's vote scores, as cnnlab.ensemble.vote computes them.
+    """uint8 pixels -> the ensemble's vote scores, as cnnlab.ensembles.vote computes them.
 
     soft: mean of the members' softmax. hard: one vote per member for its top class, plus the summed
     probability / (k + 1), which (being below 1) only breaks ties between classes with equal votes;
@@ -284,7 +284,7 @@ def _compare(onnx_out: np.ndarray, source: dict, images: np.ndarray, tolerance: 
     member_logits = np.stack([predict_logits(m, x, batch_size).cpu().numpy() for m in source["members"]])
     flips = np.zeros(len(images), dtype=bool)  # rows where a member's vote may flip under rounding
     if source["vote"]:
-        from cnnlab.ensemble import vote
+        from cnnlab.ensembles import vote
 
         for logits in member_logits:
             flips |= _near_ties(logits, *_tolerance(logits, tolerance))

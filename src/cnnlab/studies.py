@@ -43,7 +43,7 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) 
 
 def write_settings(directory: Path, config: TrainConfig, models: list[str], repeats: int) -> dict:
     """study.json, written only after the inputs were validated; a rerun must use the same options."""
-    from cnnlab.ensemble import locked
+    from cnnlab.ensembles import locked
 
     path = directory / SETTINGS_FILE
     settings = {"models": models, "repeats": repeats, "train": config.to_dict()}
