@@ -63,6 +63,8 @@ def check_dataset(ds) -> None:
         images, labels = split.images, split.labels
         assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] in (1, 3)
         assert len(images) > 0 and all(d > 0 for d in images.shape)
+        if labels is None and split is ds.test:
+            continue  # an unlabeled test split is valid (e.g. an NPZ with x_test only); it is never scored
         assert labels.dtype == torch.int64 and labels.shape == (len(images),)
         assert int(labels.min()) >= 0 and int(labels.max()) < ds.num_classes
     assert ds.num_classes >= 2 and len(ds.class_names) == ds.num_classes

@@ -94,4 +94,4 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     from PIL import Image
 
     with Image.open(shot) as image:  # a real page was drawn: a full-size screenshot that is not blank
-        assert image.size[0] >= 1000 and len(set(image.convert("L").getdata())) > 10
+        assert image.size[0] >= 1000 and len(set(image.convert("L").tobytes())) > 10
