@@ -41,6 +41,7 @@ def run(label: str, fuse: int, args) -> None:
     start = time.perf_counter()
     manifest = cnnlab.ensemble(args.model, args.members, args.threshold, "hard", data, out=out, fuse=fuse,
                                max_attempts=args.members * 3, epochs=args.epochs, device=args.device,
+                               compile=args.compile or None,
                                callbacks=[epoch_line], progress=False, say=lambda text: None)
     wall = time.perf_counter() - start
     members = manifest["members"] + manifest["discarded"]
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-sequential", action="store_true")
     parser.add_argument("--data", default=None, help="dataset (default fashion-mnist)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fused network (GPU)")
     parser.add_argument("--images", type=int, default=0, help="train on the first N images only (a dry run)")
     parser.add_argument("--threshold", type=float, default=0.0,
                         help="keep members whose validation accuracy reaches this (the report's protocol: 0.91)")

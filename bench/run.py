@@ -22,7 +22,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from cnnlab.config import build_config  # noqa: E402
-from cnnlab.engine import DeviceData, Setup, device_name, prepare, synchronize, train_one_epoch, warm_up  # noqa: E402
+from cnnlab.engine import (DeviceData, GraphedStep, Setup, device_name, prepare, synchronize,  # noqa: E402
+                           train_one_epoch, warm_up)
 from cnnlab.models import create_model  # noqa: E402
 
 EPOCH_IMAGES = 48_000  # the report's training split
@@ -53,13 +54,15 @@ def plain_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, num_
 
 
 def cnnlab_loop(model_name: str, n: int, device: str, batch: int, compile: bool = False,
-                precision: str = "auto", data: str | None = None) -> tuple[float, Setup]:
+                precision: str = "auto", data: str | None = None, graphs: bool = False) -> tuple[float, Setup]:
     """Images/second of one epoch of cnnlab's engine (public functions: prepare, warm_up, train_one_epoch)."""
     cfg = build_config({"model": model_name, "epochs": 1, "batch_size": batch, "device": device,
-                        "compile": compile, "precision": precision, "data": data})
+                        "compile": compile, "precision": precision, "data": data, "cuda_graphs": graphs})
     setup = prepare(cfg)
     setup.train = DeviceData(setup.train.images[:n], setup.train.labels[:n])
     warm_up(setup)
+    if graphs:
+        setup.graph = GraphedStep(setup)
     _, _, seconds = train_one_epoch(setup, 1)
     return n / seconds, setup
 
@@ -72,13 +75,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time cnnlab with torch.compile")
     parser.add_argument("--data", default=None, help="dataset (default fashion-mnist)")
+    parser.add_argument("--graphs", action="store_true", help="also time the CUDA-graph step (CUDA only)")
     args = parser.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     n = args.images or (EPOCH_IMAGES if dev.type == "cuda" else 6_400)
     print(f"device: {device_name(dev)}; torch {torch.__version__}; {n} images per timed epoch, batch {args.batch_size}")
     print(f"{'model':<10} {'plain img/s':>12} {'cnnlab img/s':>13} {'ratio':>6} {'plain s/ep':>11} {'cnnlab s/ep':>12}"
-          f" {'cnnlab fp32':>12} {'ratio':>6}" + (f" {'compiled':>9} {'ratio':>6}" if args.compile else ""))
+          f" {'cnnlab fp32':>12} {'ratio':>6}" + (f" {'compiled':>9} {'ratio':>6}" if args.compile else "")
+          + (f" {'graphs':>9} {'ratio':>6} {'graphs s/ep':>11}" if args.graphs else ""))
     for name in args.models.split(","):
         ours, setup = cnnlab_loop(name, n, args.device, args.batch_size, data=args.data)
         ours_fp32, _ = cnnlab_loop(name, n, args.device, args.batch_size, precision="fp32", data=args.data)
@@ -89,6 +94,9 @@ def main() -> None:
         if args.compile:
             compiled, _ = cnnlab_loop(name, n, args.device, args.batch_size, compile=True, data=args.data)
             line += f" {compiled:>9,.0f} {compiled / plain:>5.2f}x"
+        if args.graphs:
+            graphed, _ = cnnlab_loop(name, n, args.device, args.batch_size, data=args.data, graphs=True)
+            line += f" {graphed:>9,.0f} {graphed / plain:>5.2f}x {EPOCH_IMAGES / graphed:>11.2f}"
         print(line, flush=True)
     print(f"cnnlab precision on this device: {setup.precision}; 's/ep' = seconds per epoch of {EPOCH_IMAGES:,} images")
 

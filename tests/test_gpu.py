@@ -291,3 +291,53 @@ def test_compiled_and_eager_steps_agree():
                 assert err <= grad_tol, f"{key}: compiled gradient differs by {err:.2e} > {grad_tol:.2e}"
         for opt in opts:
             opt.step()
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+
+
+def test_cuda_graph_step_trains_like_eager_and_resumes_within_tolerance(tmp_path):
+    """--cuda-graphs (the whole step, fused capturable Adam included, replayed from one CUDA graph) against the
+    default eager path, same seed, fp32: test accuracy within 2 points (kernel choices differ, so the runs
+    drift apart by rounding). Resume of a graphed run (2 epochs, then --resume to 3) against 3 epochs in one go:
+    the guarantee kept is the bf16 tolerance of the tests above, L * eps relative on every epoch's losses (the
+    fast path gives up bit-exact resume: capture re-runs kernel selection in the new process)."""
+    data = write_noisy_dataset(tmp_path / "data.npz", n_train=1200, n_test=600, classes=4)
+    common = ["train", "tuned-cnn", "--data", data, "--seed", "1", "--device", DEVICE, "--precision", "fp32", "--quiet"]
+    run_parallel({"eager": cli_command(*common, "--epochs", "3", "--out", tmp_path / "eager"),
+                  "graphs": cli_command(*common, "--epochs", "3", "--cuda-graphs", "--out", tmp_path / "graphs"),
+                  "split": cli_command(*common, "--epochs", "2", "--cuda-graphs", "--out", tmp_path / "split")})
+    run_parallel({"resume": cli_command("train", "--resume", run_dir(tmp_path / "split"), "--epochs", "3", "--quiet")})
+    eager, graphs, split = (json.loads((run_dir(tmp_path / name) / "metrics.json").read_text())
+                            for name in ("eager", "graphs", "split"))
+    assert graphs["status"] == split["status"] == "finished" and split["epochs_done"] == 3
+    assert abs(graphs["test_accuracy"] - eager["test_accuracy"]) <= 0.02, (graphs["test_accuracy"], eager["test_accuracy"])
+    tol = bf16_roundings(torch.nn.Sequential(*[torch.nn.Linear(1, 1)] * 10)) * BF16_EPS  # L = 10, as above
+    for a, b in zip(history(run_dir(tmp_path / "graphs")), history(run_dir(tmp_path / "split"))):
+        for key in ("train_loss", "val_loss"):
+            assert abs(float(a[key]) - float(b[key])) <= tol * abs(float(a[key])), (a["epoch"], key, a[key], b[key])
+
+
+# ---------------------------------------------------------------------------------------------- fused = standalone
+
+
+def test_fused_members_equal_standalone_runs_on_cuda(tmp_path):
+    """`cnnlab ensemble --fuse 2` against `cnnlab train` with each member's seed, on the device in float64
+    (precision fp64; dropout 0 so no random masks differ): each member's final weights equal its standalone run's
+    within float64's default tolerances (rtol 1e-7): only summation order differs, at ~1e-15."""
+    from safetensors.torch import load_file
+
+    data = write_noisy_dataset(tmp_path / "data.npz", n_train=480, n_test=120, classes=4)
+    (tmp_path / "p.json").write_text(json.dumps({"params": {"dropout": 0.0}}))
+    common = ["--data", data, "--epochs", "1", "--batch-size", "32", "--device", DEVICE, "--precision", "fp64",
+              "--params", tmp_path / "p.json", "--quiet"]
+    commands = {"fused": cli_command("ensemble", "cnn1", "--members", "2", "--fuse", "2", "--threshold", "0",
+                                     "--out", tmp_path / "ens", *common)}
+    commands.update({f"alone-{s}": cli_command("train", "cnn1", "--seed", s, "--out", tmp_path / f"alone-{s}", *common)
+                     for s in (0, 1)})
+    run_parallel(commands)
+    for seed in (0, 1):
+        fused = load_file(str(tmp_path / "ens" / "members" / f"member-{seed:03d}" / "model.safetensors"))
+        alone = load_file(str(run_dir(tmp_path / f"alone-{seed}") / "model.safetensors"))
+        for key in alone:
+            torch.testing.assert_close(fused[key], alone[key], msg=f"member {seed}, {key}")

@@ -163,6 +163,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native "
                                               "bf16), fp32, bf16 or fp64.")),
     "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "cuda_graphs": (Optional[bool], typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole "
+                                                 "training step in a CUDA graph (adam/adamw; resume not bit-exact).")),
     "weights": (Optional[str], typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local file.")),
     "config": (Optional[Path], typer.Option(None, "--config", help="TOML file of settings (keys as in config.json).")),
     "params": (Optional[Path], typer.Option(None, "--params", help="JSON of parameters (as `cnnlab tune` writes "

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where native, else fp32; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp64 (checks)
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool = False  # CUDA only: capture the whole training step in one CUDA graph (fast, not bit-exact on resume)
     image_size: int | None = None  # model input size; None = the data's size (transfer models resize inside)
     weights: str | None = None  # transfer models: 'imagenet' (default) or a local file
     model_params: dict = field(default_factory=dict)  # the model's own hyperparameters (dropout rates, units)

@@ -179,7 +179,7 @@ def can_fuse_config(config) -> tuple[bool, str]:
         ("class weights", config.class_weights is not None), ("crop/flip/erasing/mixup/cutmix",
                                                               config.crop_padding or config.hflip or config.erasing
                                                               or config.mixup or config.cutmix),
-        ("flip TTA", config.tta), ("torch.compile", config.compile)) if bad]
+        ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs)) if bad]
     return (False, ", ".join(reasons)) if reasons else (True, "")
 
 
@@ -292,6 +292,8 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
     from cnnlab.engine import TrainState
 
     setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
+    if config.compile:  # one compiled graph for all K members: the fused network is what runs
+        setup.step_model = torch.compile(net)
     return setup
 
 

@@ -47,14 +47,24 @@ def param_groups(model_or_params: nn.Module | Iterable[torch.Tensor], weight_dec
 
 
 def make_optimizer(name: str, model_or_params: nn.Module | Iterable[torch.Tensor], lr: float, *, weight_decay: float = 0.0,
-                   momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
-    """`momentum` and `nesterov` concern sgd only; sgd with momentum=0 is the report's plain SGD."""
+                   momentum: float = 0.9, nesterov: bool = True, capturable: bool = False) -> torch.optim.Optimizer:
+    """`momentum` and `nesterov` concern sgd only; sgd with momentum=0 is the report's plain SGD.
+
+    capturable: adam/adamw as a fused, CUDA-graph-capturable optimizer whose learning rate is a device
+    tensor (the engine's CUDA-graph path changes it in place between replays)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if lr < 0 or weight_decay < 0 or momentum < 0:
         raise UserError(f"optimizer {name}: lr, weight_decay and momentum must not be negative "
                         f"(got {lr}, {weight_decay}, {momentum})")
     groups = param_groups(model_or_params, weight_decay)
+    if capturable:
+        if name not in ("adam", "adamw"):
+            raise UserError(f"cuda_graphs: needs optimizer adam or adamw (a capturable fused optimizer), got {name}")
+        device = groups[0]["params"][0].device
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        eps = 1e-7 if name == "adam" else 1e-8
+        return cls(groups, lr=torch.tensor(lr, device=device), eps=eps, capturable=True, fused=True)
     if name == "adam":
         # not fused=True: +10% on cnn2 on the CPU, but a resumed run then no longer matched an
         # uninterrupted one bit for bit (tests/test_engine.py); exact resume matters more
