@@ -141,6 +141,7 @@ def test_unknown_flags_and_commands_are_one_line(cli, args, message):
     assert err.startswith("cnnlab: error: ") and message in err and "--help" in err
 
 
+@pytest.mark.slow
 def test_kill_leaves_a_resumable_run(data, tmp_path):
     import json
     import os

@@ -120,6 +120,7 @@ class InterruptAtEpoch(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interrupted_fused_group_resumes_as_the_same_group(easy_npz, tmp_path):
     """Killed in epoch 3, the group's members keep their epoch-2 checkpoints; the rerun finds the group in
     groups.json and continues it, ending bit-identical to a group that was never interrupted."""
@@ -146,6 +147,7 @@ def test_other_options_in_same_directory_are_refused(easy_npz, tmp_path):
         train_ensemble(cfg(easy_npz, lr=0.01), tmp_path / "ens", members=1, threshold=0.0, say=lambda t: None)
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_directory(easy_npz, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "cnnlab", "ensemble", "cnn1", "--data", str(easy_npz), "--members", "4",

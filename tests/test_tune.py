@@ -95,6 +95,7 @@ def _finished(out: Path) -> list[dict]:
     return [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal(data, tmp_path):
     procs = [worker(data, tmp_path / "t", 4) for _ in range(2)]
     for p in procs:
@@ -108,6 +109,7 @@ def test_two_workers_share_one_journal(data, tmp_path):
     assert len(trial_dirs) == len(rows)
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_only_its_trial(data, tmp_path):
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -151,6 +153,7 @@ def _postgres_reachable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_postgres_reachable() is not None, reason=str(_postgres_reachable()))
 def test_two_workers_on_postgresql(data, tmp_path):
     name = f"pg-{os.getpid()}-{time.time_ns()}"

@@ -62,6 +62,7 @@ def _os_error(path: Path, exc: OSError) -> UserError:
               errno.EPERM: "permission denied; choose a folder you can write to (--out)",
               errno.EROFS: "read-only file system; choose a folder you can write to (--out)",
               errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+              errno.EEXIST: "a part of this path is a file, not a folder; choose another path",
               errno.EISDIR: "this path is a folder; give a file name"}.get(exc.errno)
     return UserError(f"{path}: {reason or exc.strerror or exc}")
 
