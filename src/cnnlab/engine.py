@@ -841,6 +841,10 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     except NonFiniteLoss as exc:
         status(runs.FAILED, reason=str(exc))
         raise UserError(f"{run_dirs[0]}: {exc}") from None
+    except UserError as exc:  # e.g. the disk filled up while writing a checkpoint
+        with contextlib.suppress(UserError):
+            status(runs.FAILED, reason=str(exc))
+        raise
     results = finish(ctx)
     for cb in callbacks:
         cb.on_train_end(ctx, results)

@@ -137,7 +137,13 @@ def read_csv_rows(path: str | Path) -> list[dict]:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with atomic_target(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # safetensors reports OS errors (a full disk) as its own type
+            code = re.search(r"os error (\d+)", str(exc))
+            if code:
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+            raise
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

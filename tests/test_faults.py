@@ -1,0 +1,141 @@
+"""Faults survived: kill -9 at random moments, a full disk, a diverging run, degenerate data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab import runs
+from cnnlab.runs import RunDir
+
+from conftest import make_images, write_npz_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+TIMING = {"train_seconds", "eval_seconds"}
+METRIC_TIMING = {"warmup_seconds", "train_seconds_total", "train_seconds_per_epoch_median", "train_images_per_second",
+                 "test_predict_seconds", "feature_cache_seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_npz_dataset(tmp_path_factory.mktemp("d") / "d.npz", 600, 60)
+
+
+def cnnlab(*args) -> list[str]:
+    return [sys.executable, "-m", "cnnlab", *map(str, args)]
+
+
+TRAIN = ["train", "tuned-cnn", "--epochs", "4", "--batch-size", "16", "--augment", "--device", "cpu",
+         "--precision", "fp32", "--quiet"]
+
+
+def comparable(run: Path) -> tuple:
+    with open(run / "history.csv", newline="") as f:
+        history = [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+    metrics = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in METRIC_TIMING}
+    from safetensors.torch import load_file
+
+    weights = {k: v.numpy().tobytes() for k, v in load_file(str(run / "model.safetensors")).items()}
+    return history, metrics, weights
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tiny, tmp_path):
+    """10 cycles: start a training, SIGKILL it at a random moment (while it loads, trains, writes a checkpoint,
+    the history or the final files), resume it to the end; every time, history, metrics (timings aside) and
+    weights equal an uninterrupted run's, and no temporary file is left."""
+    subprocess.run(cnnlab(*TRAIN, "--data", tiny, "--out", tmp_path / "reference"), env=ENV, check=True, timeout=300)
+    (reference,) = (tmp_path / "reference").iterdir()
+    expected = comparable(reference)
+    rng = random.Random(0)
+    moments = []
+    for cycle in range(10):
+        out = tmp_path / f"cycle-{cycle}"
+        proc = subprocess.Popen(cnnlab(*TRAIN, "--data", tiny, "--out", out), env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        delay = rng.uniform(2.0, 9.0)  # imports take ~2-3 s; training the 4 epochs ~4-6 s
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        made = list(out.glob("*")) if out.is_dir() else []
+        run = made[0] if made else None
+        state = RunDir(run).status() if run else "no directory"
+        moments.append((round(delay, 1), state))
+        if run is None or not (run / runs.CONFIG).is_file():  # killed before the run wrote anything: start again
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(cnnlab(*TRAIN, "--data", tiny, "--out", out), env=ENV, check=True, timeout=300)
+            (run,) = out.iterdir()
+        elif state != runs.FINISHED:
+            done = subprocess.run(cnnlab("train", "--resume", run, "--quiet"), env=ENV, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, (cycle, state, done.stderr)
+        assert RunDir(run).status() == runs.FINISHED
+        assert comparable(run) == expected, f"cycle {cycle} (killed after {delay:.1f} s, {state}) differs"
+        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], cycle
+    print("kill moments (seconds, status after the kill):", moments)
+    assert len({state for _, state in moments}) >= 2  # the kills landed in different phases
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: room for the data and a start, not for a model's checkpoint and weights."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no permission in this container)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_in_one_line_and_resumes_elsewhere(tiny, small_disk, tmp_path):
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 1024 * 1024))  # leave ~1 MiB: config and history fit, weights (2.6 MB) do not
+    result = subprocess.run(cnnlab("train", "cnn2", "--data", tiny, "--epochs", "2", "--batch-size", "32",
+                                   "--device", "cpu", "--out", small_disk / "runs", "--quiet"),
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no space left on the device" in result.stderr
+    (run,) = (small_disk / "runs").iterdir()
+    assert RunDir(run).status() in (runs.FAILED, runs.INTERRUPTED)
+    assert not list(run.glob(".*.tmp"))  # no half-written file left behind
+    roomy = tmp_path / "roomy"
+    shutil.copytree(run, roomy)
+    done = subprocess.run(cnnlab("train", "--resume", roomy, "--quiet"), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert RunDir(roomy).status() == runs.FINISHED
+
+
+def test_a_diverging_run_stops_with_a_clear_line_and_says_failed(tiny, tmp_path, cli):
+    code, _, err = cli("train", "tuned-cnn", "--data", tiny, "--epochs", "2", "--lr", "10", "--optimizer", "sgd", "--batch-size", "16", "--precision", "fp32",
+                       "--device", "cpu", "--out", tmp_path, "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "training diverged" in err and "lower the learning rate" in err
+    (run,) = tmp_path.iterdir()
+    assert RunDir(run).status() == runs.FAILED and not (run / runs.MODEL).exists()
+    code, _, err = cli("evaluate", run)
+    assert code == 2 and "status: failed" in err
+
+
+def test_degenerate_data_is_refused(tmp_path, cli):
+    x, _ = make_images(60, 8)
+    np.savez(tmp_path / "one.npz", images=x, labels=np.zeros(60, dtype=np.int64))
+    code, _, err = cli("train", "cnn1", "--data", tmp_path / "one.npz", "--out", tmp_path / "runs")
+    assert code == 2 and "only one class" in err and not (tmp_path / "runs").exists()
+    y = np.array([0] * 58 + [1, 2])  # class 1 and 2 have one image each: a stratified split cannot hold them
+    np.savez(tmp_path / "rare.npz", images=x, labels=y)
+    code, _, err = cli("train", "cnn1", "--data", tmp_path / "rare.npz", "--out", tmp_path / "runs")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
