@@ -138,6 +138,33 @@ def test_killed_worker_loses_only_its_trial(data, tmp_path):
     assert len(_finished(out)) == 3
 
 
+@pytest.mark.slow
+def test_a_running_survivor_notices_a_killed_worker(data, tmp_path):
+    """Two workers on one journal; one is killed mid-trial while the other runs. The survivor fails and re-queues
+    the dead trial itself (no new worker needed), and the study ends with exactly --trials finished trials."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    out = tmp_path / "t"
+    victim = worker(data, out, 4, "--epochs", "400")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "trials").is_dir():
+        time.sleep(0.2)
+    survivor = worker(data, out, 4, "--epochs", "2")
+    time.sleep(3.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err.decode()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    study = optuna.load_study(study_name="cnnlab-cnn1", storage=storage)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4, [t.state for t in study.trials]
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert any("retry_of" in t.user_attrs for t in study.trials)
+    assert "Warning" not in err.decode()  # Optuna's experimental/deprecation warnings are not shown
+
+
 POSTGRES = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql://postgres:cnnlab@127.0.0.1:5432/cnnlab_test")
 
 

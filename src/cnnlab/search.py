@@ -122,6 +122,17 @@ def open_storage(storage: str | None, directory: Path):
         raise UserError(f"--storage {storage.split('@')[-1]}: cannot open ({str(exc).splitlines()[0]})") from None
 
 
+def quiet_optuna_warnings() -> None:
+    """Optuna's experimental and deprecation warnings are about Optuna, not about the user's search."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="optuna")
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -199,13 +210,11 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     split_data(config, load_data(config), torch.device("cpu"))  # input mistakes fail before any trial starts
     directory = Path(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna_warnings()
     study = optuna.create_study(storage=open_storage(storage, directory),
                                 study_name=study_name or f"cnnlab-{config.model}", load_if_exists=True,
                                 direction="maximize" if metric == "val_accuracy" else "minimize",
                                 pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
-    revived = fail_dead_trials(study)
-    if revived:
-        say(f"{revived} trial(s) of a stopped worker marked failed and queued again")
     base = replace(config, checkpoint_every=0)
 
     def objective(trial) -> float:
@@ -225,12 +234,23 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         say(f"trial {trial.number}: {metric} {metrics[metric]:.4f} {params}")
         return metrics[metric]
 
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    stop_at_total = optuna.study.MaxTrialsCallback(trials, states=counted)
-    already = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    if already < trials:
-        study.optimize(objective, n_trials=trials - already, timeout=timeout, callbacks=[stop_at_total],
-                       catch=(UserError,))
+    def enough(study, trial=None) -> bool:
+        """--trials counts finished trials of the whole study: this worker's, live workers' running ones, and
+        none of a dead worker's (noticed here by the survivors too, after each of their trials)."""
+        revived = fail_dead_trials(study)
+        if revived:
+            say(f"{revived} trial(s) of a stopped worker marked failed and queued again")
+        counted = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if len(failed) >= max(3, trials):  # a search where nothing trains must end, not loop
+            say(f"stopping: {len(failed)} trials failed (see the messages above); check the search space and data")
+        if len(counted) >= trials or len(failed) >= max(3, trials):
+            study.stop()
+            return True
+        return False
+
+    if not enough(study):
+        study.optimize(objective, timeout=timeout, callbacks=[enough], catch=(UserError,))
     return write_results(study, directory, metric, config)
 
 
