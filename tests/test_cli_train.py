@@ -170,3 +170,22 @@ def test_kill_leaves_a_resumable_run(data, tmp_path):
                           env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_markup_in_names_is_printed_as_text(tmp_path, cli):
+    """Rich markup in a class name or a folder name is shown literally, never interpreted (or crashing)."""
+    x, y = make_images(240, 16, classes=3)
+    np.savez(tmp_path / "odd.npz", x_train=x, y_train=y, class_names=np.array(["[/bold]", "[red]b", "c"]))
+    code, out, err = cli("data", "info", tmp_path / "odd.npz")
+    assert code == 0 and "[/bold]" in out and "[red]b" in out, err
+    out_dir = tmp_path / "runs[/]"
+    code, out, err = cli("train", "cnn1", "--data", tmp_path / "odd.npz", "--epochs", "1", "--batch-size", "32",
+                         "--device", "cpu", "--out", out_dir)
+    assert code == 0 and "runs[/]" in out, err
+    (run,) = out_dir.iterdir()
+    code, out, err = cli("evaluate", run)
+    assert code == 0 and "[/bold]" in out, err
+    from cnnlab.report import build_report
+
+    _, md = build_report([run], tmp_path / "r.html")
+    assert "\\[/bold\\]" in md.read_text() and "[/bold]" in (tmp_path / "r.html").read_text()

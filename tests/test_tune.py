@@ -196,3 +196,24 @@ def test_two_workers_on_postgresql(data, tmp_path):
     assert len({t.number for t in study.trials}) == len(study.trials)
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 2, workers  # both processes did trials
+
+
+def test_a_database_password_is_never_shown(data, tmp_path, cli):
+    url = "postgresql://cnnlab:SECRET-PW-123@127.0.0.1:1/nowhere"  # nothing listens on port 1: it cannot open
+    code, out, err = cli("tune", "cnn1", "--data", data / "d.npz", "--trials", "1", "--storage", url,
+                         "--out", tmp_path / "t")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "SECRET-PW-123" not in out + err and "postgresql://cnnlab:***@127.0.0.1:1/nowhere" in err
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and b"SECRET-PW-123" in p.read_bytes()]
+    assert not leaked
+
+
+def test_search_input_mistakes_fail_before_any_trial(data, tmp_path, cli):
+    bad_space = tmp_path / "space.json"
+    bad_space.write_text(json.dumps({"space": {"dropout_rate_typo": {"type": "float", "low": 0, "high": 0.5}}}))
+    for args, message in ((["--data", tmp_path / "missing.npz"], "no such file or folder"),
+                          (["--data", data / "d.npz", "--classes", "0,0"], "listed twice"),
+                          (["--data", data / "d.npz", "--space", bad_space], "unknown parameter(s) 'dropout_rate_typo'")):
+        code, _, err = cli("tune", "cnn1", "--trials", "2", "--out", tmp_path / "t", *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "t").exists()  # no journal, trials.csv or tune.html was written

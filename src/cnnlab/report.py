@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import statistics
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +186,18 @@ def _html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return f"<table><caption>{html.escape(title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+MD_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
+
+
+def _md(text) -> str:
+    """Text as Markdown shows it literally: raw HTML escaped (Markdown would render it), markup characters
+    backslashed, so a class named '<script>' or '*bold*' prints as itself, as in the HTML report."""
+    return MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
+
+
 def _md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines = [f"**{_md(title)}**", "", "| " + " | ".join(map(_md, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -219,12 +230,12 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     parts.append(f"<p>Run directories: {html.escape(', '.join(str(r.path) for r in loaded))}</p></body></html>")
     runs.write_text(output, "".join(parts))
 
-    md = [f"# {title}", "", "## Setup", ""] + [f"- {line}" for line in setup] + ["", "## Results", ""]
+    md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]
     for t, (h, r) in main_tables.items():
         md += [_md_table(t, h, r), ""]
     md += ["## Figures", ""]
     for caption, path in figs:
-        md += [f"![{caption}]({figure_dir.name}/{path.name})", "", f"*{caption}*", ""]
+        md += [f"![{_md(caption)}]({quote(figure_dir.name)}/{quote(path.name)})", "", f"*{_md(caption)}*", ""]
     md += ["## Models", ""]
     for t, (h, r) in summaries.items():
         md += [_md_table(t, h, r), ""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -112,14 +113,27 @@ def open_storage(storage: str | None, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
     if "://" not in storage:
-        raise UserError(f"--storage {storage}: expected a database URL such as postgresql://user:pass@host/db")
+        raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
     try:
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
             optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
         return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90,
                                           failed_trial_callback=retry(max_retry=1))
     except Exception as exc:  # driver missing, server down, bad credentials
-        raise UserError(f"--storage {storage.split('@')[-1]}: cannot open ({str(exc).splitlines()[0]})") from None
+        reason = hide_secret(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, storage)
+        raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password masked (postgresql://user:***@host/db), for every message and file."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def hide_secret(text: str, url: str) -> str:
+    """`text` with the URL's password (if any) masked wherever a library repeated it."""
+    match = re.search(r"://[^/:@]*:([^@/]*)@", url)
+    text = text.replace(url, mask_url(url))
+    return text.replace(match.group(1), "***") if match and match.group(1) else text
 
 
 def quiet_optuna_warnings() -> None:
