@@ -140,7 +140,7 @@ RECIPES: dict[str, dict] = {
     # The best a 2-core CPU reaches in about 15 minutes: a narrow ResNet-9, fewer epochs.
     "cpu-budget": {"model": "resnet9", "model_params": {"width": 16}, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
                    "nesterov": True, "weight_decay": 5e-4, "lr_schedule": "one-cycle", "label_smoothing": 0.1,
-                   "crop_padding": 2, "hflip": True, "batch_size": 256, "epochs": 12, "tta": True},
+                   "crop_padding": 2, "hflip": True, "batch_size": 256, "epochs": 32, "tta": True},
 }
 
 
