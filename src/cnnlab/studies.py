@@ -67,6 +67,9 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     from cnnlab.engine import fit, load_data, split_data
 
     directory = Path(directory)
+    if config.val_fraction == 0:
+        raise UserError("val_fraction = 0: the study's report compares models on the validation split too; keep one "
+                        "(test accuracy is reported beside it either way)")
     jobs = plan(config, models, repeats, directory)
     if dataset is None:
         import torch
