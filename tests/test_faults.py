@@ -122,7 +122,8 @@ def test_a_full_disk_fails_in_one_line_and_resumes_elsewhere(tiny, small_disk, t
 
 
 def test_a_diverging_run_stops_with_a_clear_line_and_says_failed(tiny, tmp_path, cli):
-    code, _, err = cli("train", "tuned-cnn", "--data", tiny, "--epochs", "2", "--lr", "10", "--optimizer", "sgd", "--batch-size", "16", "--precision", "fp32",
+    code, _, err = cli("train", "tuned-cnn", "--data", tiny, "--epochs", "2", "--lr", "10", "--optimizer", "sgd",
+                       "--batch-size", "16", "--precision", "fp32",
                        "--device", "cpu", "--out", tmp_path, "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "training diverged" in err and "lower the learning rate" in err
     (run,) = tmp_path.iterdir()

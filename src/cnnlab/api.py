@@ -168,9 +168,11 @@ def train(model: str | None = None, data=None, *, config=None, params=None, out:
           resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
     finished) run: only `epochs` and `device` may change then (in-memory data must be passed again)."""
-    from cnnlab.engine import fit
+    from cnnlab.engine import distributed_from_env, fit
 
-    extra = list(callbacks) + _progress(progress, quiet)
+    cfg_device = options.get("device") or "auto"
+    dist = distributed_from_env(cfg_device)  # torchrun: rank 0 names the run and reports progress
+    extra = list(callbacks) + _progress(progress and (dist is None or dist.rank == 0), quiet)
     if resume is not None:
         run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
         fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
@@ -179,15 +181,26 @@ def train(model: str | None = None, data=None, *, config=None, params=None, out:
     from cnnlab.engine import load_data, split_data
 
     split_data(cfg, load_data(cfg, dataset), torch.device("cpu"))  # bad data fails before a directory is made
-    run = RunDir.create(out, cfg.model)
+    run = RunDir.create(out, cfg.model) if dist is None or dist.rank == 0 else None
+    if dist is not None:
+        from torch.distributed import broadcast_object_list
+
+        shared = [str(run.path) if run else None]
+        broadcast_object_list(shared, src=0)
+        run = run or RunDir(shared[0])
     try:
         fit(cfg, run, extra, dataset=dataset)
     except BaseException:
-        if run.status() == "fresh":  # nothing worth keeping was written: leave no empty directory behind
+        if run.status() == "fresh" and dist is None:  # nothing worth keeping was written: leave no empty directory
             import shutil
 
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+    finally:
+        if dist is not None:
+            from torch.distributed import destroy_process_group
+
+            destroy_process_group()
     return Run(run.path)
 
 
@@ -230,14 +243,15 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
 
 def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"), repeats: int = 3,
           data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
-          say=print, report: bool = True, **options) -> dict:
+          say=print, report: bool = True, ray: bool = False, ray_address: str | None = None, **options) -> dict:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
     from cnnlab.studies import run_study
 
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
     cfg, dataset = make_config(names[0] if names else None, data, config, params, **options)
-    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + _progress(progress, quiet=True), say, dataset)
+    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + _progress(progress, quiet=True), say, dataset,
+                     ray, ray_address)
     result = {"runs": [Run(d) for d in dirs], "report": None, "markdown": None}
     if report:
         from cnnlab.report import build_report
@@ -248,13 +262,15 @@ def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception"
 
 def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str = "hard", data=None, *,
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
-             fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, **options) -> dict:
-    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth)."""
+             fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
+             ray_address: str | None = None, **options) -> dict:
+    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth).
+    ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT")."""
     from cnnlab.ensembles import parse_member_range, train_ensemble
 
     cfg, dataset = make_config(model, data, config, params, **options)
     return train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
-                          fuse, list(callbacks) + _progress(progress, quiet=True), say, dataset)
+                          fuse, list(callbacks) + _progress(progress, quiet=True), say, dataset, ray, ray_address)
 
 
 def combine(directory: str | Path) -> dict:
@@ -266,7 +282,7 @@ def combine(directory: str | Path) -> dict:
 def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune", timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
-         **options) -> dict:
+         ray: bool = False, ray_address: str | None = None, **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
     from cnnlab.search import read_space_file, run_tune
 
@@ -275,4 +291,4 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
     cfg, _ = make_config(model, data, config, params, **options)
     if isinstance(space, (str, Path)):
         space = read_space_file(Path(space), cfg.model)
-    return run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say)
+    return run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say, ray, ray_address)

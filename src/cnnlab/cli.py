@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -163,6 +164,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native "
                                               "bf16), fp32, bf16 or fp64.")),
     "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "sync_batchnorm": (Optional[bool], typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="torchrun on "
+                                                    "CUDA: BatchNorm statistics over every process's batch.")),
     "cuda_graphs": (Optional[bool], typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole "
                                                  "training step in a CUDA graph (adam/adamw; resume not bit-exact).")),
     "weights": (Optional[str], typer.Option(None, "--weights", help="Transfer models: 'imagenet' or a local file.")),
@@ -172,14 +175,23 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
 }
 
 
+RAY_OPTIONS = {
+    "ray": (bool, typer.Option(False, "--ray", help="Train on a Ray cluster: a local one on 127.0.0.1, or --ray-address.")),
+    "ray_address": (Optional[str], typer.Option(None, "--ray-address", help="With --ray: 'auto' joins the cluster "
+                                                "`ray start` runs here; IP:PORT joins another.")),
+}
+
+
 def training_options(fn):
     """Add TRAINING_OPTIONS to a command; the function receives them as one dict `options`."""
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
     own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
            if p.name != "options"]
+    shared = {**TRAINING_OPTIONS, **(RAY_OPTIONS if "ray" in signature.parameters else {})}
+    own = [p for p in own if p.name not in RAY_OPTIONS]
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, (kind, option) in TRAINING_OPTIONS.items()]
+             for name, (kind, option) in shared.items()]
 
     @functools.wraps(fn)
     def command(**kwargs):
@@ -222,6 +234,8 @@ def train_cmd(
     except KeyboardInterrupt:
         target = target or _newest_run(out)
         _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return  # torchrun: rank 0 reports
     figures = run.plot()
     metrics = run.metrics
     if not quiet:
@@ -317,6 +331,7 @@ def ensemble_cmd(
     fuse: int = typer.Option(0, "--fuse", help="Members trained at once in one fused network (0 = auto, 1 = one at a time)."),
     out: Path = typer.Option(Path("ensemble"), "--out", help="The ensemble directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+    ray: bool = False, ray_address: Optional[str] = None,
     options: dict = None,
 ) -> None:
     """The report's threshold-filtered vote of retrained models, written out as a Kaggle submission.
@@ -334,7 +349,8 @@ def ensemble_cmd(
             raise UserError(f"unexpected argument {directory}; the ensemble directory is given with --out")
         try:
             manifest = api.ensemble(model, members, threshold, vote, out=out, max_attempts=max_attempts,
-                                    only_members=only_members, fuse=fuse, say=_say(quiet), **options)
+                                    only_members=only_members, fuse=fuse, say=_say(quiet), ray=ray,
+                                    ray_address=ray_address, **options)
         except KeyboardInterrupt:
             _interrupted(f"finished members are kept, interrupted ones resume. Continue with the same command (--out {out}).")
         target = out
@@ -358,6 +374,7 @@ def study_cmd(
     repeats: int = typer.Option(3, "--repeats", help="Runs per model, with seeds seed..seed+N-1."),
     out: Path = typer.Option(Path("study"), "--out", help="Study directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
+    ray: bool = False, ray_address: Optional[str] = None,
     options: dict = None,
 ) -> None:
     """Section 1.4 of the report: train each model N times, then write report.html and report.md.
@@ -366,7 +383,7 @@ def study_cmd(
     from cnnlab import api
 
     try:
-        result = api.study(models, repeats, out=out, say=_say(quiet), **options)
+        result = api.study(models, repeats, out=out, say=_say(quiet), ray=ray, ray_address=ray_address, **options)
     except KeyboardInterrupt:
         _interrupted(f"finished runs are kept. Continue with the same command (--out {out}).")
     console.print(escape(f"report: {result['report'].resolve()} (Markdown: {result['markdown'].resolve()})"),
@@ -396,6 +413,7 @@ def tune_cmd(
     pruner: str = typer.Option("median", "--pruner", help="median, halving (successive halving) or none."),
     space: Optional[Path] = typer.Option(None, "--space", help="TOML/JSON narrowing or replacing the search space."),
     out: Path = typer.Option(Path("tune"), "--out", help="Folder for trials, journal, trials.csv, best.json and plots."),
+    ray: bool = False, ray_address: Optional[str] = None,
     options: dict = None,
 ) -> None:
     """Hyperparameter search with Optuna (the report used hyperas), pruning unpromising trials.
@@ -406,7 +424,8 @@ def tune_cmd(
 
     try:
         summary = api.tune(model, trials, out=out, timeout=timeout, storage=storage, study_name=study_name,
-                           metric=metric, space=space, pruner=pruner, say=_say(), **options)
+                           metric=metric, space=space, pruner=pruner, say=_say(), ray=ray, ray_address=ray_address,
+                           **options)
     except KeyboardInterrupt:
         _interrupted("finished trials are kept in the study. Continue with the same command.")
     console.print(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed trials; "

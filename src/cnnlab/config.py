@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where native, else fp32; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp64 (checks)
     compile: bool = False  # torch.compile the model
+    sync_batchnorm: bool = False  # torchrun on CUDA: BatchNorm statistics over all processes' batches
     cuda_graphs: bool = False  # CUDA only: capture the whole training step in one CUDA graph (fast, not bit-exact on resume)
     image_size: int | None = None  # model input size; None = the data's size (transfer models resize inside)
     weights: str | None = None  # transfer models: 'imagenet' (default) or a local file
@@ -199,7 +200,7 @@ def _in_range(key: str, value: float, low: float, high: float, low_open: bool = 
 
 FIELDS = {f.name for f in fields(TrainConfig)}
 # settings that only record how a run was made and do not change what it learns
-RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size")
+RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs")
 
 
 def _normalize_keys(data: dict, source: str) -> dict:

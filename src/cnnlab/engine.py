@@ -192,6 +192,45 @@ def check_training_data(dataset: Dataset, train: Split, val: Split | None) -> No
                         "which training has; bring more images of it or raise val_fraction")
 
 
+# ------------------------------------------------------------------ torchrun (one model, several processes)
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def distributed_from_env(device: str = "auto") -> Distributed | None:
+    """torchrun's environment (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    ctx = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        cuda = resolve_device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return ctx
+
+
+def shard(data: DeviceData, ctx: Distributed) -> DeviceData:
+    """This rank's equal share of the training split (every rank must take the same number of steps)."""
+    per_rank = len(data) // ctx.world_size
+    idx = torch.arange(ctx.rank, per_rank * ctx.world_size, ctx.world_size, device=data.images.device)
+    return DeviceData(data.images[idx], data.labels[idx])
+
+
 # ------------------------------------------------------------------ the setup
 
 
@@ -244,13 +283,19 @@ class Setup:
     ema: object | None = None  # cnnlab.ema.ModelEMA
     group: object | None = None  # cnnlab.fused.FusedGroup for K > 1
     graph: "GraphedStep | None" = None  # the captured training step (config.cuda_graphs)
+    dist: "Distributed | None" = None  # torchrun: this process's rank among world_size
     feature_cache_seconds: float | None = None
     state: TrainState = field(default_factory=TrainState)
     states: list[TrainState] = field(default_factory=list)  # per member (one member: [state])
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.config.batch_size)
+        return math.ceil(len(self.train) / self.batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per step in this process: the config's batch, divided among torchrun's processes."""
+        return self.config.batch_size // (self.dist.world_size if self.dist else 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -258,8 +303,10 @@ class Setup:
 
     @property
     def eval_model(self) -> nn.Module:
-        """What evaluation runs: the averaged weights when EMA is on."""
-        return self.ema.module if self.ema is not None else self.step_model
+        """What evaluation runs: the averaged weights when EMA is on; never DDP's wrapper (no collectives)."""
+        if self.ema is not None:
+            return self.ema.module
+        return getattr(self.step_model, "module", self.step_model) if self.dist else self.step_model
 
 
 def split_data(config: TrainConfig, dataset: Dataset, device: torch.device):
@@ -317,10 +364,20 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
     `precision` overrides the config's resolved precision (a resumed run keeps the one it started with)."""
     from cnnlab.optim import make_optimizer
 
+    dist_ctx = distributed_from_env(config.device)
     device = resolve_device(config.device)
+    if dist_ctx and device.type == "cuda":
+        device = torch.device("cuda", dist_ctx.local_rank)
     resolved, autocast = autocast_for(device, precision or config.precision)
     dataset = load_data(config, dataset)
     train, val, test = split_data(config, dataset, device)
+    if dist_ctx:
+        if config.batch_size % dist_ctx.world_size:
+            raise UserError(f"batch_size: {config.batch_size} images per step do not divide among "
+                            f"{dist_ctx.world_size} processes; use a multiple of {dist_ctx.world_size}")
+        if config.cuda_graphs:
+            raise UserError("cuda_graphs: not available with several processes (torchrun); turn it off")
+        train = shard(train, dist_ctx)
     torch.manual_seed(config.seed)  # model init and dropout
     model = create_model(config.model, **model_options(config, dataset)).to(device, float_dtype(resolved))
     spec = dict(model.cnnlab_spec)
@@ -333,8 +390,9 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
     optimizer = make_optimizer(config.optimizer, model, config.lr, weight_decay=config.weight_decay,
                                momentum=config.momentum, nesterov=config.nesterov, capturable=config.cuda_graphs)
     plateaus, holders = make_plateaus(config, [config.lr])
+    shuffle_seed = config.seed + (1000 * dist_ctx.rank if dist_ctx else 0)  # each rank its own order and draws
     setup = Setup(config, device, resolved, autocast, dataset, train, val, test, model, model, optimizer,
-                  [torch.Generator(device=device).manual_seed(config.seed)], spec, plateaus=plateaus,
+                  [torch.Generator(device=device).manual_seed(shuffle_seed)], spec, plateaus=plateaus,
                   lr_holders=holders, augment=AugmentSettings() if config.augment else None,
                   modern=modern_augment(config), class_weights=class_weight_tensor(config, train, dataset.num_classes))
     setup.states = [setup.state]
@@ -344,6 +402,15 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
         from cnnlab.ema import ModelEMA
 
         setup.ema = ModelEMA(model, decay=config.ema)
+    if dist_ctx:
+        setup.dist = dist_ctx
+        from torch.nn.parallel import DistributedDataParallel
+
+        if config.sync_batchnorm:
+            if device.type != "cuda":
+                raise UserError("sync_batchnorm: SyncBatchNorm needs CUDA; turn it off on the CPU")
+            setup.model = setup.step_model = nn.SyncBatchNorm.convert_sync_batchnorm(setup.model)
+        setup.step_model = DistributedDataParallel(setup.step_model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         setup.step_model = torch.compile(setup.step_model)
     return setup
@@ -494,7 +561,7 @@ class GraphedStep:
         if setup.group is not None:
             raise UserError("cuda_graphs: not available for fused ensemble groups (they use torch.compile)")
         self.setup = setup
-        self.batch = min(setup.config.batch_size, len(setup.train))
+        self.batch = min(setup.batch_size, len(setup.train))
         model, opt = setup.model, setup.optimizer
         saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         saved_opt = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
@@ -545,7 +612,7 @@ OnStep = Callable[[int, int, Callable[[], float], Callable[[], float]], None]
 
 def train_one_epoch(setup: Setup, epoch: int, on_step: OnStep | None = None) -> tuple[list[float], list[float], float]:
     """One pass over the training split: (loss per member, accuracy per member, seconds)."""
-    cfg, n, k = setup.config, len(setup.train), setup.members
+    n, k = len(setup.train), setup.members
     setup.step_model.train()
     loss_sum = torch.zeros(k, device=setup.device)
     correct = torch.zeros(k, device=setup.device)
@@ -555,7 +622,7 @@ def train_one_epoch(setup: Setup, epoch: int, on_step: OnStep | None = None) -> 
     seen = 0
     for step in range(setup.steps_per_epoch):
         apply_learning_rates(setup, learning_rates(setup, setup.state.step))
-        idx = torch.stack([p[step * cfg.batch_size:(step + 1) * cfg.batch_size] for p in perms])
+        idx = torch.stack([p[step * setup.batch_size:(step + 1) * setup.batch_size] for p in perms])
         x, y = make_batch(setup, idx)
         losses, logits = train_step(setup, x, y)
         batch = idx.shape[1]
@@ -568,6 +635,9 @@ def train_one_epoch(setup: Setup, epoch: int, on_step: OnStep | None = None) -> 
             on_step(step + 1, seen, lambda s=seen: (loss_sum[0] / s).item(), lambda s=seen: (correct[0] / s).item())
     synchronize(setup.device)
     seconds = time.perf_counter() - start
+    if setup.dist:  # every process's images count; all take the same decisions from the same numbers
+        loss_sum, correct = setup.dist.all_reduce_sum(loss_sum), setup.dist.all_reduce_sum(correct)
+        n *= setup.dist.world_size
     return (loss_sum / n).tolist(), (correct / n).tolist(), seconds
 
 
@@ -598,8 +668,11 @@ def evaluate(setup: Setup, data: DeviceData) -> tuple[list[float], list[float], 
     seconds = time.perf_counter() - start
     k = setup.members
     labels = data.labels[:, None].expand(-1, k)
-    losses = member_losses(logits, labels).tolist()
-    return losses, (logits.argmax(2) == labels).float().mean(0).tolist(), seconds, logits
+    losses, accuracy = member_losses(logits, labels), (logits.argmax(2) == labels).float().mean(0)
+    if setup.dist:  # every process evaluated the whole split; the mean keeps their decisions identical
+        losses = setup.dist.all_reduce_sum(losses.detach().clone()) / setup.dist.world_size
+        accuracy = setup.dist.all_reduce_sum(accuracy.clone()) / setup.dist.world_size
+    return losses.tolist(), accuracy.tolist(), seconds, logits
 
 
 def warm_up(setup: Setup) -> float:
@@ -611,7 +684,8 @@ def warm_up(setup: Setup) -> float:
     synchronize(setup.device)
     start = time.perf_counter()
     n = len(setup.train)
-    sizes = {min(cfg.batch_size, n), n % cfg.batch_size or min(cfg.batch_size, n)}
+    batch = setup.batch_size
+    sizes = {min(batch, n), n % batch or min(batch, n)}
     setup.step_model.train()
     for size in sorted(sizes, reverse=True):
         idx = torch.arange(size, device=setup.device).expand(setup.members, -1)
@@ -791,6 +865,8 @@ def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume:
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     precision = stored_precision(run_dir) if resume else None
     setup = prepare(config, dataset, precision)  # data and model first: a bad input fails before anything is written
+    if setup.dist and setup.dist.rank != 0:  # torchrun: rank 0 alone writes the run directory
+        return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume)[0]
     with run_dir.owned():
         return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume)[0]
 
@@ -936,6 +1012,8 @@ def finish(ctx: Context) -> list[dict]:
             device=device_name(setup.device), precision=setup.precision)
         if setup.group is not None:
             metrics["fused_members"] = setup.members
+        if setup.dist:
+            metrics["world_size"] = setup.dist.world_size
         run_dir.write_result(metrics, logits, weights[m], model_metadata(setup, weights_epoch))
         results.append(metrics)
     return results

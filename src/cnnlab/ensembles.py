@@ -210,11 +210,12 @@ def training_path(config: TrainConfig, fuse: int) -> tuple[int, str]:
 
 def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, threshold: float = 0.91,
                    method: str = "hard", max_attempts: int | None = None, only: range | None = None,
-                   fuse: int = 0, callbacks=(), say=print, dataset=None) -> dict:
+                   fuse: int = 0, callbacks=(), say=print, dataset=None, ray: bool = False,
+                   ray_address: str | None = None) -> dict:
     """Train attempts until `members` pass the threshold (or attempts run out), then combine.
 
     Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
-    (a fused group as the same group when it can)."""
+    (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed)."""
     from cnnlab.engine import fit
     from cnnlab.fused import train_members_fused
 
@@ -231,8 +232,11 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
                                                   "max_attempts": max_attempts})
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
-    say(f"training path: {text}")
     candidates = [a for a in range(settings["max_attempts"]) if only is None or a in only]
+    if ray:
+        train_members_on_ray(config, directory, members, threshold, candidates, fuse, say, dataset, ray_address)
+        return combine(directory)
+    say(f"training path: {text}")
     while True:
         done = finished_members(directory)
         qualified = sum(m["val_accuracy"] >= threshold for m in done)
@@ -267,6 +271,54 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
             for _, run in claimed:
                 run.release()  # an interrupted member keeps its checkpoint and resumes next time
     return combine(directory)
+
+
+def train_members_on_ray(config: TrainConfig, directory: Path, members: int, threshold: float, candidates: list[int],
+                        fuse: int, say, dataset, address: str | None) -> None:
+    """Members as Ray tasks: one per member, or per fused group where the cluster has GPUs. Submits attempts
+    until enough members qualify (counting those in flight), writing each member's directory from its task."""
+    from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
+    from cnnlab.fused import can_fuse_config
+
+    with ray_cluster(address) as ray:
+        gpus = cluster_has_gpus(ray)
+        fusable, why = can_fuse_config(config)
+        group = (fuse or 30) if gpus and fusable else 1
+        say(f"training path: Ray, {'fused groups of up to %d members, one GPU each' % group if group > 1 else 'one task per member'}"
+            f"{', a quarter GPU each' if gpus and group == 1 else ''}")
+        data_ref = put_dataset(ray, config, dataset)
+        left = [a for a in candidates if not RunDir(member_dir(directory, a)).is_finished()]
+        state = {"qualified": sum(m["val_accuracy"] >= threshold for m in finished_members(directory))}
+
+        def on_done(attempts, results, error):
+            for attempt, metrics in zip(attempts, results or [None] * len(attempts)):
+                if metrics is None:
+                    say(f"  attempt {attempt}: failed ({error})")
+                    continue
+                kept = metrics["val_accuracy"] >= threshold
+                state["qualified"] += kept
+                say(f"  attempt {attempt}: val {metrics['val_accuracy']:.4f}" +
+                    (f", test {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "") +
+                    f" -> {'kept' if kept else 'discarded'}")
+
+        while state["qualified"] < members and left:
+            wanted = members - state["qualified"]
+            batch, left = left[:wanted], left[wanted:]
+            owned = [(a, RunDir(member_dir(directory, a))) for a in batch]
+            owned = [(a, run) for a, run in owned if run.try_own()]  # another driver may be on it
+            jobs = []
+            for start in range(0, len(owned), group):
+                part = owned[start:start + group]
+                attempts = [a for a, _ in part]
+                if len(part) > 1:
+                    record_group(directory, attempts)
+                jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part]))
+            say(f"attempts {', '.join(str(a) for a, _ in owned)} on Ray; {state['qualified']}/{members} qualified so far")
+            try:
+                run_tasks(ray, jobs, 1.0 if group > 1 else (0.25 if gpus else 0), data_ref, on_done)
+            finally:
+                for _, run in owned:
+                    run.release()
 
 
 def config_for_member(config: TrainConfig, run: RunDir, seed: int, resume: bool) -> TrainConfig:

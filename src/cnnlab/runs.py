@@ -359,6 +359,20 @@ class RunDir:
         write_json(self.file(METRICS), metrics)
         write_json(self.file(MODEL), model_meta)
 
+    def read_files(self) -> dict[str, bytes]:
+        """Every file of the run (a Ray task returns them to the driver); not the lock, not temporaries."""
+        return {p.name: p.read_bytes() for p in sorted(self.path.iterdir())
+                if p.is_file() and p.name != OWNER_LOCK and not TEMP_PATTERN.match(p.name)}
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Write a run's files as read_files returned them, each atomically, model.json last."""
+        self.file(MODEL).unlink(missing_ok=True)
+        for name in sorted(files, key=lambda n: n == MODEL):
+            if "/" in name or name.startswith(".") or name in ("", OWNER_LOCK):
+                raise UserError(f"{self.path}: refusing to write a run file named {name!r}")
+            with atomic_target(self.file(name)) as tmp:
+                tmp.write_bytes(files[name])
+
     def unfinish(self) -> None:
         """Training is about to change the weights (resume, extend): the old result no longer holds."""
         self.file(MODEL).unlink(missing_ok=True)
@@ -425,3 +439,16 @@ def _checked(data: dict, path: Path, keys: dict[str, type]) -> dict:
 def require_run_dir(path: str | Path) -> Path:
     """A finished run or ensemble directory (model.json present), else one clear line."""
     return RunDir(path).require_finished().path
+
+
+class ReadOnlyRunDir(RunDir):
+    """A run directory another process writes (torchrun's rank 0): this one reads it and writes nothing."""
+
+    def owned(self):
+        return contextlib.nullcontext(self)
+
+    def _skip(self, *args, **kwargs) -> None:
+        return None
+
+    write_start = write_status = write_history = save_checkpoint = write_result = write_files = _skip
+    clear = unfinish = _skip

@@ -200,7 +200,8 @@ class Pruning(Callback):
 
 def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: float | None = None,
              storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
-             space: dict | None = None, pruner: str = "median", say=print) -> dict:
+             space: dict | None = None, pruner: str = "median", say=print, ray: bool = False,
+             ray_address: str | None = None) -> dict:
     import optuna
     from optuna.trial import TrialState
 
@@ -230,6 +231,9 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
                                 direction="maximize" if metric == "val_accuracy" else "minimize",
                                 pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
     base = replace(config, checkpoint_every=0)
+    if ray:
+        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address)
+        return write_results(study, directory, metric, config)
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", _worker_id())
@@ -266,6 +270,126 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     if not enough(study):
         study.optimize(objective, timeout=timeout, callbacks=[enough], catch=(UserError,))
     return write_results(study, directory, metric, config)
+
+
+# ------------------------------------------------------------------ trials on Ray
+# Optuna stays on the driver: it asks for each trial's parameters and is told the result (ask/tell),
+# and every epoch's metric travels back through a small Ray actor, where the driver reports it to the
+# trial and posts the pruner's decision, which the worker waits for. So workers never open the
+# study's storage, and any storage the driver can open works (a journal file included), while
+# pruning behaves exactly as with local workers.
+
+
+class PruningBoard:
+    """A Ray actor: workers post (trial, epoch, value) and read the driver's prune decision."""
+
+    def __init__(self):
+        self.reports: list[tuple[int, int, float]] = []
+        self.decisions: dict[tuple[int, int], bool] = {}
+
+    def report(self, number: int, epoch: int, value: float) -> None:
+        self.reports.append((number, epoch, value))
+
+    def decision(self, number: int, epoch: int):
+        return self.decisions.get((number, epoch))
+
+    def drain(self) -> list[tuple[int, int, float]]:
+        out, self.reports = self.reports, []
+        return out
+
+    def decide(self, number: int, epoch: int, prune: bool) -> None:
+        self.decisions[(number, epoch)] = prune
+
+
+class RemotePruning(Callback):
+    """The worker side of PruningBoard: report each epoch, wait for the driver's decision, stop if pruned."""
+
+    def __init__(self, board, number: int, metric: str):
+        self.board, self.number, self.metric = board, number, metric
+        self.pruned, self.epochs_done = False, 0
+
+    def on_epoch_end(self, ctx, rows: list[dict]) -> None:
+        import time
+
+        import ray
+
+        epoch = rows[0]["epoch"]
+        self.epochs_done = epoch
+        ray.get(self.board.report.remote(self.number, epoch, rows[0][self.metric]))
+        while (decision := ray.get(self.board.decision.remote(self.number, epoch))) is None:
+            time.sleep(0.05)
+        if decision:
+            self.pruned = True
+            ctx.stop(f"pruned by Optuna after epoch {epoch}")
+
+
+def trial_task(config: dict, number: int, metric: str, board, dataset) -> dict:
+    """Runs on a Ray worker: one trial's training in a temporary folder; returns its metrics and files."""
+    import tempfile
+
+    from cnnlab.engine import fit
+    from cnnlab.runs import RunDir
+
+    pruning = RemotePruning(board, number, metric)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-trial-") as tmp:
+        run = RunDir(Path(tmp) / "trial")
+        metrics = fit(build_config(config), run, [pruning], dataset=dataset)
+        return {"metrics": metrics, "pruned": pruning.pruned, "epochs_done": pruning.epochs_done,
+                "files": run.read_files()}
+
+
+def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
+                      address: str | None) -> None:
+    from optuna.trial import TrialState
+
+    from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, put_dataset, ray_cluster
+    from cnnlab.runs import RunDir
+
+    with ray_cluster(address) as ray:
+        board = ray.remote(PruningBoard).options(num_cpus=0).remote()
+        task = ray.remote(trial_task).options(num_cpus=1, num_gpus=0.25 if cluster_has_gpus(ray) else 0,
+                                               max_retries=TASK_RETRIES)
+        data_ref = put_dataset(ray, base)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict = {}
+
+        def finished() -> int:
+            return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+        def wanted() -> bool:  # more trials to start (not when everything fails: a broken search must end)
+            failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+            return finished() + len(pending) < trials and failed < max(3, trials)
+
+        while wanted() or pending:
+            while wanted() and len(pending) < slots:
+                trial = study.ask()
+                trial.set_user_attr("worker", f"ray:{_worker_id()}")
+                params = suggest(trial, space)
+                train_part, model_part = split_params(params)
+                cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
+                pending[task.remote(cfg.to_dict(), trial.number, metric, board, data_ref)] = (trial, params, cfg)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05)
+            for number, epoch, value in ray.get(board.drain.remote()):  # pruning decisions, as the trials report
+                trial = next(t for t, _, _ in pending.values() if t.number == number)
+                trial.report(value, epoch)
+                board.decide.remote(number, epoch, trial.should_prune())
+            for ref in ready:
+                trial, params, cfg = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
+                RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
+                if result["pruned"]:
+                    epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
+                    trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
+                    study.tell(trial, state=TrialState.PRUNED)
+                    say(f"trial {trial.number}: pruned after epoch {result['epochs_done']} {params}")
+                else:
+                    study.tell(trial, result["metrics"][metric])
+                    say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
 
 
 # what best.json records of the setting a search ran in, so `train --params best.json` repeats it

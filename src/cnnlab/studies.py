@@ -61,9 +61,36 @@ def write_settings(directory: Path, config: TrainConfig, models: list[str], repe
     return settings
 
 
+def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: str | None) -> None:
+    """Every unfinished run as a Ray task; the driver writes each run directory from what its task returns."""
+    from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
+
+    todo = [(cfg, run) for cfg, run in jobs if run.status() != runs.FINISHED and run.try_own()]
+    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished earlier (or owned by another process); "
+        f"{len(todo)} to train on Ray")
+    if not todo:
+        return
+
+    def on_done(name, results, error):
+        if results is None:
+            say(f"    {name}: failed ({error})")
+        else:
+            m = results[0]
+            say(f"    {name}: val {m['val_accuracy']:.4f}" + (f", test {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""))
+
+    try:
+        with ray_cluster(address) as ray:
+            data_ref = put_dataset(ray, todo[0][0], dataset)
+            gpus = 0.25 if cluster_has_gpus(ray) else 0
+            run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run]) for cfg, run in todo], gpus, data_ref, on_done)
+    finally:
+        for _, run in todo:
+            run.release()
+
+
 def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, callbacks=(),
-              say=print, dataset=None) -> list[Path]:
-    """Train what is missing; return every run directory of the study."""
+              say=print, dataset=None, ray: bool = False, ray_address: str | None = None) -> list[Path]:
+    """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks."""
     from cnnlab.engine import fit, load_data, split_data
 
     directory = Path(directory)
@@ -76,6 +103,9 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
 
         split_data(config, load_data(config), torch.device("cpu"))  # bad data fails before anything is written
     write_settings(directory, config, models, repeats)
+    if ray:
+        run_on_ray(jobs, say, dataset, ray_address)
+        return [run.path for _, run in jobs]
     deferred = []
 
     def train_owned(i: int, cfg: TrainConfig, run: RunDir) -> None:
