@@ -260,7 +260,7 @@ def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception"
     return result
 
 
-def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str = "hard", data=None, *,
+def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str | None = None, data=None, *,
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
              ray_address: str | None = None, **options) -> dict:
@@ -269,6 +269,7 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
     from cnnlab.ensembles import parse_member_range, train_ensemble
 
     cfg, dataset = make_config(model, data, config, params, **options)
+    vote = vote or ("hard" if cfg.recipe == "report" else "soft")  # the report voted by majority; modern members by probability
     return train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
                           fuse, list(callbacks) + _progress(progress, quiet=True), say, dataset, ray, ray_address)
 

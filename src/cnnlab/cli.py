@@ -325,7 +325,8 @@ def ensemble_cmd(
     directory: Optional[Path] = typer.Argument(None, help="With 'combine': the ensemble directory."),
     members: int = typer.Option(30, "--members", help="Qualified members wanted (report: about 30)."),
     threshold: float = typer.Option(0.91, "--threshold", help="Keep a member if its validation accuracy reaches this."),
-    vote: str = typer.Option("hard", "--vote", help="hard (majority) or soft (mean probability)."),
+    vote: Optional[str] = typer.Option(None, "--vote", help="hard (majority; the report recipe's default) or soft "
+                                       "(mean probability; the modern recipes' default)."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Give up after this many trained members (default 3 x members)."),
     only_members: Optional[str] = typer.Option(None, "--only-members", help="Train only these attempt indices, e.g. 0-9."),
     fuse: int = typer.Option(0, "--fuse", help="Members trained at once in one fused network (0 = auto, 1 = one at a time)."),
