@@ -65,6 +65,57 @@ def dataset_from(data, classes=None):
                     f"of arrays, got {type(data).__name__}")
 
 
+def _tracking(tensorboard, mlflow, out: Path, parent_run_id: str | None = None) -> list:
+    """Tracking callbacks: tensorboard=True or a folder; mlflow=True (a local store beside `out`) or a URI."""
+    from cnnlab import tracking
+
+    out = Path(out)
+    extra = []
+    if tensorboard:
+        extra.append(tracking.TensorBoard(None if tensorboard is True else tensorboard))
+    if mlflow:
+        extra.append(tracking.MLflow(mlflow_uri(mlflow, out), parent_run_id=parent_run_id))
+    return extra
+
+
+def mlflow_uri(mlflow, out: Path) -> str:
+    from cnnlab.tracking import default_store
+
+    return default_store(out) if mlflow is True else str(mlflow)
+
+
+class Grouped:
+    """A parent MLflow run for a study, an ensemble or a search (a no-op without --mlflow)."""
+
+    def __init__(self, mlflow, out: Path, name: str, params: dict):
+        self.client = self.run_id = None
+        if mlflow:
+            from cnnlab.tracking import parent_run
+
+            self.uri = mlflow_uri(mlflow, out)
+            self.client, self.run_id = parent_run(self.uri, out, name, params)
+
+    def log_dirs(self, run_dirs) -> None:
+        """Children for runs trained elsewhere (Ray tasks): logged by the driver from their directories."""
+        if self.client is not None:
+            from cnnlab.tracking import MLflow, log_run_dir
+
+            tracker = MLflow(self.uri, parent_run_id=self.run_id)
+            for run_dir in run_dirs:
+                log_run_dir(tracker, Path(run_dir))
+
+    def close(self, metrics: dict) -> None:
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            from cnnlab.tracking import _now_ms
+
+            values = [Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            self.client.log_batch(self.run_id, metrics=values)
+            self.client.set_terminated(self.run_id)
+
+
 def _progress(progress: bool, quiet: bool = False):
     from cnnlab.progress import ConsoleProgress
 
@@ -165,14 +216,17 @@ def load_run(path: str | Path) -> Run:
 
 
 def train(model: str | None = None, data=None, *, config=None, params=None, out: str | Path = "runs",
-          resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False, **options) -> Run:
+          resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False,
+          tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
     finished) run: only `epochs` and `device` may change then (in-memory data must be passed again)."""
     from cnnlab.engine import distributed_from_env, fit
 
     cfg_device = options.get("device") or "auto"
     dist = distributed_from_env(cfg_device)  # torchrun: rank 0 names the run and reports progress
-    extra = list(callbacks) + _progress(progress and (dist is None or dist.rank == 0), quiet)
+    lead = dist is None or dist.rank == 0
+    extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out)) if lead else [])
+    extra += _progress(progress and lead, quiet)
     if resume is not None:
         run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
         fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
@@ -243,16 +297,23 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
 
 def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"), repeats: int = 3,
           data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
-          say=print, report: bool = True, ray: bool = False, ray_address: str | None = None, **options) -> dict:
+          say=print, report: bool = True, ray: bool = False, ray_address: str | None = None,
+          tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> dict:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
     from cnnlab.studies import run_study
 
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
     cfg, dataset = make_config(names[0] if names else None, data, config, params, **options)
-    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + _progress(progress, quiet=True), say, dataset,
-                     ray, ray_address)
+    group = Grouped(mlflow, Path(out), f"study {Path(out).name}", {"models": ",".join(names), "repeats": repeats,
+                                                                    **{k: v for k, v in cfg.to_dict().items() if k != "model"}})
+    tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
+    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + tracked + _progress(progress, quiet=True), say,
+                     dataset, ray, ray_address)
+    if ray:
+        group.log_dirs(dirs)
     result = {"runs": [Run(d) for d in dirs], "report": None, "markdown": None}
+    group.close({})
     if report:
         from cnnlab.report import build_report
 
@@ -263,15 +324,24 @@ def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception"
 def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str | None = None, data=None, *,
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
-             ray_address: str | None = None, **options) -> dict:
+             ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
+             **options) -> dict:
     """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth).
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT")."""
     from cnnlab.ensembles import parse_member_range, train_ensemble
 
     cfg, dataset = make_config(model, data, config, params, **options)
     vote = vote or ("hard" if cfg.recipe == "report" else "soft")  # the report voted by majority; modern members by probability
-    return train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
-                          fuse, list(callbacks) + _progress(progress, quiet=True), say, dataset, ray, ray_address)
+    group = Grouped(mlflow, Path(out), f"ensemble {Path(out).name}", {"members": members, "threshold": threshold,
+                                                                      "vote": vote, **cfg.to_dict()})
+    tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
+    manifest = train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
+                              fuse, list(callbacks) + tracked + _progress(progress, quiet=True), say, dataset, ray,
+                              ray_address)
+    if ray:
+        group.log_dirs([Path(out) / m["path"] for m in manifest["members"] + manifest["discarded"]])
+    group.close({f"vote_{k}": manifest[k] for k in ("val_accuracy", "test_accuracy") if k in manifest})
+    return manifest
 
 
 def combine(directory: str | Path) -> dict:
@@ -283,7 +353,8 @@ def combine(directory: str | Path) -> dict:
 def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune", timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
-         ray: bool = False, ray_address: str | None = None, **options) -> dict:
+         ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
+         **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
     from cnnlab.search import read_space_file, run_tune
 
@@ -292,4 +363,11 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
     cfg, _ = make_config(model, data, config, params, **options)
     if isinstance(space, (str, Path)):
         space = read_space_file(Path(space), cfg.model)
-    return run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say, ray, ray_address)
+    group = Grouped(mlflow, Path(out), f"search {Path(out).name}", {"trials": trials, "metric": metric, **cfg.to_dict()})
+    tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
+    summary = run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say, ray, ray_address,
+                       tracked)
+    if ray:
+        group.log_dirs(sorted((Path(out) / "trials").glob("trial-*")))
+    group.close({"best_value": summary["best_value"]} if "best_value" in summary else {})
+    return summary

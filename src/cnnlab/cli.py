@@ -175,6 +175,15 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
 }
 
 
+TRACKING_OPTIONS = {
+    "tensorboard": (Optional[bool], typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard event "
+                                                 "files (OUT/tensorboard/RUN, or --tensorboard-dir).")),
+    "tensorboard_dir": (Optional[Path], typer.Option(None, "--tensorboard-dir", help="Folder for TensorBoard event files.")),
+    "mlflow": (Optional[bool], typer.Option(None, "--mlflow/--no-mlflow", help="Log to MLflow: a local store beside the "
+                                            "output (sqlite OUT/mlflow.db), or --mlflow-uri.")),
+    "mlflow_uri": (Optional[str], typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (a server or a database).")),
+}
+
 RAY_OPTIONS = {
     "ray": (bool, typer.Option(False, "--ray", help="Train on a Ray cluster: a local one on 127.0.0.1, or --ray-address.")),
     "ray_address": (Optional[str], typer.Option(None, "--ray-address", help="With --ray: 'auto' joins the cluster "
@@ -188,7 +197,7 @@ def training_options(fn):
     hints = typing.get_type_hints(fn)
     own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
            if p.name != "options"]
-    shared = {**TRAINING_OPTIONS, **(RAY_OPTIONS if "ray" in signature.parameters else {})}
+    shared = {**TRAINING_OPTIONS, **TRACKING_OPTIONS, **(RAY_OPTIONS if "ray" in signature.parameters else {})}
     own = [p for p in own if p.name not in RAY_OPTIONS]
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
              for name, (kind, option) in shared.items()]
@@ -196,6 +205,9 @@ def training_options(fn):
     @functools.wraps(fn)
     def command(**kwargs):
         options = {name: kwargs.pop(name) for name in TRAINING_OPTIONS}
+        tracking = {name: kwargs.pop(name) for name in TRACKING_OPTIONS}
+        options["tensorboard"] = tracking["tensorboard_dir"] or bool(tracking["tensorboard"])
+        options["mlflow"] = tracking["mlflow_uri"] or bool(tracking["mlflow"])
         return fn(**kwargs, options=options)
 
     command.__signature__ = signature.replace(parameters=own + extra)

@@ -201,7 +201,7 @@ class Pruning(Callback):
 def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: float | None = None,
              storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
              space: dict | None = None, pruner: str = "median", say=print, ray: bool = False,
-             ray_address: str | None = None) -> dict:
+             ray_address: str | None = None, callbacks=()) -> dict:
     import optuna
     from optuna.trial import TrialState
 
@@ -243,7 +243,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         run_dir = directory / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = Pruning(trial, metric)
-        metrics = fit(cfg, run_dir, [pruning])
+        metrics = fit(cfg, run_dir, [pruning, *callbacks])
         if pruning.pruned:
             epoch_time = sum(pruning.epoch_seconds) / max(1, len(pruning.epoch_seconds))
             trial.set_user_attr("seconds_saved", (cfg.epochs - pruning.epochs_done) * epoch_time)
