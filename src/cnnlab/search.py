@@ -392,6 +392,23 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
                     say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
 
 
+def trials_table(study, metric: str) -> list[dict]:
+    """trials.csv from Optuna's trials_dataframe, with readable columns: number, state, the metric's value,
+    epochs reported, seconds, then param_NAME for each searched parameter."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    if frame.empty:
+        return []
+    epochs = {t.number: (max(t.intermediate_values) if t.intermediate_values else 0)
+              for t in study.get_trials(deepcopy=False)}
+    frame = frame.rename(columns={"value": metric, **{c: "param_" + c[len("params_"):] for c in frame.columns
+                                                      if c.startswith("params_")}})
+    frame["state"] = frame["state"].astype(str)
+    frame["seconds"] = frame.pop("duration").dt.total_seconds()
+    frame.insert(3, "epochs", frame["number"].map(epochs))
+    frame = frame[["number", "state", metric, "epochs", "seconds"] + [c for c in frame.columns if c.startswith("param_")]]
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
 # what best.json records of the setting a search ran in, so `train --params best.json` repeats it
 TUNED_SETTING = ("model", "recipe", "data", "data_dir", "classes", "val_fraction", "split_seed", "epochs", "augment")
 
@@ -400,13 +417,7 @@ def write_results(study, directory: Path, metric: str, config: TrainConfig | Non
     """trials.csv, best.json (for `cnnlab train --params`), Optuna's plots and an HTML page."""
     from optuna.trial import TrialState
 
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, metric: t.value,
-                     "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
-                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-                     if t.datetime_complete and t.datetime_start else None,
-                     **{f"param_{k}": v for k, v in t.params.items()}})
+    rows = trials_table(study, metric)
     runs.write_csv(directory / "trials.csv", rows)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
