@@ -44,16 +44,33 @@ def test_report_has_every_table_and_figure(study, tmp_path):
     _, _, run_dirs, _ = study
     html_path, md_path = build_report([run_dirs[0].parent.parent], tmp_path / "report.html")
     text = html_path.read_text()
-    for caption in ("Runtime per epoch", "Accuracy over repeats", "Per-class precision, recall and F1",
-                    "cnn1 layers", "tuned-cnn layers"):
-        assert caption in text
-    assert text.count("<img ") == 4 and text.count("data:image/png;base64,") == 4
+    for caption in ("Runtime per epoch", "Accuracy over repeats", "Per-class F1", "Per-class Precision",
+                    "Per-class Recall", "cnn1 layers", "tuned-cnn layers", "against training time per run",
+                    "Validation accuracy against epochs", "confusion matrices, counts and normalised by row",
+                    "most confident mistakes"):
+        assert caption in text, caption
+    # 3 comparison figures + a confusion figure and a mistakes gallery per model, all embedded
+    assert text.count("<img ") == 7 and text.count("data:image/png;base64,") == 7
+    assert "<th>0</th><th>1</th><th>2</th>" in text  # one labelled column per class
+    assert str(tmp_path) not in text  # paths relative to the report
     assert "<script" not in text and "http://" not in text and "https://" not in text  # works offline
     md = md_path.read_text()
     assert "| Model | Runs | Val min-max |" in md
     for line in md.splitlines():
         if line.startswith("!["):
             assert (md_path.parent / line.split("](")[1].rstrip(")")).is_file()
+
+
+def test_a_report_over_two_settings_does_not_mix_them(study, tmp_path):
+    from cnnlab.config import build_config
+
+    root, cfg, run_dirs, _ = study
+    other = build_config({**cfg.to_dict(), "epochs": 1, "model": "cnn1"})
+    run_study(other, ["cnn1"], 1, tmp_path / "other", say=lambda text: None)
+    html_path, md_path = build_report([run_dirs[0], tmp_path / "other"], tmp_path / "mixed.html")
+    text = html_path.read_text()
+    assert "cnn1 (epochs=2)" in text and "cnn1 (epochs=1)" in text  # two groups, labelled by what differs
+    assert "they differ in: epochs" in text
 
 
 def test_report_from_nothing_is_refused(tmp_path, cli):
@@ -84,7 +101,7 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     try:
         driver.get(html_path.as_uri())
         widths = driver.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) == 4 and all(w > 0 for w in widths)
+        assert len(widths) == 7 and all(w > 0 for w in widths)
         captions = driver.execute_script("return Array.from(document.querySelectorAll('table caption')).map(c => c.textContent)")
         assert any("Accuracy over repeats" in c for c in captions) and len(captions) >= 5
         shot = tmp_path / "report.png"  # kept in the test's temporary folder for a person to look at

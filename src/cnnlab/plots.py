@@ -120,3 +120,78 @@ def ensemble_growth_plot(growth: dict[str, list[float]], path: Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------ figures across models (the study report)
+
+
+def comparison_plot(groups: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """Accuracy over repeats: each run as a point, the mean as a bar and ± one standard deviation,
+    per model, on validation and test side by side."""
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) + 2), 4.5))
+    for offset, split, color in ((-0.15, "val", "tab:blue"), (0.15, "test", "tab:orange")):
+        for i, name in enumerate(names):
+            values = np.asarray(groups[name].get(split, []), dtype=float) * 100
+            if not len(values):
+                continue
+            x = i + offset + np.linspace(-0.05, 0.05, len(values)) if len(values) > 1 else np.array([i + offset])
+            ax.scatter(x, values, s=18, color=color, alpha=0.7, label=split if i == 0 else None, zorder=3)
+            ax.errorbar(i + offset, values.mean(), yerr=values.std(ddof=1) if len(values) > 1 else 0, fmt="_",
+                        color="black", markersize=16, capsize=4, zorder=4)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy over repeats (points: runs; bars: mean ± std)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def accuracy_time_plot(points: dict[str, tuple[float, float, float, float]], path: Path) -> Path:
+    """Mean test (or validation) accuracy against mean training time per run, with their spreads."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (seconds, seconds_sd, accuracy, accuracy_sd) in points.items():
+        ax.errorbar(seconds, accuracy * 100, xerr=seconds_sd, yerr=accuracy_sd * 100, fmt="o", capsize=3, label=name)
+        ax.annotate(name, (seconds, accuracy * 100), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training time per run (s, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy against training time")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Validation accuracy against epochs, one line per model (its median run)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, history in curves.items():
+        rows = [r for r in history if r.get("val_accuracy") not in (None, "", "nan")]
+        ax.plot([int(r["epoch"]) for r in rows], [100 * float(r["val_accuracy"]) for r in rows],
+                marker="o" if len(rows) < 15 else None, label=name)
+    ax.set_xlabel("epochs")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Validation accuracy of every model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path,
+                     title: str) -> Path:
+    """Counts and row-normalised confusion matrices (scikit-learn's ConfusionMatrixDisplay) for each split."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    k = len(class_names)
+    panels = [(split, norm) for split in predictions for norm in (None, "true")]
+    size = 1.2 + 0.55 * k
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (split, norm) in zip(axes[0], panels):
+        labels, predicted = predictions[split]
+        ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(k)), display_labels=class_names,
+                                                normalize=norm, ax=ax, colorbar=False, xticks_rotation=45,
+                                                values_format=".2f" if norm else "d", cmap="Blues",
+                                                text_kw={"fontsize": 7})
+        ax.set_title(f"{split}: {'share of each true class' if norm else 'counts'}", fontsize=10)
+    fig.suptitle(title)
+    return _save(fig, path)

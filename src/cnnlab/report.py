@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import statistics
 from urllib.parse import quote
@@ -58,18 +59,37 @@ def load_run(path: Path) -> Run:
                evaluate_run(path, "val"), evaluate_run(path, "test") if run.has_logits("test") else None)
 
 
+IGNORED_SETTINGS = ("seed", "device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs")
+
+
 def group_runs(loaded: list[Run]) -> list[Group]:
-    """One group per model and training setup; seeds (repeats) vary within a group."""
+    """One group per model and training setting; seeds (repeats) vary within a group. Runs of different
+    settings are never mixed: groups whose model is the same are labelled by the settings that differ."""
     groups: dict[str, Group] = {}
+    settings: dict[str, dict] = {}
     for run in loaded:
-        setup = {k: v for k, v in run.config.items() if k not in ("seed", "device")}
-        key = json.dumps(setup, sort_keys=True)
+        setup = {k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}
+        key = json.dumps(setup, sort_keys=True, default=str)
+        settings[key] = setup
         groups.setdefault(key, Group(run.config["model"])).runs.append(run)
-    labels = [g.label for g in groups.values()]
-    for i, g in enumerate(groups.values()):
-        if labels.count(g.label) > 1:
-            g.label = f"{g.label} ({i + 1})"
+    varying = differing(list(settings.values()))
+    for key, group in groups.items():
+        extra = [f"{k}={_short(settings[key].get(k))}" for k in varying if k != "model"]
+        if extra:
+            group.label = f"{group.label} ({', '.join(extra)})"
     return list(groups.values())
+
+
+def differing(settings: list[dict]) -> list[str]:
+    keys = sorted({k for s in settings for k in s})
+    return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in settings}) > 1]
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items()) or "-"
+    text = str(value)
+    return text if len(text) <= 24 else "..." + text[-21:]
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> tuple[str, str]:
@@ -89,7 +109,7 @@ def _median_range(values: list[float]) -> str:
 
 def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Every table of the report as (header, rows)."""
-    runtime, accuracy, per_class = [], [], []
+    runtime, accuracy, per_class = [], [], {}
     order = sorted(groups, key=lambda g: -statistics.fmean(r.val["accuracy"] for r in g.runs))
     for g in order:
         first = g.runs[0]
@@ -106,37 +126,85 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
         def mean_of(key, c):
             return statistics.fmean(100 * r.val["per_class"][c][key] for r in g.runs)
 
-        f1 = [mean_of("f1", c) for c in range(k)]
         names = [pc["name"] for pc in first.val["per_class"]]
-        per_class.append([g.label, " ".join(f"{mean_of('precision', c):.2f}" for c in range(k)),
-                          " ".join(f"{mean_of('recall', c):.2f}" for c in range(k)), " ".join(f"{v:.2f}" for v in f1),
-                          names[f1.index(min(f1))], names[f1.index(max(f1))]])
-    return {
+        f1 = [mean_of("f1", c) for c in range(k)]
+        for key in ("f1", "precision", "recall"):
+            per_class.setdefault(key, []).append([g.label, *(f"{mean_of(key, c):.2f}" for c in range(k))]
+                                                 + ([names[f1.index(min(f1))], names[f1.index(max(f1))]]
+                                                    if key == "f1" else []))
+    class_names = [pc["name"] for pc in order[0].runs[0].val["per_class"]] if order else []
+    out = {
         "Runtime per epoch (seconds; median and range over epochs and repeats)":
             (["Model", "Trainable params", "Device", "Training (s/epoch)", "Testing (s)", "Warm-up (s)"], runtime),
-        "Accuracy over repeats (%; validation = 20% holdout, test = official test split, never used to choose)":
+        "Accuracy over repeats (%; validation = the holdout, test = official test split, never used to choose)":
             (["Model", "Runs", "Val min-max", "Val mean ± std", "Test min-max", "Test mean ± std"], accuracy),
-        "Per-class precision, recall and F1 on the 20% holdout (%; classes in order, mean over repeats)":
-            (["Model", "Precision", "Recall", "F1", "Hardest class", "Easiest class"], per_class),
     }
+    for key, label in (("f1", "F1"), ("precision", "Precision"), ("recall", "Recall")):
+        extra = ["Hardest class", "Easiest class"] if key == "f1" else []
+        out[f"Per-class {label} on the validation holdout (%, mean over repeats)"] = (
+            ["Model", *class_names, *extra], per_class.get(key, []))
+    return out
+
+
+def median_run(group: Group) -> Run:
+    ranked = sorted(group.runs, key=lambda r: r.val["accuracy"])
+    return ranked[len(ranked) // 2]
 
 
 def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
-    """Accuracy/loss curves and a confusion matrix per model, drawn from the median run's directory."""
+    """The comparison across models first (as the tables), then each model's confusion matrices and mistakes."""
     from cnnlab import plots
 
-    out = []
     folder.mkdir(parents=True, exist_ok=True)
-    for i, g in enumerate(groups):
-        ranked = sorted(g.runs, key=lambda r: r.val["accuracy"])
-        run = ranked[len(ranked) // 2]
-        seed = run.config["seed"]
-        out.append((f"{g.label}: accuracy and loss against epochs (seed {seed}, the median of {len(g.runs)} runs)",
-                    plots.accuracy_loss_plot(run.history, g.label, folder / f"acc_loss_{i}.png")))
-        out.append((f"{g.label}: confusion matrix on the validation holdout (seed {seed})",
-                    plots.confusion_plot(run.val["confusion_matrix"], [p["name"] for p in run.val["per_class"]],
-                                         folder / f"confusion_{i}.png", f"{g.label} (validation)")))
+    order = sorted(groups, key=lambda g: -statistics.fmean(r.val["accuracy"] for r in g.runs))
+    accuracy = {g.label: {"val": [r.val["accuracy"] for r in g.runs],
+                          "test": [r.test["accuracy"] for r in g.runs if r.test]} for g in order}
+    out = [("Accuracy over repeats: every run as a point, mean ± std as bars, validation and test",
+            plots.comparison_plot(accuracy, folder / "comparison.png"))]
+    timing = {}
+    for g in order:
+        seconds = [r.metrics.get("train_seconds_total") or 0.0 for r in g.runs]
+        scores = [r.test["accuracy"] if r.test else r.val["accuracy"] for r in g.runs]
+        timing[g.label] = (statistics.fmean(seconds), statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
+                           statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0)
+    split = "test" if all(r.test for g in order for r in g.runs) else "validation"
+    out.append((f"Accuracy ({split}) against training time per run: the runtime table as a picture",
+                plots.accuracy_time_plot(timing, folder / "accuracy_time.png")))
+    out.append(("Validation accuracy against epochs, every model (its median run)",
+                plots.validation_curves_plot({g.label: median_run(g).history for g in order}, folder / "curves.png")))
+    for i, g in enumerate(order):
+        run = median_run(g)
+        names = [p["name"] for p in run.val["per_class"]]
+        predictions = {}
+        for split_name in ("val", "test"):
+            try:
+                logits, labels = RunDir(run.path).logits(split_name)
+            except UserError:
+                continue
+            predictions[split_name] = (labels, logits.argmax(1))
+        out.append((f"{g.label}: confusion matrices, counts and normalised by row, validation and test "
+                    f"(seed {run.config['seed']}, the median run)",
+                    plots.confusion_panels(predictions, names, folder / f"confusion_{i}.png", g.label)))
+        gallery = mistakes_figure(run, folder / f"mistakes_{i}.png")
+        if gallery is not None:
+            out.append((f"{g.label}: the most confident mistakes on the validation holdout (seed {run.config['seed']})",
+                        gallery))
     return out
+
+
+def mistakes_figure(run: Run, path: Path) -> Path | None:
+    """The median run's most confident validation mistakes (its images rebuilt from its data; skipped when
+    the data cannot be reloaded, e.g. in-memory arrays)."""
+    from cnnlab import plots
+    from cnnlab.evaluation import validation_images
+    from cnnlab.metrics import softmax
+
+    try:
+        images = validation_images(run.path)
+    except UserError:
+        return None
+    logits, labels = RunDir(run.path).logits("val")
+    return plots.mistakes_grid(images, labels, softmax(logits), [p["name"] for p in run.val["per_class"]], path)
 
 
 def layer_summaries(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -162,9 +230,11 @@ def setup_lines(loaded: list[Run]) -> list[str]:
         f"Dataset: {first.model['dataset']} ({cfg['data']}), classes: {', '.join(first.model['class_names'])}",
         f"Split: {100 * (1 - cfg['val_fraction']):.0f}/{100 * cfg['val_fraction']:.0f} stratified train/validation "
         f"(split seed {cfg['split_seed']}); the official test split kept apart",
-        f"Training: {cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}, "
-        f"ReduceLROnPlateau(factor {cfg['lr_factor']}, patience {cfg['lr_patience']}), "
-        f"augmentation {'on' if cfg['augment'] else 'off'}, precision {first.metrics.get('precision', '?')}",
+        f"Training (first run): recipe {cfg.get('recipe', 'report')}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
+        f"{cfg['optimizer']} lr {cfg['lr']}, " + (
+            f"ReduceLROnPlateau(factor {cfg['lr_factor']}, patience {cfg['lr_patience']})"
+            if cfg.get("lr_schedule", "plateau") == "plateau" else f"{cfg['lr_schedule']} schedule")
+        + f", augmentation {'on' if cfg['augment'] else 'off'}, precision {first.metrics.get('precision', '?')}",
         f"Hardware: {'; '.join(devices)}",
         f"Software: cnnlab {versions.get('cnnlab')}, torch {versions.get('torch')}, python {versions.get('python')}",
         f"Runs: {len(loaded)} (seeds {', '.join(sorted({str(r.config['seed']) for r in loaded}, key=int))})",
@@ -213,6 +283,9 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     figure_dir = output.with_name(output.stem + "_files")
     figs = figures(groups, figure_dir)
     setup = setup_lines(loaded)
+    varying = differing([{k: v for k, v in r.config.items() if k not in IGNORED_SETTINGS + ("model",)} for r in loaded])
+    if varying:
+        setup.append(f"Runs of different settings are reported as separate groups; they differ in: {', '.join(varying)}")
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><h2>Setup</h2><ul>"]
@@ -227,7 +300,8 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     parts.append("<h2>Models</h2>")
     for t, (h, r) in summaries.items():
         parts.append(f"<details><summary>{html.escape(t)}</summary>{_html_table(t, h, r)}</details>")
-    parts.append(f"<p>Run directories: {html.escape(', '.join(str(r.path) for r in loaded))}</p></body></html>")
+    relative = ", ".join(os.path.relpath(r.path, output.parent.resolve()) for r in loaded)
+    parts.append(f"<p>Run directories (relative to this report): {html.escape(relative)}</p></body></html>")
     runs.write_text(output, "".join(parts))
 
     md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]
@@ -239,6 +313,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     md += ["## Models", ""]
     for t, (h, r) in summaries.items():
         md += [_md_table(t, h, r), ""]
+    md += [f"Run directories (relative to this report): {_md(relative)}"]
     markdown = output.with_suffix(".md")
     runs.write_text(markdown, "\n".join(md) + "\n")
     return output, markdown
