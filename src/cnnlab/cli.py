@@ -83,12 +83,13 @@ def data_preview(dataset: str = DatasetArg,
 @app.command("models")
 def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
                                               help="Classes to count parameters at (the report used 5).")) -> None:
-    """Every registered model: parameters (1 input channel), default input size, description."""
+    """Every registered model: parameters (1 input channel; learnable and frozen weights, not BatchNorm's running
+    statistics, which `cnnlab summary` adds as Keras does), default input size, description."""
     from cnnlab.models import count_parameters, create_architecture, list_models, model_info
 
     table = Table()
     table.add_column("model", no_wrap=True, min_width=max(map(len, list_models())))  # names are what users copy
-    for col, justify in (("total params", "right"), ("trainable", "right"), ("input", "right"), ("description", "left")):
+    for col, justify in (("parameters", "right"), ("trainable", "right"), ("input", "right"), ("description", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "description")
     for name in list_models():
         info = model_info(name)
@@ -121,6 +122,8 @@ def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab m
     console.print(table)
     console.print(f"Total params: {result.total:,}\nTrainable params: {result.trainable:,}\n"
                   f"Non-trainable params: {result.non_trainable:,}")
+    console.print("(Keras's count: the totals include BatchNorm's moving mean and variance as non-trainable "
+                  "parameters; `cnnlab models` counts learnable and frozen weights only, without them.)", highlight=False)
 
 
 # ------------------------------------------------------------------ the shared training options

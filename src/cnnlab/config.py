@@ -241,6 +241,9 @@ def read_params_file(path: str | Path) -> dict:
     data = data.get("params", data)
     train = {k: v for k, v in _normalize_keys(setting, str(path)).items()} if setting else {}
     train.update({k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in FIELDS})
+    if not isinstance(train.get("model_params", {}), dict):
+        raise UserError(f"{path}: model_params must be an object of the model's hyperparameters, "
+                        f"got {train['model_params']!r}")
     model = {k: v for k, v in data.items() if k.replace("-", "_") not in FIELDS}
     if model:
         train["model_params"] = {**train.get("model_params", {}), **model}
@@ -264,7 +267,7 @@ def build_config(*layers: dict) -> TrainConfig:
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; known settings are {', '.join(sorted(FIELDS))}")
     recipe = merged.get("recipe", "report")
-    if recipe not in RECIPES:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
         raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {recipe!r}")
     defaults = dict(RECIPES[recipe])
     if "model" in merged and merged["model"] != defaults.get("model", merged["model"]):

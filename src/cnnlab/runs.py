@@ -413,7 +413,14 @@ class RunDir:
         tensors = load_tensors(self.file(LOGITS))
         if f"{split}_logits" not in tensors or f"{split}_labels" not in tensors:
             raise UserError(f"{self.path}: no {split} split in this run (its dataset has no labeled {split} split)")
-        return tensors[f"{split}_logits"].float().numpy(), tensors[f"{split}_labels"].numpy()
+        logits, labels = tensors[f"{split}_logits"], tensors[f"{split}_labels"]
+        damaged = (logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels) or not logits.is_floating_point()
+                   or labels.is_floating_point() or not torch.isfinite(logits).all()
+                   or (len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1])))
+        if damaged:
+            raise UserError(f"{self.file(LOGITS)}: the stored {split} logits or labels are inconsistent; the file was "
+                            "edited or damaged (retrain the run, or rerun `cnnlab ensemble combine` for an ensemble)")
+        return logits.float().numpy(), labels.numpy()
 
     def has_logits(self, split: str) -> bool:
         return f"{split}_logits" in load_tensors(self.file(LOGITS))
