@@ -21,10 +21,14 @@ from cnnlab.runs import RunDir
 
 from conftest import make_images, write_npz_dataset
 
+from cnnlab.distributed import loopback_only  # noqa: E402
+
+loopback_only()  # before Ray starts anything: tests never bind another address than 127.0.0.1
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'cnnlab[ray]')")
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0",
+       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,8 @@ def cluster():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="WARNING")
-    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     yield ray
     ray.shutdown()
 
@@ -44,7 +49,7 @@ def data(tmp_path_factory):
 
 
 def settings(**kw):
-    return dict(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False, say=lambda text: None, **kw)
+    return {**dict(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False, say=lambda text: None), **kw}
 
 
 @pytest.mark.slow

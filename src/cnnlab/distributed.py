@@ -38,8 +38,10 @@ def require_ray():
 @contextlib.contextmanager
 def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iterator[object]:
     """Ray, initialised for this block: a private local cluster on loopback, or a running one joined."""
-    ray = require_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
+    if address is None:
+        loopback_only()
+    ray = require_ray()
     if ray.is_initialized():  # the caller (a notebook, a test) set Ray up already
         yield ray
         return
@@ -57,6 +59,18 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
+
+
+def loopback_only() -> None:
+    """A private local cluster binds to 127.0.0.1 only. Ray otherwise replaces a loopback node address by the
+    machine's network address (ray._private.services.resolve_ip_for_localhost); its switch for single-machine
+    clusters, read at import by the driver and inherited by every worker, keeps the loopback address."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants  # already imported: switch the driver's copy too
+    except ImportError:
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def cluster_has_gpus(ray) -> bool:
