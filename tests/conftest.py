@@ -82,6 +82,17 @@ def write_image_folder(root: Path, n_per_class: int = 6, classes=("cat", "dog", 
     return root
 
 
+def interrupt_at(epoch: int):
+    """A callback that presses Ctrl-C (raises KeyboardInterrupt) as `epoch` starts."""
+    from cnnlab.callbacks import LambdaCallback
+
+    def press(ctx, started, steps):
+        if started == epoch:
+            raise KeyboardInterrupt
+
+    return LambdaCallback(on_epoch_start=press)
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the real `cnnlab` entry point in-process; return (exit code, stdout, stderr)."""

@@ -10,12 +10,11 @@ import torch
 
 from cnnlab.augment import AugmentSettings, augment_batch, sample_params
 from cnnlab.config import build_config
-from cnnlab.callbacks import Callback
 from cnnlab.engine import fit, load_model, make_batch, predict_logits, prepare, to_input
 from cnnlab.errors import UserError
 from cnnlab.metrics import classification_metrics
 
-from conftest import write_npz_dataset
+from conftest import interrupt_at, write_npz_dataset
 
 TIMING = {"train_seconds", "eval_seconds"}
 
@@ -64,17 +63,6 @@ def test_saved_model_reloads_to_identical_logits(trained_run):
     assert meta["class_names"] == ["0", "1", "2"]
 
 
-class StopAt(Callback):
-    """Presses Ctrl-C (raises KeyboardInterrupt) as epoch `epoch` starts."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, ctx, epoch, steps):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 def _history(run):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(run / "history.csv"))]
 
@@ -85,7 +73,7 @@ def test_resume_equals_uninterrupted_run(small_npz, tmp_path):
     cfg = config(small_npz, model="tuned-cnn", epochs=4, augment=True, lr_patience=1)
     fit(cfg, tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "cut", [StopAt(3)])
+        fit(cfg, tmp_path / "cut", [interrupt_at(3)])
     status = (tmp_path / "cut" / "metrics.json").read_text()
     assert '"interrupted"' in status and '"epochs_done": 2' in status
     assert len(_history(tmp_path / "cut")) == 2
@@ -111,7 +99,7 @@ def test_auto_precision_run_learns_reloads_and_resumes_exactly(small_npz, tmp_pa
     full = fit(cfg, tmp_path / "full")
     assert full["precision"] in ("fp32", "bf16") and full["val_accuracy"] > 0.8  # chance is 1/3
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "cut", [StopAt(3)])
+        fit(cfg, tmp_path / "cut", [interrupt_at(3)])
     fit(cfg, tmp_path / "cut", resume=True)
     assert _history(tmp_path / "cut") == _history(tmp_path / "full")  # same device, same precision: exact
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))

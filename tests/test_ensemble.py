@@ -16,7 +16,7 @@ from cnnlab.callbacks import Callback
 from cnnlab.ensembles import parse_member_range, train_ensemble, vote
 from cnnlab.errors import UserError
 
-from conftest import make_images, write_npz_dataset
+from conftest import interrupt_at, make_images, write_npz_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,15 +111,6 @@ def test_restart_keeps_finished_members(easy_npz, tmp_path):
     assert (ens / "members" / "member-000" / "model.safetensors").stat().st_mtime_ns == before
 
 
-class InterruptAtEpoch(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, ctx, epoch, steps):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_interrupted_fused_group_resumes_as_the_same_group(easy_npz, tmp_path):
     """Killed in epoch 3, the group's members keep their epoch-2 checkpoints; the rerun finds the group in
@@ -129,7 +120,7 @@ def test_interrupted_fused_group_resumes_as_the_same_group(easy_npz, tmp_path):
     settings = dict(members=2, threshold=0.0, fuse=2)
     train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "full", say=lambda t: None, **settings)
     with pytest.raises(KeyboardInterrupt):
-        train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "cut", callbacks=[InterruptAtEpoch(3)], say=lambda t: None,
+        train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "cut", callbacks=[interrupt_at(3)], say=lambda t: None,
                        **settings)
     said = []
     train_ensemble(cfg(easy_npz, epochs=3), tmp_path / "cut", say=said.append, **settings)
