@@ -47,6 +47,7 @@ def test_mlflow_local_store_holds_params_and_per_epoch_metrics(data, tmp_path):
     history = client.get_metric_history(run_id, "accuracy/val")
     assert [m.step for m in history] == [1, 2, 3]
     assert [round(m.value, 6) for m in history] == [round(v, 6) for v in run.history["val_accuracy"]]
+    assert client.get_run(run_id).info.artifact_uri.startswith(tmp_path.resolve().as_uri())  # beside the output
     artifacts = {a.path for a in client.list_artifacts(run_id, "run")}
     assert {"run/model.safetensors", "run/model.json", "run/history.csv"} <= artifacts
 

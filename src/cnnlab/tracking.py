@@ -132,7 +132,8 @@ class MLflow(Callback):
 
     def start(self, client, name: str, config: dict) -> str:
         experiment = client.get_experiment_by_name(self.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            self.experiment, artifact_location=local_artifacts(self.uri))
         tags = {"mlflow.runName": name, **({"mlflow.parentRunId": self.parent} if self.parent else {})}
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
         from mlflow.entities import Param
@@ -170,6 +171,13 @@ def default_store(near: Path) -> str:
     near = Path(near).resolve()
     near.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{near / 'mlflow.db'}"
+
+
+def local_artifacts(uri: str) -> str | None:
+    """A local SQLite store keeps its artifacts beside it (MLflow's own default is ./mlruns in the working directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def finish_mlflow_run(client, run_id: str, run_dir: Path, metrics: dict) -> None:
