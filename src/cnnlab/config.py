@@ -109,6 +109,8 @@ class TrainConfig:
                 isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                 for w in self.class_weights):
             raise UserError(f"class_weights: a list needs one finite number >= 0 per class, got {self.class_weights!r}")
+        if self.cuda_graphs and self.compile:
+            raise UserError("cuda_graphs and compile: choose one (each captures the step its own way)")
         if self.val_fraction == 0:
             needs = [name for name, on in (("lr_schedule = plateau", self.lr_schedule == PLATEAU),
                                            ("early_stopping", self.early_stopping > 0)) if on]
