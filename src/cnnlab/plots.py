@@ -185,7 +185,8 @@ def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], clas
     k = len(class_names)
     panels = [(split, norm) for split in predictions for norm in (None, "true")]
     size = 1.2 + 0.55 * k
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False,
+                             constrained_layout=True)  # room for every panel's class names
     for ax, (split, norm) in zip(axes[0], panels):
         labels, predicted = predictions[split]
         ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(k)), display_labels=class_names,
