@@ -175,7 +175,7 @@ class Run:
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         from cnnlab.engine import resolve_device
-        from cnnlab.predict import run_logits_on
+        from cnnlab.submissions import run_logits_on
 
         return run_logits_on(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
                              resolve_device(device), batch_size)

@@ -303,7 +303,7 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble dire
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
                 device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
     """Write a Kaggle-style submission: id and predicted label per image (ids as in the input, else 1-based)."""
-    from cnnlab.predict import predict_run
+    from cnnlab.submissions import predict_run
 
     result = predict_run(run_dir, input, output, device)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",

@@ -32,9 +32,18 @@ def history(run_dir: Path) -> list[dict]:
 
 def plot_run(run_dir: Path, mistakes: bool = True) -> list[Path]:
     """acc_loss.png, confusion_val.png and mistakes_val.png inside the run directory."""
+    run = RunDir(run_dir).require_finished()
+    if run.read_model_meta().get("ensemble"):
+        raise UserError(f"{run_dir}: an ensemble directory; its figure is growth.png, and each member under "
+                        "members/ is a run directory to plot")
+    with run.owned():  # one writer at a time; as the owner it also clears a killed writer's temporary files
+        return _plot(run, mistakes)
+
+
+def _plot(run: RunDir, mistakes: bool) -> list[Path]:
     from cnnlab import plots
 
-    run = RunDir(run_dir).require_finished()
+    run_dir = run.path
     meta = run.read_model_meta()
     names = meta["class_names"]
     name = meta["spec"]["name"]
