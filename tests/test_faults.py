@@ -37,7 +37,7 @@ def cnnlab(*args) -> list[str]:
     return [sys.executable, "-m", "cnnlab", *map(str, args)]
 
 
-TRAIN = ["train", "tuned-cnn", "--epochs", "3", "--batch-size", "16", "--augment", "--device", "cpu",
+TRAIN = ["train", "tuned-cnn", "--epochs", "8", "--batch-size", "16", "--augment", "--device", "cpu",
          "--precision", "fp32", "--quiet"]
 
 
@@ -66,7 +66,7 @@ def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tiny,
         out = tmp_path / f"cycle-{cycle}"
         proc = subprocess.Popen(cnnlab(*TRAIN, "--data", tiny, "--out", out), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(1.5, 7.0)  # imports take ~2-3 s; training the 3 epochs ~2-4 s
+        delay = rng.uniform(2.5, 9.0)  # imports take ~2-4 s; the 8 epochs ~4-8 s (2 cores)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
