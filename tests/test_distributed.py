@@ -157,3 +157,14 @@ def test_torchrun_two_processes_train_one_model(data, tmp_path):
     metrics = json.loads((ddp / runs.METRICS).read_text())
     assert metrics["status"] == "finished" and metrics["world_size"] == 2 and metrics["test_accuracy"] > 0.8
     assert len((ddp / runs.HISTORY).read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_the_cli_starts_its_own_loopback_cluster(data, tmp_path):
+    """`cnnlab ensemble --ray` in a fresh process: its private cluster on 127.0.0.1, ordinary member directories."""
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "ensemble", "cnn1", "--data", str(data), "--members", "2",
+                           "--threshold", "0", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--ray",
+                           "--out", str(tmp_path / "ens")], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 of 2 trained members qualified" in done.stdout and "on Ray" in done.stdout
+    assert all(RunDir(m).status() == runs.FINISHED for m in (tmp_path / "ens" / "members").iterdir())
