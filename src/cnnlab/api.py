@@ -244,6 +244,10 @@ def train(model: str | None = None, data=None, *, config=None, params=None, out:
         run = run or RunDir(shared[0])
     try:
         fit(cfg, run, extra, dataset=dataset)
+        if dist is not None:  # leave together: a rank tearing down while another still talks aborts it
+            from torch.distributed import barrier
+
+            barrier()
     except BaseException:
         if run.status() == "fresh" and dist is None:  # nothing worth keeping was written: leave no empty directory
             import shutil
