@@ -21,7 +21,7 @@ from cnnlab.errors import UserError
 from cnnlab.losses import classification_loss
 from cnnlab.models import count_parameters, create_model, list_models
 from cnnlab.optim import OPTIMIZERS, make_optimizer
-from cnnlab.schedules import SCHEDULES, lr_at, momentum_at
+from cnnlab.schedules import SCHEDULES, lr_at
 
 EPS64 = sys.float_info.epsilon
 
@@ -100,11 +100,6 @@ def test_schedule_settings_are_checked(kwargs, match):
         args["kind"] = "one-cycle"
     with pytest.raises(UserError, match=match):
         lr_at(**args)
-
-
-def test_one_cycle_momentum_mirrors_the_lr():
-    m = [momentum_at(s, 100, pct_start=0.2) for s in range(101)]
-    assert close(m[0], 0.95) and close(m[20], 0.85) and close(m[60], 0.90) and close(m[100], 0.95)
 
 
 # ------------------------------------------------------------------ optimizers

@@ -4,7 +4,7 @@ The Python API (documented in the README): train, evaluate, predict, load_run, s
 combine, tune; Run (a run directory as an object), TrainConfig, RunDir, and cnnlab.callbacks.
 """
 
-__version__ = "0.2.0"
+from cnnlab.version import __version__  # noqa: E402, F401
 
 from cnnlab.api import Run, combine, ensemble, evaluate, export, load_run, predict, study, train, tune  # noqa: E402
 from cnnlab.callbacks import Callback, EarlyStopping, LambdaCallback  # noqa: E402

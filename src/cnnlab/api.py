@@ -15,14 +15,32 @@ those keys and optionally class_names. The CLI calls these functions and holds n
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cnnlab import runs, torchrun, tracking
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
+from cnnlab.data.arrays import dataset_from_arrays
+from cnnlab.data.formats import validate_arrays
+from cnnlab.data.prepared import data_fingerprint, preflight
+from cnnlab.deploy import export_onnx
+from cnnlab.device import resolve_device
+from cnnlab.engine import config_for_resume, fit
+from cnnlab.ensembles import combine as combine_members
+from cnnlab.ensembles import parse_member_range, train_ensemble
 from cnnlab.errors import UserError
+from cnnlab.evaluation import evaluate_run, plot_run
+from cnnlab.inference import load_model, run_scores
+from cnnlab.metrics import softmax
+from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.progress import ConsoleProgress
+from cnnlab.report import build_report
 from cnnlab.runs import RunDir
+from cnnlab.search import read_space_file, run_tune
+from cnnlab.studies import run_study
 
 
 # ------------------------------------------------------------------ configuration and data
@@ -31,8 +49,6 @@ from cnnlab.runs import RunDir
 def make_config(model: str | None = None, data=None, config: str | Path | dict | TrainConfig | None = None,
                 params: str | Path | None = None, **options) -> tuple[TrainConfig, object]:
     """(TrainConfig, in-memory Dataset or None) from the layers a user gives."""
-    from cnnlab.engine import data_fingerprint
-
     if isinstance(config, TrainConfig):
         config = config.to_dict()
     base = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
@@ -49,8 +65,6 @@ def make_config(model: str | None = None, data=None, config: str | Path | dict |
 
 def dataset_from(data, classes=None):
     """In-memory arrays -> a Dataset, checked like a file's arrays (same messages)."""
-    from cnnlab.data.arrays import dataset_from_arrays
-
     if isinstance(data, dict):
         unknown = set(data) - {"x_train", "y_train", "x_test", "y_test", "class_names"}
         if unknown or "x_train" not in data or "y_train" not in data:
@@ -67,8 +81,6 @@ def dataset_from(data, classes=None):
 
 def _tracking(tensorboard, mlflow, out: Path, parent_run_id: str | None = None) -> list:
     """Tracking callbacks: tensorboard=True or a folder; mlflow=True (a local store beside `out`) or a URI."""
-    from cnnlab import tracking
-
     out = Path(out)
     extra = []
     if tensorboard:
@@ -79,9 +91,7 @@ def _tracking(tensorboard, mlflow, out: Path, parent_run_id: str | None = None) 
 
 
 def mlflow_uri(mlflow, out: Path) -> str:
-    from cnnlab.tracking import default_store
-
-    return default_store(out) if mlflow is True else str(mlflow)
+    return tracking.default_store(out) if mlflow is True else str(mlflow)
 
 
 class Grouped:
@@ -90,35 +100,27 @@ class Grouped:
     def __init__(self, mlflow, out: Path, name: str, params: dict):
         self.client = self.run_id = None
         if mlflow:
-            from cnnlab.tracking import parent_run
-
             self.uri = mlflow_uri(mlflow, out)
-            self.client, self.run_id = parent_run(self.uri, out, name, params)
+            self.client, self.run_id = tracking.parent_run(self.uri, out, name, params)
 
     def log_dirs(self, run_dirs) -> None:
         """Children for runs trained elsewhere (Ray tasks): logged by the driver from their directories."""
         if self.client is not None:
-            from cnnlab.tracking import MLflow, log_run_dir
-
-            tracker = MLflow(self.uri, parent_run_id=self.run_id)
+            tracker = tracking.MLflow(self.uri, parent_run_id=self.run_id)
             for run_dir in run_dirs:
-                log_run_dir(tracker, Path(run_dir))
+                tracking.log_run_dir(tracker, Path(run_dir))
 
     def close(self, metrics: dict) -> None:
         if self.client is not None:
             from mlflow.entities import Metric
 
-            from cnnlab.tracking import _now_ms
-
-            values = [Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()
+            values = [Metric(k, float(v), tracking.now_ms(), 0) for k, v in metrics.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
             self.client.log_batch(self.run_id, metrics=values)
             self.client.set_terminated(self.run_id)
 
 
 def _progress(progress: bool, quiet: bool = False):
-    from cnnlab.progress import ConsoleProgress
-
     return [ConsoleProgress(quiet=quiet)] if progress else []
 
 
@@ -161,23 +163,16 @@ class Run:
     def model(self) -> torch.nn.Module:
         """The trained model (CPU, eval mode): N x C x H x W floats in 0..1 -> logits."""
         if self._model is None:
-            from cnnlab.engine import load_model
-
             self._model, _ = load_model(self.path, "cpu")
         return self._model
 
     def predict_proba(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (N x classes) for images as the data readers accept them (uint8 pixels 0..255;
         N x H x W, N x H x W x C or N x C x H x W; numpy or torch)."""
-        from cnnlab.metrics import softmax
-
         return softmax(self.logits(images, device, batch_size))
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-        from cnnlab.engine import resolve_device
-        from cnnlab.submissions import run_logits_on
-
-        return run_logits_on(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
+        return run_scores(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
                              resolve_device(device), batch_size)
 
     def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
@@ -187,19 +182,13 @@ class Run:
 
     def evaluate(self, split: str = "val") -> dict:
         """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a stored split."""
-        from cnnlab.evaluation import evaluate_run
-
         return evaluate_run(self.path, split)
 
     def plot(self) -> list[Path]:
-        from cnnlab.evaluation import plot_run
-
         return plot_run(self.path)
 
 
 def as_images(images, input_shape: list[int]) -> torch.Tensor:
-    from cnnlab.data.formats import validate_arrays
-
     if torch.is_tensor(images):
         images = images.detach().cpu().numpy()
     array, _ = validate_arrays(np.asarray(images), None, "images")
@@ -220,53 +209,31 @@ def train(model: str | None = None, data=None, *, config=None, params=None, out:
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
     finished) run: only `epochs` and `device` may change then (in-memory data must be passed again)."""
-    from cnnlab.engine import distributed_from_env, fit
-
-    cfg_device = options.get("device") or "auto"
-    dist = distributed_from_env(cfg_device)  # torchrun: rank 0 names the run and reports progress
-    lead = dist is None or dist.rank == 0
-    extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out)) if lead else [])
-    extra += _progress(progress and lead, quiet)
-    if resume is not None:
-        run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
-        fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
-        return Run(run.path)
-    cfg, dataset = make_config(model, data, config, params, **options)
-    from cnnlab.engine import load_data, split_data
-
-    split_data(cfg, load_data(cfg, dataset), torch.device("cpu"))  # bad data fails before a directory is made
-    run = RunDir.create(out, cfg.model) if dist is None or dist.rank == 0 else None
-    if dist is not None:
-        from torch.distributed import broadcast_object_list
-
-        shared = [str(run.path) if run else None]
-        broadcast_object_list(shared, src=0)
-        run = run or RunDir(shared[0])
-    try:
-        fit(cfg, run, extra, dataset=dataset)
-        if dist is not None:  # leave together: a rank tearing down while another still talks aborts it
-            from torch.distributed import barrier
-
-            barrier()
-    except BaseException:
-        if run.status() == "fresh" and dist is None:  # nothing worth keeping was written: leave no empty directory
-            import shutil
-
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
-    finally:
+    with torchrun.session(options.get("device") or "auto") as dist:  # torchrun: rank 0 names the run, reports
+        lead = dist is None or dist.lead
+        extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
+                                   if lead else [])
+        extra += _progress(progress and lead, quiet)
+        if resume is not None:
+            run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
+            fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
+            return Run(run.path)
+        cfg, dataset = make_config(model, data, config, params, **options)
+        dataset = preflight(cfg, dataset)  # bad data fails before a directory is made; loaded once
+        run = RunDir.create(out, cfg.model) if lead else None
         if dist is not None:
-            from torch.distributed import destroy_process_group
-
-            destroy_process_group()
-    return Run(run.path)
+            run = RunDir(dist.share(str(run.path) if run else None))
+        try:
+            fit(cfg, run, extra, dataset=dataset)
+        except BaseException:
+            if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        return Run(run.path)
 
 
 def resume_setting(resume, *, model=None, data=None, config=None, params=None, epochs=None, device=None, **options):
     """(RunDir, config, dataset) to continue a run; refuses settings a resume cannot change."""
-    from cnnlab import runs
-    from cnnlab.engine import config_for_resume
-
     run = RunDir(resume)
     if not run.file(runs.CONFIG).is_file():
         raise UserError(f"{resume}: not a cnnlab run directory (no config.json); nothing to resume")
@@ -281,8 +248,6 @@ def resume_setting(resume, *, model=None, data=None, config=None, params=None, e
 
 def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx") -> dict:
     """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures."""
-    from cnnlab.deploy import export_onnx
-
     if format != "onnx":
         raise UserError(f"format: must be onnx, got {format!r}")
     return export_onnx(run.path if isinstance(run, Run) else run, output)
@@ -299,13 +264,11 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
 # ------------------------------------------------------------------ studies, ensembles, searches
 
 
-def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"), repeats: int = 3,
+def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
           data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
           say=print, report: bool = True, ray: bool = False, ray_address: str | None = None,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> dict:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
-    from cnnlab.studies import run_study
-
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
     cfg, dataset = make_config(names[0] if names else None, data, config, params, **options)
@@ -319,8 +282,6 @@ def study(models: list[str] | str = ("cnn1", "cnn2", "cnn3", "cnn4", "inception"
     result = {"runs": [Run(d) for d in dirs], "report": None, "markdown": None}
     group.close({})
     if report:
-        from cnnlab.report import build_report
-
         result["report"], result["markdown"] = build_report(dirs, Path(out) / "report.html")
     return result
 
@@ -332,8 +293,6 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
              **options) -> dict:
     """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth).
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT")."""
-    from cnnlab.ensembles import parse_member_range, train_ensemble
-
     cfg, dataset = make_config(model, data, config, params, **options)
     vote = vote or ("hard" if cfg.recipe == "report" else "soft")  # the report voted by majority; modern members by probability
     group = Grouped(mlflow, Path(out), f"ensemble {Path(out).name}", {"members": members, "threshold": threshold,
@@ -349,8 +308,6 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
 
 
 def combine(directory: str | Path) -> dict:
-    from cnnlab.ensembles import combine as combine_members
-
     return combine_members(Path(directory))
 
 
@@ -360,8 +317,6 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
          ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
          **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
-    from cnnlab.search import read_space_file, run_tune
-
     if data is not None and not isinstance(data, (str, Path)):
         raise UserError("data: a search reloads its data in every trial; give a dataset name or path")
     cfg, _ = make_config(model, data, config, params, **options)

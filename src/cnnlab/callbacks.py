@@ -1,7 +1,9 @@
 """Callbacks: how code outside the engine takes part in training (Keras's and Lightning's idea).
 
-A callback overrides any of five hooks; each gets the engine's Context (`ctx.setup`, `ctx.config`,
-`ctx.state`, `ctx.run_dirs`) and may call `ctx.stop(reason)` to end training after the epoch:
+A callback overrides any of five hooks; each gets the loop's Context and acts only through it
+(`ctx.config`, `ctx.state`, `ctx.states`, `ctx.run_dirs`, `ctx.member_weights()`,
+`ctx.keep_best(m, epoch, weights)`, `ctx.save_checkpoints()`, `ctx.stop(reason)`), so this module
+imports nothing of the engine:
 
     on_train_start(ctx)                      before warm-up and the first epoch
     on_epoch_start(ctx, epoch, steps)
@@ -9,8 +11,12 @@ A callback overrides any of five hooks; each gets the engine's Context (`ctx.set
     on_epoch_end(ctx, rows)                  rows: one history row per member (one for a standalone run)
     on_train_end(ctx, results)               results: the final metrics, one dict per member
 
+A callback with state that must survive a resume returns it per member from `state_dict()`; the
+checkpoint stores it beside the loop's state and `load_state_dict(states)` gets it back after
+on_train_start. `order` places a callback among the others (engine.loop.ordered: lower first).
+
 `cnnlab.train(..., callbacks=[...])` and `cnnlab.engine.fit(config, run_dir, callbacks=[...])` take
-them after the ones the configuration asks for (early stopping, checkpoints), and before progress.
+them beside the ones the configuration asks for (early stopping, checkpoints).
 """
 
 from __future__ import annotations
@@ -19,11 +25,20 @@ import math
 
 
 class Callback:
+    order = 0  # early stopping -1 (decides first), checkpoints 1 (save last)
+
     def on_train_start(self, ctx) -> None: ...
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None: ...
     def on_step(self, ctx, step: int, images: int, loss, accuracy) -> None: ...
     def on_epoch_end(self, ctx, rows: list[dict]) -> None: ...
     def on_train_end(self, ctx, results: list[dict]) -> None: ...
+
+    def state_dict(self) -> list[dict] | None:
+        """Per member, what a resume needs of this callback (stored in the checkpoint); None: nothing."""
+        return None
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Each member's stored checkpoint state (the loop's and every callback's keys)."""
 
 
 class EarlyStopping(Callback):
@@ -34,46 +49,61 @@ class EarlyStopping(Callback):
     the best epoch's, and model.json says which epoch (weights_epoch). The last epoch's state stays
     in the checkpoint, so a resumed run continues from where it stopped."""
 
+    order = -1  # what it stops and keeps is what the others report and save
+
     def __init__(self, patience: int = 0, monitor: str = "val_loss", restore_best: bool = True, min_delta: float = 0.0):
         self.patience, self.monitor, self.restore_best, self.min_delta = patience, monitor, restore_best, min_delta
         self.maximize = monitor.endswith("accuracy")
+        self.best: list[float | None] = []
+        self.since_best: list[int] = []
 
     def improved(self, value: float, best: float | None) -> bool:
         if best is None:
             return not math.isnan(value)
         return value > best + self.min_delta if self.maximize else value < best - self.min_delta
 
-    def on_epoch_end(self, ctx, rows: list[dict]) -> None:
-        from cnnlab.engine import final_weights
+    def on_train_start(self, ctx) -> None:
+        self.best, self.since_best = [None] * ctx.members, [0] * ctx.members
 
+    def state_dict(self) -> list[dict]:
+        return [{"best_value": best, "epochs_since_best": since} for best, since in zip(self.best, self.since_best)]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for m, state in enumerate(states):
+            best = state.get("best_value")
+            if "best_val_loss" in state and "best_value" not in state:  # checkpoints written before callbacks existed
+                old = state["best_val_loss"]
+                best = None if old is None or math.isinf(old) else old
+            self.best[m], self.since_best[m] = best, state.get("epochs_since_best", 0)
+
+    def on_epoch_end(self, ctx, rows: list[dict]) -> None:
         weights = None
-        for m, (row, state) in enumerate(zip(rows, ctx.states)):
+        for m, row in enumerate(rows):
             value = row[self.monitor]
-            if self.improved(value, state.best_value):
-                state.best_value, state.best_epoch, state.epochs_since_best = value, row["epoch"], 0
+            if self.improved(value, self.best[m]):
+                self.best[m], self.since_best[m] = value, 0
                 if self.restore_best:
-                    weights = weights or final_weights(ctx.setup)
-                    ctx.best_weights[m] = {k: v.detach().cpu().clone() for k, v in weights[m].items()}
+                    weights = weights or ctx.member_weights()
+                    ctx.keep_best(m, row["epoch"], weights[m])
             else:
-                state.epochs_since_best += 1
-            if self.patience and state.epochs_since_best >= self.patience:
-                state.stopped_early = True
-                state.stop_reason = f"early stopping: no better {self.monitor} for {self.patience} epochs"
+                self.since_best[m] += 1
+            if self.patience and self.since_best[m] >= self.patience:
+                ctx.stop(f"early stopping: no better {self.monitor} for {self.patience} epochs", member=m)
 
 
 class Checkpoint(Callback):
     """Write every member's resume checkpoint every `every` epochs and after the last one."""
 
+    order = 1  # after every other callback changed the epoch's state
+
     def __init__(self, every: int = 1):
         self.every = every
 
     def on_epoch_end(self, ctx, rows: list[dict]) -> None:
-        from cnnlab.engine import save_checkpoints
-
         epoch = rows[0]["epoch"]
         last = epoch == ctx.config.epochs or ctx.stop_requested
         if self.every and (epoch % self.every == 0 or last):
-            save_checkpoints(ctx.setup, ctx.run_dirs, ctx.best_weights)
+            ctx.save_checkpoints()
 
 
 class LambdaCallback(Callback):

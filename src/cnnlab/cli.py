@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnnlab import api, torchrun
 from cnnlab.errors import UserError
+from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.version import __version__
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train, compare, tune and ensemble CNNs on small grayscale image datasets.")
@@ -241,16 +244,18 @@ def train_cmd(
     options: dict = None,
 ) -> None:
     """Train a model (default: the report's recipe: Adam, cross-entropy, batch 128, ReduceLROnPlateau)."""
-    from cnnlab import api
-
     target = resume
-    try:
-        run = api.train(model, out=out, resume=resume, quiet=quiet, **options)
-    except KeyboardInterrupt:
-        target = target or _newest_run(out)
-        _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
-    if int(os.environ.get("RANK", "0") or 0) != 0:
-        return  # torchrun: rank 0 reports
+    with torchrun.session(options.get("device") or "auto") as dist:
+        try:
+            run = api.train(model, out=out, resume=resume, quiet=quiet, **options)
+        except KeyboardInterrupt:
+            target = target or _newest_run(out)
+            _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
+        if dist is None or dist.lead:  # torchrun: rank 0 reports
+            _report_run(run, quiet)
+
+
+def _report_run(run, quiet: bool) -> None:
     figures = run.plot()
     metrics = run.metrics
     if not quiet:
@@ -272,7 +277,6 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
                  split: str = typer.Option("val", "--split", help="val (the 20% holdout) or test (the official test split)."),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
     """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
-    from cnnlab import api
     from cnnlab.runs import write_json
 
     m = api.evaluate(run_dir, split)
@@ -316,8 +320,6 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="A finished run or ensem
                output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (default RUN_DIR/model.onnx).")) -> None:
     """Export for deployment: one ONNX graph (uint8 pixels in, logits or the ensemble's vote out), checked
     with ONNX Runtime against PyTorch's fp32 logits on the run's validation images before it is written."""
-    from cnnlab import api
-
     result = api.export(run_dir, output, format=format)
     console.print(escape(f"wrote {result['output']} ({result['bytes']:,} bytes, opset {result['opset']}); checked on "
                          f"{result['images_checked']} images: max |diff| {result['max_abs_diff']:.2e} (tolerance "
@@ -327,8 +329,6 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="A finished run or ensem
 @app.command("plot")
 def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Redraw a run's figures from its directory: accuracy/loss curves, confusion matrix, confident mistakes."""
-    from cnnlab import api
-
     for path in api.load_run(run_dir).plot():
         console.print(f"wrote {escape(str(path))}", highlight=False)
 
@@ -354,8 +354,6 @@ def ensemble_cmd(
 
     Trains members with different seeds, keeps those whose validation accuracy passes --threshold and
     votes. Re-running the command continues an interrupted ensemble; `combine DIR` votes again."""
-    from cnnlab import api
-
     if model == "combine":
         if directory is None:
             raise UserError("usage: cnnlab ensemble combine DIR")
@@ -386,7 +384,7 @@ def ensemble_cmd(
 @app.command("study")
 @training_options
 def study_cmd(
-    models: str = typer.Option("cnn1,cnn2,cnn3,cnn4,inception,resnet50", "--models", help="Comma-separated models to compare."),
+    models: str = typer.Option(",".join(REPORT_STUDY_MODELS), "--models", help="Comma-separated models to compare."),
     repeats: int = typer.Option(3, "--repeats", help="Runs per model, with seeds seed..seed+N-1."),
     out: Path = typer.Option(Path("study"), "--out", help="Study directory (created or continued)."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary."),
@@ -396,8 +394,6 @@ def study_cmd(
     """Section 1.4 of the report: train each model N times, then write report.html and report.md.
 
     Finished runs are reused, so an interrupted study continues where it stopped."""
-    from cnnlab import api
-
     try:
         result = api.study(models, repeats, out=out, say=_say(quiet), ray=ray, ray_address=ray_address, **options)
     except KeyboardInterrupt:
@@ -436,8 +432,6 @@ def tune_cmd(
 
     Searches dropout rates, dense units, optimizer x learning rate and batch size. Start several of
     these on one study to search in parallel."""
-    from cnnlab import api
-
     try:
         summary = api.tune(model, trials, out=out, timeout=timeout, storage=storage, study_name=study_name,
                            metric=metric, space=space, pruner=pruner, say=_say(), ray=ray, ray_address=ray_address,
@@ -459,8 +453,6 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everyt
     """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST.
 
     5 classes, three fast models, two seeds each, ending with the HTML report (a few minutes on 2 CPU cores)."""
-    from cnnlab import api
-
     classes = "0,1,2,3,4"
     data_info("fashion-mnist", None, classes, False, 0.2, 0)
     data_preview("fashion-mnist", out / "preview.png", 8, None, classes, False, 0)
@@ -475,8 +467,6 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everyt
 
 def _version(value: bool) -> None:
     if value:
-        from cnnlab import __version__
-
         console.print(f"cnnlab {__version__}")
         raise typer.Exit()
 

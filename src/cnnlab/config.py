@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 
+EVAL_BATCH_SIZE = 1024  # images per forward pass when evaluating or predicting (no gradients kept)
 PLATEAU = "plateau"  # the report's ReduceLROnPlateau; the other schedules are functions of the step
 LR_SCHEDULES = (PLATEAU, "constant", "one-cycle", "cosine", "linear")
 CHOICES = {
@@ -71,7 +72,7 @@ class TrainConfig:
     weights: str | None = None  # transfer models: 'imagenet' (default) or a local file
     model_params: dict = field(default_factory=dict)  # the model's own hyperparameters (dropout rates, units)
     checkpoint_every: int = 1  # epochs between resume checkpoints; 0 = none
-    eval_batch_size: int = 1024
+    eval_batch_size: int = EVAL_BATCH_SIZE
 
     def validate(self) -> "TrainConfig":
         check_types(self)
@@ -115,9 +116,8 @@ class TrainConfig:
             needs = [name for name, on in (("lr_schedule = plateau", self.lr_schedule == PLATEAU),
                                            ("early_stopping", self.early_stopping > 0)) if on]
             if needs:
-                raise UserError(f"val_fraction = 0 leaves no validation split, which {' and '.join(needs)} need; "
-                                "use a fixed schedule (lr_schedule = one-cycle, cosine, linear or constant) "
-                                "without early stopping, or keep a validation split")
+                raise no_validation_split(f"{' and '.join(needs)} need", "use a fixed schedule (lr_schedule = one-cycle, "
+                                          "cosine, linear or constant) without early stopping, or keep a validation split")
         return self
 
     @property
@@ -133,6 +133,16 @@ class TrainConfig:
 
 # A recipe is a named set of defaults that any explicit option overrides; the whole resolved config is
 # written into config.json, so a run says what it used. "report" is the 2019 study, unchanged.
+def no_validation_split(needs: str, fix: str = "keep a validation split") -> UserError:
+    """The one wording for refusing val_fraction = 0 where something needs a validation split."""
+    return UserError(f"val_fraction = 0 leaves no validation split, which {needs}; {fix}")
+
+
+def require_validation(config: TrainConfig, who: str, why: str) -> None:
+    if config.val_fraction == 0:
+        raise no_validation_split(f"{who} needs ({why})")
+
+
 RECIPES: dict[str, dict] = {
     "report": {},
     # The modern recipe (airbench / ResNet "bag of tricks" style) for the small-image ResNets: SGD with

@@ -39,6 +39,7 @@ vote may flip).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,13 @@ import torch
 from torch import nn
 
 from cnnlab import runs
+from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.errors import UserError
+from cnnlab.evaluation import validation_images
+from cnnlab.inference import load_model, predict_logits
 from cnnlab.runs import RunDir
+from cnnlab.version import __version__
+from cnnlab.voting import vote
 
 EXTRA_HINT = "ONNX export needs the export extra: pip install 'cnnlab[export]'"
 EPS32 = float(np.finfo(np.float32).eps)
@@ -132,8 +138,6 @@ class VoteModel(nn.Module):
 
 def _load_source(run_dir: Path) -> dict:
     """The model(s) of a finished run or ensemble directory, on the CPU in fp32, in eval mode."""
-    from cnnlab.engine import load_model
-
     run_dir = Path(run_dir)
     meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
@@ -170,8 +174,6 @@ def _reference_images(source: dict, check_images) -> np.ndarray:
     if check_images is not None:
         images = _check_batch(check_images, shape, "check_images")
     else:
-        from cnnlab.evaluation import validation_images
-
         try:
             images = validation_images(source["data_dir"])
         except (UserError, OSError, KeyError) as exc:
@@ -195,8 +197,6 @@ def _dynamo_export(module: nn.Module, example: torch.Tensor, path: Path, output_
 
 def _torchscript_export(module: nn.Module, example: torch.Tensor, path: Path, output_name: str,
                         opset: int | None) -> None:
-    import warnings
-
     kwargs = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice; the fallback is reported in the result
@@ -224,11 +224,9 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, output_n
 
 
 def _metadata(source: dict, output_name: str, exporter: str) -> dict[str, str]:
-    import cnnlab
-
     meta = source["meta"]
     props = {
-        "cnnlab_version": cnnlab.__version__,
+        "cnnlab_version": __version__,
         "model": meta["spec"]["name"],
         "class_names": json.dumps(meta["class_names"]),
         "class_ids": json.dumps(meta["class_ids"]),
@@ -278,14 +276,10 @@ def _near_ties(values: np.ndarray, atol: float, rtol: float) -> np.ndarray:
 
 def _compare(onnx_out: np.ndarray, source: dict, images: np.ndarray, tolerance: float,
              batch_size: int) -> dict:
-    from cnnlab.engine import predict_logits
-
     x = torch.from_numpy(images)
     member_logits = np.stack([predict_logits(m, x, batch_size).cpu().numpy() for m in source["members"]])
     flips = np.zeros(len(images), dtype=bool)  # rows where a member's vote may flip under rounding
     if source["vote"]:
-        from cnnlab.ensembles import vote
-
         for logits in member_logits:
             flips |= _near_ties(logits, *_tolerance(logits, tolerance))
         reference = vote(member_logits, source["vote"])
@@ -384,7 +378,7 @@ def _session(path: str | Path):
         raise UserError(f"{path}: not a valid ONNX model ({first[:200]})") from None
 
 
-def onnx_predict_logits(onnx_path: str | Path, uint8_images, batch_size: int = 1024) -> np.ndarray:
+def onnx_predict_logits(onnx_path: str | Path, uint8_images, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """The first output (logits, or an ensemble's vote scores) of an ONNX model for uint8 N x C x H x W
     images (numpy or torch; N x H x W is accepted for one-channel models), as float32 N x classes."""
     session = _session(onnx_path)

@@ -1,5 +1,5 @@
 """Where training runs, a layer above the engine: Ray tasks for many independent trainings (ensemble
-members, study runs, search trials), torch.distributed (torchrun) for one model on several processes.
+members, study runs, search trials). (One model on several processes is torchrun: cnnlab.torchrun.)
 
 Ray: the driver (the `cnnlab` process) ships the dataset once to Ray's object store, submits one task
 per member (or fused group, or run, or trial) asking for its resources, and writes every run
@@ -18,10 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from cnnlab.config import build_config
+from cnnlab.engine import fit
 from cnnlab.errors import UserError
+from cnnlab.fused import train_members_fused
 from cnnlab.runs import RunDir
 
 TASK_RETRIES = 3  # a worker (or node) dying mid-task: Ray runs the task again, at most this often
@@ -77,18 +81,48 @@ def cluster_has_gpus(ray) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-# ------------------------------------------------------------------ the task
+# ------------------------------------------------------------------ the dispatcher
 
 
-def train_task(config: dict, seeds: list[int], dataset, resume_files: list[dict] | None = None) -> list[dict[str, bytes]]:
+def dispatch(ray, task, next_job: Callable[[int], tuple | None], on_result: Callable, limit: int,
+             on_error: Callable | None = None, poll: Callable[[], None] | None = None, poll_seconds: float = 0.05) -> None:
+    """The one loop that runs Ray tasks: at most `limit` in flight, each result handed to on_result as it
+    arrives. next_job(in_flight) gives (key, args) of the next task, or None when nothing is to start now;
+    the loop ends when nothing is in flight and nothing more starts. on_error(key, RayTaskError) handles a
+    task that raised (default: re-raise). poll() runs every poll_seconds while tasks run (a search's
+    pruning reports)."""
+    pending: dict = {}
+    while True:
+        while len(pending) < limit and (job := next_job(len(pending))) is not None:
+            key, args = job
+            pending[task.remote(*args)] = key
+        if not pending:
+            return
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds if poll else None)
+        if poll:
+            poll()
+        for ref in ready:
+            key = pending.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if on_error is None:
+                    raise
+                on_error(key, exc)
+                continue
+            on_result(key, value)
+
+
+def cpu_slots(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# ------------------------------------------------------------------ training tasks
+
+
+def train_task(config: dict, seeds: list[int], dataset) -> list[dict[str, bytes]]:
     """Runs on a Ray worker: train len(seeds) members (fused when more than one) in a temporary folder and
     return each run directory's files. The dataset comes from the object store, not from a path."""
-    from dataclasses import replace
-
-    from cnnlab.config import build_config
-    from cnnlab.engine import fit
-    from cnnlab.fused import train_members_fused
-
     cfg = build_config(config)
     with tempfile.TemporaryDirectory(prefix="cnnlab-ray-") as tmp:
         dirs = [RunDir(Path(tmp) / f"member-{i}") for i in range(len(seeds))]
@@ -99,42 +133,37 @@ def train_task(config: dict, seeds: list[int], dataset, resume_files: list[dict]
         return [run.read_files() for run in dirs]
 
 
-def remote_train(ray, gpus: float):
-    return ray.remote(train_task).options(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES, name="cnnlab-train")
-
-
 def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir]]], gpus: float, dataset_ref,
               on_done=None, max_in_flight: int | None = None) -> None:
     """Submit (key, config, seeds, run_dirs) jobs; write each job's run directories as its task finishes.
 
     The caller owns the run directories (RunDir owner lock) while their task is in flight."""
-    task = remote_train(ray, gpus)
+    task = ray.remote(train_task).options(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES, name="cnnlab-train")
     waiting = list(jobs)
-    pending: dict = {}
-    limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    while waiting or pending:
-        while waiting and len(pending) < limit:
-            key, config, seeds, dirs = waiting.pop(0)
-            pending[task.remote(config, seeds, dataset_ref)] = (key, dirs)
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        key, dirs = pending.pop(ready[0])
-        try:
-            results = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as exc:  # the training itself failed (e.g. diverged): report, go on
-            cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-            if isinstance(cause, UserError):
-                if on_done:
-                    on_done(key, None, str(cause))
-                continue
-            raise
+
+    def next_job(in_flight: int):
+        if not waiting:
+            return None
+        key, config, seeds, dirs = waiting.pop(0)
+        return (key, dirs), (config, seeds, dataset_ref)
+
+    def on_result(job, results) -> None:
+        key, dirs = job
         for run, files in zip(dirs, results):
             run.write_files(files)
         if on_done:
             on_done(key, [run.read_metrics() for run in dirs], None)
 
+    def on_error(job, exc) -> None:  # the training itself failed (e.g. diverged): report, go on
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+        if not isinstance(cause, UserError):
+            raise exc
+        if on_done:
+            on_done(job[0], None, str(cause))
 
-def put_dataset(ray, config, dataset=None):
-    """The dataset in Ray's object store (loaded here once; workers never read the driver's paths)."""
-    from cnnlab.engine import load_data
+    dispatch(ray, task, next_job, on_result, max_in_flight or cpu_slots(ray), on_error)
 
-    return ray.put(load_data(config, dataset))
+
+def put_dataset(ray, dataset):
+    """The (pre-flight's) dataset in Ray's object store: workers never read the driver's paths."""
+    return ray.put(dataset)

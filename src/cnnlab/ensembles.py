@@ -14,7 +14,6 @@ can be trained by several processes or machines into one directory and combined 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,71 +21,40 @@ import numpy as np
 import torch
 
 from cnnlab import runs
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, differing_settings, require_validation
+from cnnlab.data.prepared import preflight
+from cnnlab.device import resolve_device
+from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
+from cnnlab.engine import config_for_resume, fit
 from cnnlab.errors import UserError
+from cnnlab.fused import can_fuse_config, train_members_fused
+from cnnlab.groups import GroupDir
+from cnnlab.metrics import classification_metrics
+from cnnlab.plots import ensemble_growth_plot
 from cnnlab.runs import RunDir
+from cnnlab.voting import scores_to_logits, vote
+
+__all__ = ["combine", "parse_member_range", "train_ensemble", "vote", "scores_to_logits"]
 
 SETTINGS_FILE = "ensemble_settings.json"  # the ensemble's options, fixed by its first invocation
-GROUPS_FILE = "groups.json"  # attempt -> the attempts of its fused group
 MANIFEST_FILE = "ensemble.json"  # the vote's members, accuracies and growth (rewritten by combine)
-LOCK_FILE = ".lock"
-
-
-# ------------------------------------------------------------------ voting (pure functions)
-
-
-def vote(logits: np.ndarray, method: str = "hard") -> np.ndarray:
-    """logits: members x N x classes -> N x classes scores whose argmax is the ensemble's prediction.
-
-    hard: majority of the members' predictions; a tie goes to the tied class with the larger summed
-    probability, then to the lower class index. soft: mean probability.
-    """
-    from cnnlab.metrics import softmax
-
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 3 or len(logits) == 0:
-        raise ValueError("vote needs logits shaped members x N x classes with at least one member")
-    k, n, c = logits.shape
-    probs = np.stack([softmax(m) for m in logits])
-    if method == "soft":
-        return probs.mean(0)
-    if method != "hard":
-        raise UserError(f"vote: must be hard or soft, got {method!r}")
-    votes = np.zeros((n, c))
-    np.add.at(votes, (np.repeat(np.arange(n)[None], k, 0), probs.argmax(2)), 1)
-    # summed probability is at most k < k + 1, so it only decides between classes with equal votes
-    return votes + probs.sum(0) / (k + 1)
-
-
-def scores_to_logits(scores: np.ndarray) -> np.ndarray:
-    """Scores as log of a distribution, so evaluation tools read them like any run's logits."""
-    return np.log(np.clip(scores / scores.sum(1, keepdims=True), 1e-12, None))
 
 
 # ------------------------------------------------------------------ the ensemble directory
 
 
-@contextmanager
-def locked(directory: Path):
-    """An exclusive lock on the ensemble directory's shared files (filelock, like run directories)."""
-    from filelock import FileLock
-
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise runs._os_error(directory, exc) from None
-    with FileLock(str(directory / LOCK_FILE), thread_local=False):
-        yield
+def ensemble_dir(directory: Path) -> GroupDir:
+    return GroupDir(directory, SETTINGS_FILE, "members")
 
 
 def member_dir(directory: Path, attempt: int) -> Path:
-    return directory / "members" / f"member-{attempt:03d}"
+    return ensemble_dir(directory).run(f"member-{attempt:03d}").path
 
 
 def finished_members(directory: Path) -> list[dict]:
     members = []
-    for path in sorted((directory / "members").glob("member-*")):
-        run = RunDir(path)
+    for run in ensemble_dir(directory).run_dirs():
+        path = run.path
         if run.is_finished():
             metrics = run.read_metrics()
             members.append({"attempt": int(path.name.split("-")[1]), "seed": run.read_config()["seed"],
@@ -101,7 +69,7 @@ def claim_attempts(directory: Path, candidates: list[int], count: int) -> list[t
     (they continue from their checkpoints). A claim is the run directory's owner lock: a dead process's
     claim is gone with it."""
     claimed: list[tuple[int, RunDir]] = []
-    with locked(directory):
+    with ensemble_dir(directory).locked():
         ordered = sorted(candidates, key=lambda a: RunDir(member_dir(directory, a)).status() != runs.INTERRUPTED)
         for attempt in ordered:
             if len(claimed) == count:
@@ -113,32 +81,22 @@ def claim_attempts(directory: Path, candidates: list[int], count: int) -> list[t
     return claimed
 
 
-def record_group(directory: Path, attempts: list[int]) -> None:
-    """groups.json maps each attempt to the fused group it trains in, so a rerun resumes groups whole."""
-    with locked(directory):
-        path = directory / GROUPS_FILE
-        groups = runs.read_json(path) if path.is_file() else {}
-        groups.update({str(a): attempts for a in attempts})
-        runs.write_json(path, groups)
-
-
 def resumable_groups(directory: Path, claimed: list[tuple[int, RunDir]]) -> tuple[list[list], list, list]:
     """Split claimed attempts into (fused groups to resume whole, single runs to resume, fresh ones).
 
     A group resumes as the same group when all its members are claimed here with checkpoints of the
     same epoch; otherwise each checkpointed member resumes alone (its checkpoint has a standalone
     run's format), so no finished epoch is lost."""
-    path = directory / GROUPS_FILE
-    groups = runs.read_json(path) if path.is_file() else {}
+    groups = ensemble_dir(directory).read_groups()
     by_attempt = dict(claimed)
-    resumable = {a for a, run in claimed if run.status() == runs.INTERRUPTED and run.has_checkpoint()}
+    resumable = {a for a, run in claimed if run.resumable()}
     whole, singles, seen = [], [], set()
     for attempt in sorted(resumable):
         if attempt in seen:
             continue
         group = [a for a in groups.get(str(attempt), [attempt]) if a in by_attempt]
         if len(group) > 1 and set(group) <= resumable and len(set(groups.get(str(attempt)))) == len(group) and \
-                len({runs.tensor_metadata(by_attempt[a].file(runs.CHECKPOINT))["train_state"]["epoch"] for a in group}) == 1:
+                len({by_attempt[a].checkpoint_epoch() for a in group}) == 1:
             whole.append([(a, by_attempt[a]) for a in group])
             seen.update(group)
         else:
@@ -150,21 +108,15 @@ def resumable_groups(directory: Path, claimed: list[tuple[int, RunDir]]) -> tupl
 
 def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict:
     """The first invocation fixes the settings; later ones (other workers, restarts) must agree."""
-    from cnnlab.config import differing_settings
+    def agree(stored: dict, wanted: dict) -> dict:
+        # the device may differ between workers (one CPU machine, one GPU machine); results may not
+        diff = differing_settings(wanted["train"], stored.get("train", {}))
+        if diff:
+            raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
+                            "use another output folder or the same options")
+        return stored
 
-    path = directory / SETTINGS_FILE
-    wanted = {"train": config.to_dict(), **settings}
-    with locked(directory):
-        if path.is_file():
-            stored = runs.read_json(path)
-            # the device may differ between workers (one CPU machine, one GPU machine); results may not
-            diff = differing_settings(wanted["train"], stored.get("train", {}))
-            if diff:
-                raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
-                                "use another output folder or the same options")
-            return stored
-        runs.write_json(path, wanted)
-    return wanted
+    return ensemble_dir(directory).fix_settings({"train": config.to_dict(), **settings}, agree)
 
 
 # ------------------------------------------------------------------ training and combining
@@ -197,9 +149,6 @@ def check_settings(members: int, threshold: float, method: str, max_attempts: in
 
 def training_path(config: TrainConfig, fuse: int) -> tuple[int, str]:
     """(members trained at once, a sentence saying so and why)."""
-    from cnnlab.engine import resolve_device
-    from cnnlab.fused import can_fuse_config
-
     fusable, why = can_fuse_config(config)
     # auto: fuse on CUDA, where one small CNN leaves the GPU mostly idle; on the 2-core CPU five fused
     # tuned-cnn members ran at 3,150 member-images/s against 3,960 images/s for one model (measured)
@@ -216,19 +165,12 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
 
     Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
     (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed)."""
-    from cnnlab.engine import fit
-    from cnnlab.fused import train_members_fused
-
     check_settings(members, threshold, method, max_attempts, fuse)
-    if config.val_fraction == 0:
-        raise UserError("val_fraction = 0: an ensemble keeps members by their validation accuracy; keep a validation split")
+    require_validation(config, "an ensemble", "an ensemble keeps members by their validation accuracy")
     directory = Path(directory)
     max_attempts = max_attempts or members * 3
     group, text = training_path(config, fuse)
-    if dataset is None:
-        from cnnlab.engine import load_data, split_data
-
-        split_data(config, load_data(config), torch.device("cpu"))  # bad data fails before anything is written
+    dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
                                                   "max_attempts": max_attempts})
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
@@ -249,7 +191,7 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
             whole, singles, fresh = resumable_groups(directory, claimed)
             jobs = [(g, True) for g in whole] + [([s], True) for s in singles]
             if group > 1 and len(fresh) > 1:
-                record_group(directory, [a for a, _ in fresh])
+                ensemble_dir(directory).record_group([a for a, _ in fresh])
                 jobs.append((fresh, False))
             else:
                 jobs += [([f], False) for f in fresh]
@@ -277,16 +219,13 @@ def train_members_on_ray(config: TrainConfig, directory: Path, members: int, thr
                         fuse: int, say, dataset, address: str | None) -> None:
     """Members as Ray tasks: one per member, or per fused group where the cluster has GPUs. Submits attempts
     until enough members qualify (counting those in flight), writing each member's directory from its task."""
-    from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
-    from cnnlab.fused import can_fuse_config
-
     with ray_cluster(address) as ray:
         gpus = cluster_has_gpus(ray)
         fusable, why = can_fuse_config(config)
         group = (fuse or 30) if gpus and fusable else 1
         say(f"training path: Ray, {'fused groups of up to %d members, one GPU each' % group if group > 1 else 'one task per member'}"
             f"{', a quarter GPU each' if gpus and group == 1 else ''}")
-        data_ref = put_dataset(ray, config, dataset)
+        data_ref = put_dataset(ray, dataset)
         left = [a for a in candidates if not RunDir(member_dir(directory, a)).is_finished()]
         state = {"qualified": sum(m["val_accuracy"] >= threshold for m in finished_members(directory))}
 
@@ -311,7 +250,7 @@ def train_members_on_ray(config: TrainConfig, directory: Path, members: int, thr
                 part = owned[start:start + group]
                 attempts = [a for a, _ in part]
                 if len(part) > 1:
-                    record_group(directory, attempts)
+                    ensemble_dir(directory).record_group(attempts)
                 jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part]))
             say(f"attempts {', '.join(str(a) for a, _ in owned)} on Ray; {state['qualified']}/{members} qualified so far")
             try:
@@ -324,21 +263,17 @@ def train_members_on_ray(config: TrainConfig, directory: Path, members: int, thr
 def config_for_member(config: TrainConfig, run: RunDir, seed: int, resume: bool) -> TrainConfig:
     """A resumed member continues with the configuration it stored (a fused member's is its own)."""
     if resume:
-        from cnnlab.engine import config_for_resume
-
         return config_for_resume(run, device=config.device)
     return replace(config, seed=seed)
 
 
 def combine(directory: Path) -> dict:
     """Vote with the first `members` qualified members; write the ensemble's files and manifest."""
-    from cnnlab.metrics import classification_metrics
-
     directory = Path(directory)
     if not (directory / SETTINGS_FILE).is_file():
         raise UserError(f"{directory}: not an ensemble directory (no {SETTINGS_FILE})")
     settings = runs.read_json(directory / SETTINGS_FILE)
-    with locked(directory):
+    with ensemble_dir(directory).locked():
         done = finished_members(directory)
         qualified = [m for m in done if m["val_accuracy"] >= settings["threshold"]][: settings["members"]]
         manifest = {"model": settings["train"]["model"], "vote": settings["vote"], "threshold": settings["threshold"],
@@ -367,21 +302,5 @@ def combine(directory: Path) -> dict:
         runs.write_json(directory / runs.MODEL, {**meta, "ensemble": True,
                                                  "members": [m["path"] for m in qualified], "vote": settings["vote"]})
         runs.write_json(directory / MANIFEST_FILE, manifest)
-    from cnnlab.plots import ensemble_growth_plot
-
     ensemble_growth_plot(growth, directory / "growth.png", f"{manifest['model']} ensemble ({settings['vote']} vote)")
     return manifest
-
-
-def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: int = 1024) -> np.ndarray:
-    """Vote scores of an ensemble directory's members on new images."""
-    from cnnlab.engine import load_model, predict_logits, run_autocast
-
-    meta = RunDir(directory).read_model_meta()
-    stacked = []
-    for path in meta["members"]:
-        model, member_meta = load_model(Path(directory) / path, device)
-        autocast = run_autocast(Path(directory) / path, device)
-        stacked.append(predict_logits(model, images.to(device), batch_size, autocast,
-                                      tta=member_meta.get("tta", False)).cpu().numpy())
-    return vote(np.stack(stacked), meta["vote"])

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab import plots
+from cnnlab.config import build_config
+from cnnlab.data import train_val_split
+from cnnlab.data.prepared import load_data
 from cnnlab.errors import UserError
 from cnnlab.metrics import classification_metrics, softmax
 from cnnlab.runs import RunDir
 
 FIGURES = {"curves": "acc_loss.png", "confusion": "confusion_val.png", "mistakes": "mistakes_val.png"}
-
-
-def run_logits(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return RunDir(run_dir).logits(split)
 
 
 def evaluate_run(run_dir: Path, split: str = "val") -> dict:
@@ -41,8 +41,6 @@ def plot_run(run_dir: Path, mistakes: bool = True) -> list[Path]:
 
 
 def _plot(run: RunDir, mistakes: bool) -> list[Path]:
-    from cnnlab import plots
-
     run_dir = run.path
     meta = run.read_model_meta()
     names = meta["class_names"]
@@ -66,9 +64,5 @@ def _plot(run: RunDir, mistakes: bool) -> list[Path]:
 
 def validation_images(run_dir: Path) -> np.ndarray:
     """The run's validation images, rebuilt from its config (the split is seeded, so it is the same one)."""
-    from cnnlab.data import train_val_split
-    from cnnlab.engine import load_data
-    from cnnlab.config import build_config
-
     cfg = build_config(RunDir(run_dir).read_config())
     return train_val_split(load_data(cfg), cfg.val_fraction, cfg.split_seed).val.images.numpy()

@@ -12,9 +12,23 @@ another.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
+
+from cnnlab.augment import AugmentSettings
+from cnnlab.data.prepared import load_data, split_data
+from cnnlab.device import autocast_for, float_dtype, resolve_device
+from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
+from cnnlab.engine.loop import default_callbacks, fit_setup
+from cnnlab.engine.setup import Setup, TrainState, make_plateaus, model_options
+from cnnlab.engine.step import member_losses  # the loss of K members (importable from here for older code)
+from cnnlab.models import create_architecture, create_model
+from cnnlab.runs import RunDir
+
+__all__ = ["FusedGroup", "MemberAdam", "can_fuse", "can_fuse_config", "fuse", "member_losses", "prepare_fused",
+           "train_members_fused", "unfuse"]
 
 _ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.Identity)
 
@@ -156,9 +170,6 @@ class MemberAdam:
             p.addcdiv_(m * (-lr / bias1), denom)
 
 
-# the loss of K members: the engine's (kept importable from here for the tests and older code)
-from cnnlab.engine import member_losses  # noqa: E402, F401
-
 
 # ------------------------------------------------------------------ a fused group in the engine
 
@@ -169,8 +180,6 @@ def can_fuse_config(config) -> tuple[bool, str]:
     Fused: the report's sequential CNNs (layer types above), Adam (MemberAdam is Adam per member)
     without weight decay, no early stopping (members would stop at different epochs), and none of
     the per-run extras the fused network does not implement per member."""
-    from cnnlab.models import create_architecture
-
     if not can_fuse(create_architecture(config.model, num_classes=2, **config.model_params)):
         return False, f"{config.model} is not a plain sequential CNN"
     reasons = [why for why, bad in (
@@ -217,11 +226,9 @@ class FusedGroup:
             members.append(member)
         setup.model.load_state_dict(fuse(members).state_dict())
 
-    def member_checkpoints(self, setup, best_weights: list) -> list[tuple[dict, dict]]:
+    def member_checkpoints(self, setup, best_weights: list, states: list[dict]) -> list[tuple[dict, dict]]:
         """Each member's checkpoint in a standalone run's format (torch Adam state, its own generator
         and plateau), so a member can also be resumed alone."""
-        from cnnlab.engine import checkpoint_of
-
         opt: MemberAdam = setup.optimizer
         out = []
         for m, (weights, cfg) in enumerate(zip(self.member_weights(setup), self.configs)):
@@ -231,14 +238,12 @@ class FusedGroup:
                                   "exp_avg": self._slice(ea, i, m).detach().cpu().clone(),
                                   "exp_avg_sq": self._slice(eas, i, m).detach().cpu().clone()}
                               for i, (ea, eas) in enumerate(zip(opt.exp_avg, opt.exp_avg_sq))} if opt.step_count else {}
-            out.append(checkpoint_of(weights, state, setup.plateaus[m], setup.generators[m], setup.states[m], cfg,
+            out.append(checkpoint_of(weights, state, setup.plateaus[m], setup.generators[m], states[m], cfg,
                                      setup.precision, setup.device, best_weights[m]))
         return out
 
     def load_member_checkpoints(self, setup, loaded: list[tuple[dict, dict]]) -> None:
-        from cnnlab.engine import _prefixed
-
-        self.load_member_weights(setup, [_prefixed(tensors, "model.") for tensors, _ in loaded])
+        self.load_member_weights(setup, [with_prefix(tensors, "model.") for tensors, _ in loaded])
         opt: MemberAdam = setup.optimizer
         steps = {int(tensors["optim.0.step"]) if "optim.0.step" in tensors else 0 for tensors, _ in loaded}
         if len(steps) != 1:
@@ -256,13 +261,6 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
 
     Members' initial weights equal standalone runs with the same seeds; shuffles and augmentation
     parameters come from each member's own generator, as in standalone runs."""
-    from dataclasses import replace
-
-    from cnnlab.augment import AugmentSettings
-    from cnnlab.engine import (Setup, autocast_for, float_dtype, load_data, make_plateaus, model_options,
-                               resolve_device, split_data)
-    from cnnlab.models import create_model
-
     ok, why = can_fuse_config(config)
     if not ok:
         raise ValueError(f"cannot fuse {config.model}: {why}")
@@ -289,8 +287,6 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
                   [torch.Generator(device=device).manual_seed(s) for s in seeds], spec, members=len(seeds),
                   plateaus=plateaus, lr_holders=holders, augment=AugmentSettings() if config.augment else None,
                   group=group)
-    from cnnlab.engine import TrainState
-
     setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
     if config.compile:  # one compiled graph for all K members: the fused network is what runs
         setup.step_model = torch.compile(net)
@@ -301,9 +297,6 @@ def train_members_fused(config, seeds: list[int], run_dirs: list, callbacks=(), 
                         dataset=None) -> list[dict]:
     """Train len(seeds) members as one fused network, one ordinary run directory each (the caller owns
     them). With resume, the group continues from its members' checkpoints. Returns each member's metrics."""
-    from cnnlab.engine import default_callbacks, fit_setup, stored_precision
-    from cnnlab.runs import RunDir
-
     run_dirs = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
     setup = prepare_fused(config, seeds, dataset, stored_precision(run_dirs[0]) if resume else None)
     return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from cnnlab.runs import atomic_target  # noqa: E402
 
@@ -180,8 +181,6 @@ def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
 def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path,
                      title: str) -> Path:
     """Counts and row-normalised confusion matrices (scikit-learn's ConfusionMatrixDisplay) for each split."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     k = len(class_names)
     panels = [(split, norm) for split in predictions for norm in (None, "true")]
     size = 1.2 + 0.55 * k

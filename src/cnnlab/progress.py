@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cnnlab.callbacks import Callback
+from cnnlab.device import device_name
+from cnnlab.models import count_parameters
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -39,9 +41,6 @@ class ConsoleProgress(Callback):
         self.epochs, self.epoch_seconds = ctx.config.epochs, []
         if self.quiet:
             return
-        from cnnlab.engine import device_name
-        from cnnlab.models import count_parameters
-
         trainable, _ = count_parameters(setup.model)
         members = f" ({setup.members} members fused)" if setup.members > 1 else ""
         val = len(setup.val) if setup.val is not None else 0
@@ -84,5 +83,3 @@ class ConsoleProgress(Callback):
         if not self.quiet:
             self.console.print(_epoch_line(rows[0], self.epochs), highlight=False)
 
-
-ConsoleReporter = ConsoleProgress  # the name earlier versions used

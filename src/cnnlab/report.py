@@ -13,8 +13,11 @@ from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnlab import runs
+from cnnlab import plots, runs
 from cnnlab.errors import UserError
+from cnnlab.evaluation import evaluate_run, history, validation_images
+from cnnlab.metrics import softmax
+from cnnlab.models import create_architecture, keras_shape, summarize
 from cnnlab.runs import RunDir
 
 
@@ -52,8 +55,6 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    from cnnlab.evaluation import evaluate_run, history
-
     run = RunDir(path)
     return Run(path, run.read_config(), run.read_env(), run.read_metrics(), run.read_model_meta(), history(path),
                evaluate_run(path, "val"), evaluate_run(path, "test") if run.has_logits("test") else None)
@@ -153,8 +154,6 @@ def median_run(group: Group) -> Run:
 
 def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
     """The comparison across models first (as the tables), then each model's confusion matrices and mistakes."""
-    from cnnlab import plots
-
     folder.mkdir(parents=True, exist_ok=True)
     order = sorted(groups, key=lambda g: -statistics.fmean(r.val["accuracy"] for r in g.runs))
     accuracy = {g.label: {"val": [r.val["accuracy"] for r in g.runs],
@@ -195,10 +194,6 @@ def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
 def mistakes_figure(run: Run, path: Path) -> Path | None:
     """The median run's most confident validation mistakes (its images rebuilt from its data; skipped when
     the data cannot be reloaded, e.g. in-memory arrays)."""
-    from cnnlab import plots
-    from cnnlab.evaluation import validation_images
-    from cnnlab.metrics import softmax
-
     try:
         images = validation_images(run.path)
     except UserError:
@@ -208,8 +203,6 @@ def mistakes_figure(run: Run, path: Path) -> Path | None:
 
 
 def layer_summaries(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    from cnnlab.models import create_architecture, keras_shape, summarize
-
     out = {}
     for g in groups:
         meta = g.runs[0].model
@@ -250,7 +243,7 @@ figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:14px}ca
 padding:4px 0}details{margin:.5em 0}"""
 
 
-def _html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+def html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><caption>{html.escape(title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -291,7 +284,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><h2>Setup</h2><ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in setup]
     parts.append("</ul><h2>Results</h2>")
-    parts += [_html_table(t, h, r) for t, (h, r) in main_tables.items()]
+    parts += [html_table(t, h, r) for t, (h, r) in main_tables.items()]
     parts.append("<h2>Figures</h2>")
     for caption, path in figs:
         data = base64.b64encode(path.read_bytes()).decode()
@@ -299,7 +292,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("<h2>Models</h2>")
     for t, (h, r) in summaries.items():
-        parts.append(f"<details><summary>{html.escape(t)}</summary>{_html_table(t, h, r)}</details>")
+        parts.append(f"<details><summary>{html.escape(t)}</summary>{html_table(t, h, r)}</details>")
     relative = ", ".join(os.path.relpath(r.path, output.parent.resolve()) for r in loaded)
     parts.append(f"<p>Run directories (relative to this report): {html.escape(relative)}</p></body></html>")
     runs.write_text(output, "".join(parts))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -28,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import torch
-from safetensors import SafetensorError
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import UserError
@@ -45,17 +48,14 @@ MODEL = "model.json"
 OWNER_LOCK = ".owner.lock"
 
 FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED = "fresh", "running", "interrupted", "failed", "finished"
-STATUSES = (FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED)
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 # ------------------------------------------------------------------ atomic files
 
 
-def _os_error(path: Path, exc: OSError) -> UserError:
+def os_error(path: Path, exc: OSError) -> UserError:
     """Operating-system errors a user can fix, as one line naming the path and the fix."""
-    import errno
-
     reason = {errno.ENOSPC: "no space left on the device; free some space or write elsewhere (--out)",
               errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere (--out)",
               errno.EACCES: "permission denied; choose a folder you can write to (--out)",
@@ -80,7 +80,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise _os_error(path, exc) from None
+        raise os_error(path, exc) from None
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
@@ -89,7 +89,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
-        raise _os_error(path, exc) from None
+        raise os_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -112,7 +112,7 @@ def read_json(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); the file was edited or damaged") from None
     except OSError as exc:
-        raise _os_error(path, exc) from None
+        raise os_error(path, exc) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}; the file was edited or damaged")
     return data
@@ -159,8 +159,6 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def tensor_metadata(path: str | Path) -> dict:
     """The JSON a checkpoint or weights file carries in its safetensors metadata under 'cnnlab'."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             return json.loads((f.metadata() or {}).get("cnnlab", "{}"))
@@ -211,7 +209,7 @@ class RunDir:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(out, exc) from None
+            raise os_error(out, exc) from None
         base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
         for k in range(1, 10_000):
             path = out / (base if k == 1 else f"{base}-{k}")
@@ -221,27 +219,23 @@ class RunDir:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise _os_error(path, exc) from None
+                raise os_error(path, exc) from None
         raise UserError(f"{out}: cannot find a free run directory name for {base}")
 
     def _owner_lock(self):
-        from filelock import FileLock
-
         if self._lock is None:
             self._lock = FileLock(str(self.file(OWNER_LOCK)), thread_local=False)
         return self._lock
 
     def try_own(self) -> bool:
         """Take the owner lock without waiting; False if another live process holds it."""
-        from filelock import Timeout
-
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._owner_lock().acquire(timeout=0)
         except Timeout:
             return False
         except OSError as exc:
-            raise _os_error(self.path, exc) from None
+            raise os_error(self.path, exc) from None
         remove_stale_temporaries(self.path)  # we own it: any temporary file is a dead writer's
         return True
 
@@ -275,8 +269,6 @@ class RunDir:
 
     def is_owned_elsewhere(self) -> bool:
         """A live process (another one, or another RunDir object here) holds the owner lock."""
-        from filelock import FileLock, Timeout
-
         if not self.file(OWNER_LOCK).exists() or (self._lock is not None and self._lock.is_locked):
             return False
         probe = FileLock(str(self.file(OWNER_LOCK)), thread_local=False)
@@ -321,6 +313,16 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()
+
+    def resumable(self) -> bool:
+        """The one answer to "does a rerun continue this run?": it stopped unfinished with a checkpoint."""
+        return self.status() == INTERRUPTED and self.has_checkpoint()
+
+    def checkpoint_epoch(self) -> int | None:
+        """The epoch its checkpoint was written after (None without one)."""
+        if not self.has_checkpoint():
+            return None
+        return tensor_metadata(self.file(CHECKPOINT)).get("train_state", {}).get("epoch")
 
     def require_finished(self) -> "RunDir":
         if not self.path.is_dir():
@@ -402,8 +404,6 @@ class RunDir:
 
     def history_frame(self):
         """The history as a pandas DataFrame (numbers as numbers)."""
-        import pandas as pd
-
         if not self.file(HISTORY).is_file():
             return pd.DataFrame()
         return pd.read_csv(self.file(HISTORY))
@@ -441,11 +441,6 @@ def _checked(data: dict, path: Path, keys: dict[str, type]) -> dict:
             raise UserError(f"{path}: {key!r} is missing or not a {kind.__name__} (found {value!r}); "
                             "the file was edited or damaged; retrain the run or restore the file")
     return data
-
-
-def require_run_dir(path: str | Path) -> Path:
-    """A finished run or ensemble directory (model.json present), else one clear line."""
-    return RunDir(path).require_finished().path
 
 
 class ReadOnlyRunDir(RunDir):

@@ -73,18 +73,3 @@ def lr_at(kind: str, step: int, total_steps: int, base_lr: float, *, warmup_step
     if kind == "cosine":
         return _cosine(base_lr, min_lr, progress)
     return base_lr * (1.0 - progress)  # linear
-
-
-def momentum_at(step: int, total_steps: int, *, pct_start: float = 0.25, base_momentum: float = 0.85,
-                max_momentum: float = 0.95) -> float:
-    """One-cycle's momentum (SGD momentum or Adam's beta1), the mirror image of its learning rate: from
-    max_momentum down to base_momentum during the warm-up, then a cosine back up (fastai's cycle; a high
-    learning rate with a lower momentum keeps the effective step size in check)."""
-    _check("one-cycle", total_steps, 0.0, 0, pct_start, 1.0, 1.0)
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    step = min(step, total_steps)
-    peak = pct_start * total_steps
-    if step < peak:
-        return max_momentum + (base_momentum - max_momentum) * step / peak
-    return _cosine(base_momentum, max_momentum, (step - peak) / (total_steps - peak))

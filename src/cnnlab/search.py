@@ -10,17 +10,30 @@ sees the dead process, marks the trial failed and queues its parameters again.
 
 from __future__ import annotations
 
+import base64
+import html
+import inspect
 import json
 import os
 import re
 import socket
+import tempfile
+import time
+import tomllib
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
 from cnnlab.callbacks import Callback
-from cnnlab.config import FIELDS, TrainConfig, build_config
+from cnnlab.config import FIELDS, TrainConfig, build_config, require_validation
+from cnnlab.data.prepared import preflight
+from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
+from cnnlab.engine import fit
 from cnnlab.errors import UserError
+from cnnlab.models import model_info
+from cnnlab.report import CSS, html_table
+from cnnlab.runs import RunDir
 
 # The report's search space; each model adds its own tunable hyperparameters (dropout rates, units).
 TRAINING_SPACE = {
@@ -32,15 +45,11 @@ METRICS = ("val_accuracy", "val_loss")
 
 
 def default_space(model: str) -> dict:
-    from cnnlab.models import model_info
-
     return {**model_info(model).tunable, **TRAINING_SPACE}
 
 
 def read_space_file(path: Path, model: str) -> dict:
     """TOML or JSON: [space] entries override the default's, `exclude` drops names, `replace = true` starts empty."""
-    import tomllib
-
     path = Path(path)
     try:
         text = path.read_text()
@@ -62,10 +71,6 @@ def read_space_file(path: Path, model: str) -> dict:
 
 def check_space_names(space: dict, model: str) -> None:
     """Every searched name is a training setting or one of the model's own hyperparameters."""
-    import inspect
-
-    from cnnlab.models import model_info
-
     info = model_info(model)
     own = set(info.tunable) | set(inspect.signature(info.builder).parameters)
     unknown = sorted(name for name in space if name not in FIELDS and name not in own)
@@ -138,8 +143,6 @@ def hide_secret(text: str, url: str) -> str:
 
 def quiet_optuna_warnings() -> None:
     """Optuna's experimental and deprecation warnings are about Optuna, not about the user's search."""
-    import warnings
-
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -205,14 +208,11 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     import optuna
     from optuna.trial import TrialState
 
-    from cnnlab.engine import fit, load_data, split_data
-
     if metric not in METRICS:
         raise UserError(f"metric: must be one of {', '.join(METRICS)}, got {metric!r}")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise UserError(f"trials: must be a positive integer, got {trials!r}")
-    if config.val_fraction == 0:
-        raise UserError("val_fraction = 0: a search scores trials on the validation split; keep one")
+    require_validation(config, "a search", "a search scores trials on the validation split")
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
     if isinstance(pruner, str) and pruner not in pruners:
@@ -220,9 +220,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
     space = space or default_space(config.model)
     validate_space(space, "search space")
     check_space_names(space, config.model)
-    import torch
-
-    split_data(config, load_data(config), torch.device("cpu"))  # input mistakes fail before any trial starts
+    dataset = preflight(config)  # input mistakes fail before any trial starts; loaded once for every trial
     directory = Path(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_optuna_warnings()
@@ -232,7 +230,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
                                 pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
     base = replace(config, checkpoint_every=0)
     if ray:
-        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address)
+        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address, dataset)
         return write_results(study, directory, metric, config)
 
     def objective(trial) -> float:
@@ -243,7 +241,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         run_dir = directory / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = Pruning(trial, metric)
-        metrics = fit(cfg, run_dir, [pruning, *callbacks])
+        metrics = fit(cfg, run_dir, [pruning, *callbacks], dataset=dataset if same_data(cfg, base) else None)
         if pruning.pruned:
             epoch_time = sum(pruning.epoch_seconds) / max(1, len(pruning.epoch_seconds))
             trial.set_user_attr("seconds_saved", (cfg.epochs - pruning.epochs_done) * epoch_time)
@@ -309,8 +307,6 @@ class RemotePruning(Callback):
         self.pruned, self.epochs_done = False, 0
 
     def on_epoch_end(self, ctx, rows: list[dict]) -> None:
-        import time
-
         import ray
 
         epoch = rows[0]["epoch"]
@@ -325,11 +321,6 @@ class RemotePruning(Callback):
 
 def trial_task(config: dict, number: int, metric: str, board, dataset) -> dict:
     """Runs on a Ray worker: one trial's training in a temporary folder; returns its metrics and files."""
-    import tempfile
-
-    from cnnlab.engine import fit
-    from cnnlab.runs import RunDir
-
     pruning = RemotePruning(board, number, metric)
     with tempfile.TemporaryDirectory(prefix="cnnlab-trial-") as tmp:
         run = RunDir(Path(tmp) / "trial")
@@ -338,58 +329,64 @@ def trial_task(config: dict, number: int, metric: str, board, dataset) -> dict:
                 "files": run.read_files()}
 
 
-def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
-                      address: str | None) -> None:
-    from optuna.trial import TrialState
+def same_data(cfg: TrainConfig, base: TrainConfig) -> bool:
+    """Whether a trial reads the data the pre-flight loaded (a search space may change the classes)."""
+    return (cfg.data, cfg.data_dir, cfg.classes) == (base.data, base.data_dir, base.classes)
 
-    from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, put_dataset, ray_cluster
-    from cnnlab.runs import RunDir
+
+def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
+                      address: str | None, dataset) -> None:
+    from optuna.trial import TrialState
 
     with ray_cluster(address) as ray:
         board = ray.remote(PruningBoard).options(num_cpus=0).remote()
         task = ray.remote(trial_task).options(num_cpus=1, num_gpus=0.25 if cluster_has_gpus(ray) else 0,
                                                max_retries=TASK_RETRIES)
-        data_ref = put_dataset(ray, base)
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: dict = {}
+        data_ref = put_dataset(ray, dataset)
+        running: dict = {}  # trial number -> trial
 
-        def finished() -> int:
-            return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        def counted(*states) -> int:
+            return len(study.get_trials(deepcopy=False, states=states))
 
-        def wanted() -> bool:  # more trials to start (not when everything fails: a broken search must end)
-            failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-            return finished() + len(pending) < trials and failed < max(3, trials)
+        def next_job(in_flight: int):
+            # more trials to start (not when everything fails: a broken search must end)
+            finished = counted(TrialState.COMPLETE, TrialState.PRUNED)
+            if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials):
+                return None
+            trial = study.ask()
+            trial.set_user_attr("worker", f"ray:{_worker_id()}")
+            params = suggest(trial, space)
+            train_part, model_part = split_params(params)
+            cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
+            running[trial.number] = trial
+            return (trial, params, cfg), (cfg.to_dict(), trial.number, metric, board, data_ref)
 
-        while wanted() or pending:
-            while wanted() and len(pending) < slots:
-                trial = study.ask()
-                trial.set_user_attr("worker", f"ray:{_worker_id()}")
-                params = suggest(trial, space)
-                train_part, model_part = split_params(params)
-                cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
-                pending[task.remote(cfg.to_dict(), trial.number, metric, board, data_ref)] = (trial, params, cfg)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05)
-            for number, epoch, value in ray.get(board.drain.remote()):  # pruning decisions, as the trials report
-                trial = next(t for t, _, _ in pending.values() if t.number == number)
+        def report_epochs() -> None:  # pruning decisions, as the trials report
+            for number, epoch, value in ray.get(board.drain.remote()):
+                trial = running[number]
                 trial.report(value, epoch)
                 board.decide.remote(number, epoch, trial.should_prune())
-            for ref in ready:
-                trial, params, cfg = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
-                    study.tell(trial, state=TrialState.FAIL)
-                    continue
-                RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
-                if result["pruned"]:
-                    epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
-                    trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
-                    study.tell(trial, state=TrialState.PRUNED)
-                    say(f"trial {trial.number}: pruned after epoch {result['epochs_done']} {params}")
-                else:
-                    study.tell(trial, result["metrics"][metric])
-                    say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
+
+        def on_error(job, exc) -> None:
+            trial, params, _ = job
+            running.pop(trial.number, None)
+            say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
+            study.tell(trial, state=TrialState.FAIL)
+
+        def on_result(job, result) -> None:
+            trial, params, cfg = job
+            running.pop(trial.number, None)
+            RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
+            if result["pruned"]:
+                epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
+                trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
+                study.tell(trial, state=TrialState.PRUNED)
+                say(f"trial {trial.number}: pruned after epoch {result['epochs_done']} {params}")
+            else:
+                study.tell(trial, result["metrics"][metric])
+                say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
+
+        dispatch(ray, task, next_job, on_result, cpu_slots(ray), on_error, poll=report_epochs)
 
 
 def trials_table(study, metric: str) -> list[dict]:
@@ -437,8 +434,6 @@ def write_results(study, directory: Path, metric: str, config: TrainConfig | Non
 
 
 def _plots(study, directory: Path) -> list[Path]:
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,13 +458,8 @@ def _plots(study, directory: Path) -> list[Path]:
 
 
 def _html(directory: Path, summary: dict, rows: list[dict], figures: list[Path]) -> None:
-    import base64
-    import html
-
-    from cnnlab.report import CSS, _html_table
-
     header = list(rows[0]) if rows else []
-    table = _html_table("Trials", header, [[("" if v is None else (f"{v:.4g}" if isinstance(v, float) else v))
+    table = html_table("Trials", header, [[("" if v is None else (f"{v:.4g}" if isinstance(v, float) else v))
                                             for v in r.values()] for r in rows])
     lines = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in summary.items())
     images = "".join(f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"

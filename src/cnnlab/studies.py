@@ -13,18 +13,23 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.config import TrainConfig, differing_settings
+from cnnlab.config import TrainConfig, build_config, differing_settings, require_validation
+from cnnlab.data.prepared import preflight
+from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
+from cnnlab.engine import fit
 from cnnlab.errors import UserError
+from cnnlab.groups import GroupDir
+from cnnlab.models import model_info
 from cnnlab.runs import RunDir
 
-REPORT_MODELS = ["cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50"]
 SETTINGS_FILE = "study.json"
 
 
-def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) -> list[tuple[TrainConfig, RunDir]]:
-    from cnnlab.config import build_config
-    from cnnlab.models import model_info
+def study_dir(directory: Path) -> GroupDir:
+    return GroupDir(directory, SETTINGS_FILE, "runs")
 
+
+def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) -> list[tuple[TrainConfig, RunDir]]:
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise UserError(f"repeats: must be a positive integer, got {repeats!r}")
     if not models:
@@ -32,39 +37,31 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) 
     for name in models:
         model_info(name)  # unknown names fail before anything trains
     base = config.to_dict()
+    group = study_dir(directory)
     jobs = []
     for name in models:
         # each model gets the recipe's settings with its own model options
         cfg = build_config({**base, "model": name, "model_params": {}}) if name != config.model else config
         for r in range(repeats):
-            jobs.append((replace(cfg, seed=config.seed + r), RunDir(directory / "runs" / f"{name}-seed{config.seed + r}")))
+            jobs.append((replace(cfg, seed=config.seed + r), group.run(f"{name}-seed{config.seed + r}")))
     return jobs
 
 
-def write_settings(directory: Path, config: TrainConfig, models: list[str], repeats: int) -> dict:
-    """study.json, written only after the inputs were validated; a rerun must use the same options."""
-    from cnnlab.ensembles import locked
-
-    path = directory / SETTINGS_FILE
-    settings = {"models": models, "repeats": repeats, "train": config.to_dict()}
-    with locked(directory):
-        if path.is_file():
-            stored = runs.read_json(path)
-            diff = differing_settings({k: v for k, v in stored.get("train", {}).items() if k != "model"},
-                                      {k: v for k, v in settings["train"].items() if k != "model"})
-            if diff:
-                raise UserError(f"{directory}: holds a study with other training options ({', '.join(diff)}); "
-                                "use another output folder or the same options")
-            settings["models"] = list(dict.fromkeys(stored.get("models", []) + models))
-            settings["repeats"] = max(stored.get("repeats", 0), repeats)
-        runs.write_json(path, settings)
-    return settings
+def merge_settings(directory: Path):
+    """A rerun must use the same training options; it may add models and repeats."""
+    def merge(stored: dict, wanted: dict) -> dict:
+        diff = differing_settings({k: v for k, v in stored.get("train", {}).items() if k != "model"},
+                                  {k: v for k, v in wanted["train"].items() if k != "model"})
+        if diff:
+            raise UserError(f"{directory}: holds a study with other training options ({', '.join(diff)}); "
+                            "use another output folder or the same options")
+        return {**wanted, "models": list(dict.fromkeys(stored.get("models", []) + wanted["models"])),
+                "repeats": max(stored.get("repeats", 0), wanted["repeats"])}
+    return merge
 
 
 def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: str | None) -> None:
     """Every unfinished run as a Ray task; the driver writes each run directory from what its task returns."""
-    from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
-
     todo = [(cfg, run) for cfg, run in jobs if run.status() != runs.FINISHED and run.try_own()]
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished earlier (or owned by another process); "
         f"{len(todo)} to train on Ray")
@@ -80,7 +77,7 @@ def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: st
 
     try:
         with ray_cluster(address) as ray:
-            data_ref = put_dataset(ray, todo[0][0], dataset)
+            data_ref = put_dataset(ray, dataset)
             gpus = 0.25 if cluster_has_gpus(ray) else 0
             run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run]) for cfg, run in todo], gpus, data_ref, on_done)
     finally:
@@ -91,18 +88,12 @@ def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: st
 def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, callbacks=(),
               say=print, dataset=None, ray: bool = False, ray_address: str | None = None) -> list[Path]:
     """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks."""
-    from cnnlab.engine import fit, load_data, split_data
-
     directory = Path(directory)
-    if config.val_fraction == 0:
-        raise UserError("val_fraction = 0: the study's report compares models on the validation split too; keep one "
-                        "(test accuracy is reported beside it either way)")
+    require_validation(config, "the study", "its report compares models on the validation split too")
     jobs = plan(config, models, repeats, directory)
-    if dataset is None:
-        import torch
-
-        split_data(config, load_data(config), torch.device("cpu"))  # bad data fails before anything is written
-    write_settings(directory, config, models, repeats)
+    dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
+    study_dir(directory).fix_settings({"models": models, "repeats": repeats, "train": config.to_dict()},
+                                      merge_settings(directory))
     if ray:
         run_on_ray(jobs, say, dataset, ray_address)
         return [run.path for _, run in jobs]
@@ -113,7 +104,7 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         if status == runs.FINISHED:
             say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
             return
-        resume = status == runs.INTERRUPTED and run.has_checkpoint()
+        resume = run.resumable()
         say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}")
         metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset)
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"

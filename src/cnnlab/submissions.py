@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 from cnnlab import runs
+from cnnlab.config import EVAL_BATCH_SIZE
+from cnnlab.data import load_unlabeled
+from cnnlab.deploy import onnx_predict_logits, read_onnx_metadata
+from cnnlab.device import resolve_device
 from cnnlab.errors import UserError
+from cnnlab.inference import run_scores
 from cnnlab.runs import RunDir
 
 
@@ -38,8 +43,6 @@ def write_submission(path: Path, ids: list[str] | None, predictions: np.ndarray,
 
 
 def load_inputs(path: str | Path, input_shape: list[int]):
-    from cnnlab.data import load_unlabeled
-
     split = load_unlabeled(path, keep_rgb=input_shape[0] == 3)
     if list(split.images.shape[1:]) != list(input_shape):
         raise UserError(f"{path}: images are {'x'.join(map(str, split.images.shape[1:]))} but the model was trained "
@@ -47,35 +50,13 @@ def load_inputs(path: str | Path, input_shape: list[int]):
     return split
 
 
-def run_logits_on(run_dir: Path, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
-    """Scores (N x classes) of a run or an ensemble directory on uint8 images, in the run's own precision
-    and test-time augmentation, so they match its stored logits."""
-    from cnnlab.engine import load_model, predict_logits, run_autocast
-
-    meta = RunDir(run_dir).require_finished().read_model_meta()
-    if meta.get("ensemble"):
-        from cnnlab.ensembles import ensemble_logits
-
-        scores = ensemble_logits(run_dir, images, device, batch_size)
-    else:
-        model, meta = load_model(run_dir, device)
-        scores = predict_logits(model, images.to(device), batch_size, run_autocast(run_dir, device),
-                                tta=meta.get("tta", False)).cpu().numpy()
-    if not np.isfinite(scores).all():
-        raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
-    return scores
-
-
-def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto", batch_size: int = 1024) -> dict:
-    from cnnlab.engine import resolve_device
-
+def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",
+                batch_size: int = EVAL_BATCH_SIZE) -> dict:
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
-        from cnnlab.deploy import onnx_predict_logits, read_onnx_metadata
-
         meta = read_onnx_metadata(run_dir)
         split = load_inputs(input_path, meta["input_shape"])
         predictions = onnx_predict_logits(run_dir, split.images, batch_size).argmax(1)
@@ -83,7 +64,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         dev = resolve_device(device)
         meta = RunDir(run_dir).require_finished().read_model_meta()
         split = load_inputs(input_path, meta["input_shape"])
-        predictions = run_logits_on(run_dir, split.images, dev, batch_size).argmax(1)
+        predictions = run_scores(run_dir, split.images, dev, batch_size).argmax(1)
     write_submission(output, split.ids, predictions, meta["class_ids"])
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}

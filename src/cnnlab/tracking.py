@@ -12,7 +12,9 @@ extras (`pip install 'cnnlab[tracking]'`); without them the flag fails in one li
 
 from __future__ import annotations
 
+import importlib
 import json
+import time
 from pathlib import Path
 
 from cnnlab.callbacks import Callback
@@ -25,8 +27,6 @@ FINAL_METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "trai
 
 
 def _require(module: str, package: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -110,9 +110,7 @@ class TensorBoard(Callback):
 
 
 def member_configs(ctx) -> list[dict]:
-    from cnnlab.engine import member_configs as configs
-
-    return [c.to_dict() for c in configs(ctx.setup)]
+    return [c.to_dict() for c in ctx.member_configs]
 
 
 class MLflow(Callback):
@@ -151,7 +149,7 @@ class MLflow(Callback):
         from mlflow.entities import Metric
 
         for run_id, row in zip(self.run_ids, rows):
-            stamp = _now_ms()
+            stamp = now_ms()
             self._client.log_batch(run_id, metrics=[Metric(k, v, stamp, row["epoch"])
                                                     for k, v in epoch_values(row, self.train_images).items()])
 
@@ -160,9 +158,8 @@ class MLflow(Callback):
             finish_mlflow_run(self._client, run_id, run.path, metrics)
 
 
-def _now_ms() -> int:
-    import time
-
+def now_ms() -> int:
+    """MLflow's timestamps: milliseconds since the epoch."""
     return int(time.time() * 1000)
 
 
@@ -183,7 +180,7 @@ def local_artifacts(uri: str) -> str | None:
 def finish_mlflow_run(client, run_id: str, run_dir: Path, metrics: dict) -> None:
     from mlflow.entities import Metric
 
-    final = [Metric(f"final_{k}", float(metrics[k]), _now_ms(), 0) for k in FINAL_METRICS
+    final = [Metric(f"final_{k}", float(metrics[k]), now_ms(), 0) for k in FINAL_METRICS
              if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)]
     client.log_batch(run_id, metrics=final)
     client.log_artifacts(run_id, str(run_dir), artifact_path="run")  # config, history, metrics, the model's files
@@ -200,7 +197,7 @@ def log_run_dir(tracker: MLflow, run_dir: Path) -> str:
     client = tracker.client(Path(run_dir).parent)
     run_id = tracker.start(client, run.path.name, run.read_config())
     for row in run.history():
-        client.log_batch(run_id, metrics=[Metric(k, v, _now_ms(), int(row["epoch"])) for k, v in epoch_values(row).items()])
+        client.log_batch(run_id, metrics=[Metric(k, v, now_ms(), int(row["epoch"])) for k, v in epoch_values(row).items()])
     finish_mlflow_run(client, run_id, run.path, run.read_metrics())
     return run_id
 

@@ -10,4 +10,6 @@ __all__ = ["ModelInfo", "count_parameters", "create_architecture", "create_model
            "register_model"]
 from .summary import Summary, keras_shape, summarize  # noqa: E402
 
-__all__ += ["Summary", "keras_shape", "summarize"]
+__all__ += ["REPORT_STUDY_MODELS", "Summary", "keras_shape", "summarize"]
+
+REPORT_STUDY_MODELS = ("cnn1", "cnn2", "cnn3", "cnn4", "inception", "resnet50")  # the models the report compared

@@ -1,0 +1,110 @@
+"""Inference from run directories, with nothing of training: rebuild a model from its files, logits
+with flip TTA (implemented here once; the engine's evaluation uses it too), in the run's own
+precision, and the vote of an ensemble directory's members."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab import runs
+from cnnlab.config import EVAL_BATCH_SIZE
+from cnnlab.data.prepared import to_input
+from cnnlab.device import autocast_for
+from cnnlab.errors import UserError
+from cnnlab.models import create_architecture
+from cnnlab.runs import RunDir
+from cnnlab.voting import vote
+
+
+def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """float32 logits of `forward(x)`; with tta, the mean with the left-right mirror's (images only)."""
+    logits = forward(x).float()
+    if tta and x.dim() == 4:
+        logits = (logits + forward(x.flip(-1)).float()) / 2
+    return logits
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                   autocast=contextlib.nullcontext, tta: bool = False) -> torch.Tensor:
+    """Logits (float32, on the images' device) for uint8 images, in eval mode; tta: mean with the mirror."""
+    model.eval()
+    dtype = next(model.parameters(), torch.empty(0)).dtype  # float64 for fp64 runs
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], dtype)
+        with autocast():
+            out.append(flip_tta(model, x, tta))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def run_autocast(run_dir: str | Path, device: torch.device):
+    """The precision the run trained and evaluated in, so predictions match its stored logits."""
+    run = RunDir(run_dir)
+    precision = run.read_metrics().get("precision", "fp32") if run.file(runs.METRICS).is_file() else "fp32"
+    return autocast_for(torch.device(device), precision)[1]
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a run's model from model.json and model.safetensors."""
+    run = RunDir(run_dir).require_finished()
+    meta = run.read_model_meta()
+    spec = dict(meta["spec"])
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise UserError(f"{run.file(runs.MODEL)}: 'spec' has no model name; the file was edited or damaged")
+    try:
+        model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
+    except TypeError as exc:
+        raise UserError(f"{run.file(runs.MODEL)}: the model spec does not fit {name} ({exc}); the file was edited") from None
+    path = run.file(runs.WEIGHTS)
+    state = run.weights()
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit model {name} ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors)")
+    for key, value in expected.items():
+        if value.shape != state[key].shape:
+            raise UserError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, "
+                            f"model {name} expects {tuple(value.shape)}")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise UserError(f"{path}: tensor {key} holds NaN or infinite values; the run diverged, retrain it")
+    if any(v.dtype == torch.float64 for v in state.values()):
+        model = model.double()  # an fp64 run
+    model.load_state_dict(state)
+    # the memory format training used, so the same kernels run and logits come out bit-identical
+    return model.to(device, memory_format=torch.channels_last).eval(), meta
+
+
+def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """Vote scores of an ensemble directory's members on new images."""
+    meta = RunDir(directory).read_model_meta()
+    stacked = []
+    for path in meta["members"]:
+        model, member_meta = load_model(Path(directory) / path, device)
+        autocast = run_autocast(Path(directory) / path, device)
+        stacked.append(predict_logits(model, images.to(device), batch_size, autocast,
+                                      tta=member_meta.get("tta", False)).cpu().numpy())
+    return vote(np.stack(stacked), meta["vote"])
+
+
+def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """Scores (N x classes) of a run or an ensemble directory on uint8 images, in the run's own precision
+    and test-time augmentation, so they match its stored logits."""
+    meta = RunDir(run_dir).require_finished().read_model_meta()
+    if meta.get("ensemble"):
+        scores = ensemble_logits(run_dir, images, device, batch_size)
+    else:
+        model, meta = load_model(run_dir, device)
+        scores = predict_logits(model, images.to(device), batch_size, run_autocast(run_dir, device),
+                                tta=meta.get("tta", False)).cpu().numpy()
+    if not np.isfinite(scores).all():
+        raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
+    return scores
