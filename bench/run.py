@@ -219,8 +219,8 @@ def subset(full: Dataset, n_train: int, val_fraction: float) -> Dataset:
     n_pool = min(len(full.train), math.ceil(n_train / (1 - val_fraction)))
     order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n_pool]
     train = Split(full.train.images[order].contiguous(), full.train.labels[order])
-    return Dataset(full.name, f"{full.source} ({n_pool} random training images)", full.class_names, train, None,
-                   full.class_ids, full.verified)
+    return Dataset(name=full.name, source=f"{full.source} ({n_pool} random training images)",
+                   class_names=full.class_names, train=train, test=None, class_ids=full.class_ids, verified=full.verified)
 
 
 def images_per_model(spec: str | None, models: list[str], device: torch.device) -> dict[str, int]:
