@@ -45,8 +45,9 @@ test-precision: $(STAMP)
 	CNNLAB_AUTO_PRECISION=$$($(BIN)/python -c "import torch; from cnnlab.engine import auto_precision as a; \
 	  print('fp32' if a(torch.device('cpu')) == 'bf16' else 'bf16')") $(BIN)/python -m pytest -q -m precision
 
+# cnnlab's default training path against a plain PyTorch loop and the machine's peak (bench/README.md)
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --json auto
 
 # GPU checks (bench/gpu_check.py; bench/README.md, "GPU check"). gpu-check runs on a CUDA machine with its own
 # python3 and no install (no .venv there); elsewhere it says so in one line and fails. gpu-check-dry runs the

@@ -6,8 +6,8 @@ reached, so a slow step cannot eat the others' time):
 
   probe           torch version, CUDA, device name, nvidia-smi -L, cnnlab's models, missing imports
   gpu-tests       python3 -m pytest -m gpu -q -p no:cacheprovider tests/
-  bench-eager     python3 bench/run.py --models <sequential CNNs + modern-recipe models when registered>
-  bench-compiled  python3 bench/run.py --models M --compile, one process per model, tuned-cnn first
+  bench-eager     python3 bench/run.py --models <sequential CNNs + modern-recipe models when registered> --rounds 1
+  bench-compiled  python3 bench/run.py --models M --compile --rounds 1, one process per model, tuned-cnn first
   ensemble        python3 bench/ensemble.py --members 30 --epochs 40 --skip-sequential (the report's protocol)
   modern          python3 -m cnnlab train resnet9 --recipe modern, only if time is left and `cnnlab train`
                   has --recipe
@@ -113,16 +113,38 @@ BENCH_LAYOUTS = {len(c): c for c in (BENCH_COLUMNS, BENCH_COLUMNS + BENCH_COMPIL
                                       BENCH_COLUMNS + BENCH_COMPILED + BENCH_GRAPHS)}
 
 
+# bench/run.py's table since issue 20: one token per column header, read by name ('-': no value)
+BENCH_HEADER_KEYS = {"cnnlab_img/s": "cnnlab_images_per_s", "plain_img/s": "plain_images_per_s",
+                     "ratio": "cnnlab_vs_plain", "ratio_min": "cnnlab_vs_plain_min", "ratio_max": "cnnlab_vs_plain_max",
+                     "cnnlab_s/ep": "cnnlab_s_per_epoch", "plain_s/ep": "plain_s_per_epoch", "warmup_s": "cnnlab_warmup_s",
+                     "GFLOP/step": "gflop_per_step", "cnnlab_%fp32": "cnnlab_pct_of_fp32_peak",
+                     "cnnlab_%bf16": "cnnlab_pct_of_bf16_peak", "plain_%fp32": "plain_pct_of_fp32_peak",
+                     "compiled_ratio": "compiled_vs_plain", "graphs_ratio": "graphs_vs_plain"}
+
+
+def _header_key(token: str) -> str:
+    return BENCH_HEADER_KEYS.get(token) or token.replace("/s", "_per_s").replace("img", "images").replace("/ep", "_per_epoch")
+
+
 def parse_bench(text: str) -> dict:
     """bench/run.py's table: one row per model, columns as its header (compiled columns with --compile)."""
     rows = []
     figures: dict = {"rows": rows}
+    named: list[str] | None = None  # the header's columns, when they are one token each
     for line in text.splitlines():
         if line.startswith("device:"):
             figures["device_line"] = line[len("device:"):].strip()
         elif line.startswith("cnnlab precision on this device:"):
             figures["cnnlab_precision"] = line.split(":", 1)[1].split(";")[0].strip()
         parts = line.split()
+        if len(parts) >= 2 and parts[0] == "model" and "cnnlab_img/s" in parts:
+            named = [_header_key(p) for p in parts[1:]]
+            continue
+        if named is not None:
+            values = [None if p == "-" else _number(p) for p in parts[1:]]
+            if len(values) == len(named) and all(v is not None or p == "-" for v, p in zip(values, parts[1:])):
+                rows.append({"model": parts[0], **{k: v for k, v in zip(named, values) if v is not None}})
+            continue
         if len(parts) < 2 or parts[0] == "model":
             continue
         values = [_number(p) for p in parts[1:]]
@@ -442,7 +464,9 @@ class Check:
         bench_models = ["cnn1"] if dry else SEQUENTIAL + modern  # dry: one model keeps it near 10 s on 2 cores
         cmd = [self.py, "bench/run.py", "--models", ",".join(bench_models)]
         # on the GPU the eager step also times the CUDA-graph step (the issue's target: <= 0.3 s per tuned-cnn epoch)
-        cmd += ["--device", "cpu", "--images", "128", "--batch-size", "64"] if dry else ["--device", "cuda", "--graphs"]
+        # one round (the bench's default is 3, interleaved): the step's time limit was sized for one
+        cmd += (["--device", "cpu", "--images", "128", "--batch-size", "64", "--rounds", "1", "--peak-size", "1024"] if dry
+                else ["--device", "cuda", "--graphs", "--rounds", "1"])
         t = self.limit("bench-eager", ["bench-compiled", "ensemble"])
         if t is None:
             self.skip("bench-eager", "not enough time left", shlex.join(cmd))
@@ -454,7 +478,7 @@ class Check:
         else:
             group_end = time.monotonic() + (self.limit("bench-compiled", ["ensemble"]) or 0)
             for name in [m for m in COMPILED_ORDER if m in SEQUENTIAL + modern]:
-                cmd = [self.py, "bench/run.py", "--models", name, "--compile", "--device", "cuda"]
+                cmd = [self.py, "bench/run.py", "--models", name, "--compile", "--device", "cuda", "--rounds", "1"]
                 left = min(group_end - time.monotonic(), self.remaining() - MINIMUM["ensemble"])
                 if left < MINIMUM["bench-compiled"]:
                     self.skip(f"bench-compiled:{name}", f"the step's {SHARES['bench-compiled']:.0%} of the budget is used up",
