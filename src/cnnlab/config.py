@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.errors import UserError
+from cnnlab.models import model_info
+from cnnlab.runs import read_json
 
 EVAL_BATCH_SIZE = 1024  # images per forward pass when evaluating or predicting (no gradients kept)
 PLATEAU = "plateau"  # the report's ReduceLROnPlateau; the other schedules are functions of the step
@@ -76,8 +78,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         check_types(self)
-        from cnnlab.models import model_info
-
         model_info(self.model)  # unknown model -> clear error
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
@@ -243,8 +243,6 @@ def read_params_file(path: str | Path) -> dict:
 
     best.json also carries the setting it was tuned with (data, classes, epochs, ...) under "setting";
     those become defaults that explicit options override."""
-    from cnnlab.runs import read_json
-
     path = Path(path)
     data = read_json(path)
     if not isinstance(data.get("params", data), dict):

@@ -32,9 +32,7 @@ from cnnlab.groups import GroupDir
 from cnnlab.metrics import classification_metrics
 from cnnlab.plots import ensemble_growth_plot
 from cnnlab.runs import RunDir
-from cnnlab.voting import scores_to_logits, vote
-
-__all__ = ["combine", "parse_member_range", "train_ensemble", "vote", "scores_to_logits"]
+from cnnlab.voting import scores_to_logits, vote  # noqa: F401  (vote: importable from here too)
 
 SETTINGS_FILE = "ensemble_settings.json"  # the ensemble's options, fixed by its first invocation
 MANIFEST_FILE = "ensemble.json"  # the vote's members, accuracies and growth (rewritten by combine)

@@ -23,12 +23,9 @@ from cnnlab.device import autocast_for, float_dtype, resolve_device
 from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
 from cnnlab.engine.loop import default_callbacks, fit_setup
 from cnnlab.engine.setup import Setup, TrainState, make_plateaus, model_options
-from cnnlab.engine.step import member_losses  # the loss of K members (importable from here for older code)
+from cnnlab.engine.step import member_losses  # noqa: F401  (the loss of K members, importable from here too)
 from cnnlab.models import create_architecture, create_model
 from cnnlab.runs import RunDir
-
-__all__ = ["FusedGroup", "MemberAdam", "can_fuse", "can_fuse_config", "fuse", "member_losses", "prepare_fused",
-           "train_members_fused", "unfuse"]
 
 _ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.Identity)
 

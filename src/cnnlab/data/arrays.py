@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from cnnlab.errors import UserError
 
+from . import assemble
 from .formats import RawSplit, validate_arrays
 
 
 def _numpy(value, what: str) -> np.ndarray:
-    try:
-        import torch
-
-        if torch.is_tensor(value):
-            value = value.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if torch.is_tensor(value):
+        value = value.detach().cpu().numpy()
     array = np.asarray(value)
     if array.dtype == object:
         raise UserError(f"data: {what} is not a numeric array (got {type(value).__name__})")
@@ -26,7 +23,6 @@ def _numpy(value, what: str) -> np.ndarray:
 def dataset_from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, classes=None):
     """numpy arrays or tensors (images N x H x W, N x H x W x C or N x C x H x W, pixels 0..255; integer
     labels) -> a Dataset named 'arrays'."""
-    from . import assemble
 
     if (x_test is None) != (y_test is None):
         raise UserError("data: give both x_test and y_test, or neither")

@@ -15,10 +15,10 @@ own learning rate and its own run directory.
     engine.checkpoint  optimizer tensors, checkpoints saved and loaded, final weights
     engine.loop        Context, fit, the epoch, finish, default callbacks
 
-The names below the engine (devices, data on the device, inference, torchrun) are re-exported here
-for code written against earlier versions; they live in cnnlab.device, cnnlab.data.prepared,
-cnnlab.inference and cnnlab.torchrun, and the read side imports them from there.
+Names from below the engine (cnnlab.device, data.prepared, inference, torchrun) are re-exported for
+code written against earlier versions; the read side imports them from where they live.
 """
+# ruff: noqa: F401
 
 from cnnlab.data.prepared import (MEMORY_PREFIX, DeviceData, check_training_data, data_fingerprint, load_data,
                                   split_data, to_input)
@@ -34,16 +34,3 @@ from .setup import (Setup, TrainState, cache_features, class_weight_tensor, make
                     modern_augment, prepare)
 from .step import (GraphedStep, OnStep, apply_learning_rates, evaluate, forward, learning_rates, make_batch,
                    member_input, member_losses, split_logits, train_one_epoch, train_step, warm_up)
-
-__all__ = [
-    "AUTO_PRECISION_ENV", "MEMORY_PREFIX", "Context", "DeviceData", "Distributed", "GraphedStep", "NonFiniteLoss",
-    "OnStep", "Setup", "TrainState", "apply_learning_rates", "auto_precision", "autocast_for", "cache_features",
-    "check_training_data", "checkpoint_of", "class_weight_tensor", "config_for_resume", "cpu_has_native_bf16",
-    "data_fingerprint", "default_callbacks", "device_name", "distributed_from_env", "environment", "evaluate",
-    "final_weights", "finish", "fit", "fit_setup", "float_dtype", "forward", "learning_rates", "load_checkpoints",
-    "load_data", "load_member_weights", "load_model", "make_batch", "make_plateaus", "member_input",
-    "member_losses", "model_metadata", "model_options", "modern_augment", "optimizer_state", "optimizer_tensors",
-    "ordered", "predict_logits", "prepare", "resolve_device", "run_autocast", "run_epoch", "save_checkpoints",
-    "shard", "split_data", "split_logits", "stored_precision", "synchronize", "to_input", "train_one_epoch",
-    "train_step", "warm_up", "with_prefix",
-]

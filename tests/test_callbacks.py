@@ -1,0 +1,131 @@
+"""Callbacks as a user writes them: they act only through the loop's context (stop, read and keep
+weights, save checkpoints, carry state across a resume), in an order decided in one place."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnnlab
+from cnnlab.callbacks import Callback, Checkpoint, EarlyStopping, LambdaCallback
+from cnnlab.engine import ordered
+
+from conftest import interrupt_at, write_npz_dataset
+
+SMALL = dict(model="cnn1", batch_size=32, device="cpu", precision="fp32", lr_schedule="one-cycle", progress=False)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return write_npz_dataset(tmp_path_factory.mktemp("data") / "small.npz", 200, 40)
+
+
+def test_a_user_callback_stops_training(npz, tmp_path):
+    stop = LambdaCallback(on_epoch_end=lambda ctx, rows: rows[0]["epoch"] == 2 and ctx.stop("enough for today"))
+    run = cnnlab.train(data=str(npz), epochs=5, out=tmp_path, callbacks=[stop], **SMALL)
+    assert run.metrics["epochs_done"] == 2 and run.metrics["stopped_early"]
+    assert run.metrics["stop_reason"] == "enough for today" and len(run.history) == 2
+
+
+class SaveWeights(Callback):
+    """Keras's ModelCheckpoint in a few lines: every epoch's weights, read through the context."""
+
+    def __init__(self):
+        self.saved = []
+
+    def on_epoch_end(self, ctx, rows):
+        self.saved.append({k: v.clone() for k, v in ctx.member_weights()[0].items()})
+
+
+def test_a_user_callback_saves_each_epochs_weights(npz, tmp_path):
+    saver = SaveWeights()
+    run = cnnlab.train(data=str(npz), epochs=3, out=tmp_path, callbacks=[saver], **SMALL)
+    final = load_file(str(run.path / "model.safetensors"))
+    assert len(saver.saved) == 3
+    assert all(torch.equal(saver.saved[-1][k], final[k]) for k in final)  # no restore_best: the last epoch's
+    assert not all(torch.equal(saver.saved[0][k], final[k]) for k in final)
+
+
+class KeepFirstEpoch(Callback):
+    """Keeps epoch 1's weights as the final ones; it runs after early stopping (order 0 > -1), so its
+    choice stands over early stopping's own."""
+
+    def on_epoch_end(self, ctx, rows):
+        if rows[0]["epoch"] == 1:
+            self.first = ctx.member_weights()[0]
+        ctx.keep_best(0, 1, self.first)
+
+
+def test_kept_weights_become_the_final_ones_with_restore_best(npz, tmp_path):
+    keeper, saver = KeepFirstEpoch(), SaveWeights()
+    run = cnnlab.train(data=str(npz), epochs=3, out=tmp_path, callbacks=[keeper, saver], restore_best=True,
+                       **SMALL)
+    final = load_file(str(run.path / "model.safetensors"))
+    assert run.metrics["weights_epoch"] == 1
+    assert all(torch.equal(saver.saved[0][k], final[k]) for k in final)
+
+
+class EpochCounter(Callback):
+    """A callback with state of its own that must survive an interruption."""
+
+    def on_train_start(self, ctx):
+        self.seen = 0
+
+    def on_epoch_end(self, ctx, rows):
+        self.seen += 1
+
+    def state_dict(self):
+        return [{"counter_seen": self.seen}]
+
+    def load_state_dict(self, states):
+        self.seen = states[0]["counter_seen"]
+
+
+def test_callback_state_survives_a_resume(npz, tmp_path):
+    counter = EpochCounter()
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(npz), epochs=4, out=tmp_path, callbacks=[counter, interrupt_at(3)], **SMALL)
+    (run_dir,) = tmp_path.iterdir()
+    assert counter.seen == 2
+    resumed = EpochCounter()
+    cnnlab.train(resume=run_dir, callbacks=[resumed], progress=False)
+    assert resumed.seen == 4
+
+
+def test_order_is_decided_in_one_place():
+    user, early, checkpoint = LambdaCallback(), EarlyStopping(), Checkpoint()
+    assert ordered([checkpoint, user, early]) == [early, user, checkpoint]
+
+
+# ------------------------------------------------------------------ the pre-flight loads the data once
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Counts dataset loads from files (every command's loads go through data.prepared.load_data)."""
+    import cnnlab.data.prepared as prepared
+
+    count = {"n": 0}
+    real = prepared.load_dataset
+
+    def counting(*args, **kwargs):
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepared, "load_dataset", counting)
+    return count
+
+
+def test_each_command_loads_its_data_once(npz, tmp_path, loads):
+    one_epoch = {**SMALL, "epochs": 1}
+    cnnlab.train(data=str(npz), out=tmp_path / "t", **one_epoch)
+    assert loads["n"] == 1
+    one_epoch.pop("model")
+    cnnlab.study("cnn1", 2, str(npz), out=tmp_path / "s", report=False, say=lambda s: None, **one_epoch)
+    assert loads["n"] == 2
+    cnnlab.ensemble("cnn1", 2, 0.0, data=str(npz), out=tmp_path / "e", say=lambda s: None, **one_epoch)
+    assert loads["n"] == 3
+    one_epoch.pop("progress")
+    cnnlab.tune("cnn1", 2, data=str(npz), out=tmp_path / "u", say=lambda s: None, pruner="none", **one_epoch)
+    assert loads["n"] == 4
