@@ -250,7 +250,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         say(f"trial {trial.number}: {metric} {metrics[metric]:.4f} {params}")
         return metrics[metric]
 
-    def enough(study, trial=None) -> bool:
+    def enough(study) -> bool:
         """--trials counts finished trials of the whole study: this worker's, live workers' running ones, and
         none of a dead worker's (noticed here by the survivors too, after each of their trials)."""
         revived = fail_dead_trials(study)
@@ -260,14 +260,31 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if len(failed) >= max(3, trials):  # a search where nothing trains must end, not loop
             say(f"stopping: {len(failed)} trials failed (see the messages above); check the search space and data")
-        if len(counted) >= trials or len(failed) >= max(3, trials):
-            study.stop()
-            return True
-        return False
+        return len(counted) >= trials or len(failed) >= max(3, trials)
 
-    if not enough(study):
-        study.optimize(objective, timeout=timeout, callbacks=[enough], catch=(UserError,))
+    def stop_when_enough(study, trial) -> None:
+        if enough(study):
+            study.stop()  # only valid inside optimize: a finished search is told apart before it
+
+    if enough(study):
+        say(f"{study.study_name}: the search is finished ({trials} trials wanted); nothing to train. Its summary:")
+    else:
+        handlers = optuna.logging.get_logger("optuna").handlers  # filters act on handlers for child loggers' records
+        for handler in handlers:
+            handler.addFilter(no_interrupt_traceback)
+        try:
+            study.optimize(objective, timeout=timeout, callbacks=[stop_when_enough], catch=(UserError,))
+        finally:
+            for handler in handlers:
+                handler.removeFilter(no_interrupt_traceback)
     return write_results(study, directory, metric, config)
+
+
+def no_interrupt_traceback(record) -> bool:
+    """Optuna logs a trial stopped by Ctrl-C as a failure with its traceback; cnnlab says it in one line."""
+    message = record.getMessage()
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)) and \
+        "KeyboardInterrupt" not in message and not re.fullmatch(r"Trial \d+ failed with value None\.", message)
 
 
 # ------------------------------------------------------------------ trials on Ray
