@@ -2,21 +2,30 @@
 
 This module holds what the readers share -- `RawSplit`, error and limit helpers, `validate_arrays` -- and
 re-exports the readers, which live by format in `idx`, `numpy_files`, `csv_files` and `image_folders`
-(`from cnnlab.data.formats import read_csv` keeps working). Every reader returns plain numpy arrays (images uint8 N x C x H x W, labels int64 or None) after
-`validate_arrays` has checked them, so a bad file fails here with one line that names it.
+(`from cnnlab.data.formats import read_csv` keeps working). Every reader returns plain numpy arrays (images
+uint8 N x C x H x W, labels int64 or None) after `validate_arrays` has checked them, so a bad file fails
+with one line that names it.
 
 What a bad file gets (the contract the tests hold these readers to): a `UserError` whose message is one
 line naming the file and the fix -- never another exception, a traceback or a silently wrong dataset.
 Decisions behind it:
 
-* Sizes claimed by headers (IDX dimensions, NPY/NPZ shapes) are checked against the bytes that
-  actually follow, and against this machine's memory, before anything is allocated.
+* Sizes claimed by headers (IDX dimensions, NPY/NPZ shapes, a CSV header's width) are checked against
+  the bytes that actually follow, the image shape and this machine's memory, before anything is allocated
+  or parsed.
 * Pixels must lie in 0..255. Float pixels are rounded; floats that look scaled to 0..1 are refused, and
-  so are pixels that are all 0 or 1 (a black-and-white mask saved as 0/1: multiply by 255).
+  so are pixels that are all 0 or 1 (a black-and-white mask saved as 0/1: multiply by 255). CSV pixels
+  must be whole numbers (12.5 is refused, not rounded).
+* Label problems name the labels (`file[labels]`, the NPZ key, e.g. `d.npz[y_train]`), not the images.
 * Pickled/object arrays are never loaded (`allow_pickle=False`).
+* Ambiguous sources are refused, never resolved by a silent pick: an NPZ with two sets of keys, an IDX
+  file present both raw and gzipped with different contents, a CSV separated by ';' or tabs.
 * Image folders: every image must have one size (no silent resize); grayscale, palette, RGB(A) and
-  CMYK images are converted (alpha ignored); 16-bit and float images are refused rather than clipped;
-  files and folders whose names start with "." are skipped; Pillow's decompression-bomb limit applies.
+  CMYK images are converted (alpha ignored); 16-bit, float and multi-frame (animated GIF, multi-page
+  TIFF) images are refused; files and folders whose names start with "." are skipped; images in
+  subfolders of a class folder belong to that class (as in Keras's image_dataset_from_directory);
+  train/ and test/ classes are matched by name; Pillow's decompression-bomb limit applies.
+* Values quoted in messages are cut to `VALUE_LIMIT` characters, so an error stays one short line.
 * A file named .gz that is not gzipped is read as it is (as before); a damaged gzip file is refused.
 """
 
@@ -28,6 +37,7 @@ import io
 import math
 import os
 import struct
+import sys
 import tokenize
 import zipfile
 import zlib
@@ -40,6 +50,7 @@ from cnnlab.errors import UserError
 
 MAX_LABEL = 2**31 - 1  # labels number classes; anything larger is a corrupt or misread file
 GZIP_MAGIC = b"\x1f\x8b"
+VALUE_LIMIT = 80  # characters of a user's value (a cell, a column or class name) quoted in a message
 
 # what decoding a damaged file can raise from the libraries (zip, gzip, numpy, Pillow); OS-level
 # errors (a set errno) are told apart by `_os_error`
@@ -61,9 +72,22 @@ class RawSplit:
 # ---------------------------------------------------------------- errors and limits
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's text squeezed onto one line (library messages may span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def shorten(text: object, limit: int = VALUE_LIMIT) -> str:
+    """`text` on one line, cut to `limit` characters with "…" (a 3,000-character cell stays out of messages)."""
+    text = str(text)
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(exc: BaseException, limit: int = 120) -> str:
+    """An exception's text squeezed onto one line (library messages may span several) and cut to `limit`."""
+    return shorten(" ".join(str(exc).split()) or type(exc).__name__, limit)
+
+
+def notice(message: str) -> None:
+    """A non-fatal note for the user: one line on stderr, as the CLI prints its errors."""
+    print(f"cnnlab: warning: {message}", file=sys.stderr, flush=True)
 
 
 def os_error(path: Path | str, exc: OSError) -> UserError:
@@ -149,8 +173,11 @@ def _shape_error(images: np.ndarray, source: str) -> UserError:
                      "or N x C x H x W with 1 or 3 channels, or N x (H*W) for flattened square images")
 
 
-def validate_arrays(images: np.ndarray, labels: np.ndarray | None, source: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check pixel and label values and return (uint8 N x C x H x W, int64 labels)."""
+def validate_arrays(images: np.ndarray, labels: np.ndarray | None, source: str,
+                    labels_source: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check pixel and label values and return (uint8 N x C x H x W, int64 labels).
+
+    `source` names the images in messages, `labels_source` (default `source`) the labels, e.g. "d.npz[labels]"."""
     images = np.asarray(images)
     if images.dtype == object or not np.issubdtype(images.dtype, np.number):
         raise UserError(f"{source}: images are not numeric (dtype {images.dtype}); save them as uint8 0..255")
@@ -179,7 +206,7 @@ def validate_arrays(images: np.ndarray, labels: np.ndarray | None, source: str) 
     images = to_nchw(np.rint(images).astype(np.uint8) if images.dtype != np.uint8 else images, source)
     if labels is None:
         return np.ascontiguousarray(images), None
-    return np.ascontiguousarray(images), validate_labels(labels, len(images), source)
+    return np.ascontiguousarray(images), validate_labels(labels, len(images), labels_source or source)
 
 
 def validate_labels(labels: np.ndarray, n_images: int, source: str) -> np.ndarray:
@@ -188,7 +215,7 @@ def validate_labels(labels: np.ndarray, n_images: int, source: str) -> np.ndarra
     if labels.dtype == object or not np.issubdtype(labels.dtype, np.number) \
             or np.issubdtype(labels.dtype, np.complexfloating):
         example = labels.reshape(-1)[0] if labels.size else None
-        raise UserError(f"{source}: labels must be integers, got {labels.dtype} values such as {example!r}")
+        raise UserError(f"{source}: labels must be integers, got {labels.dtype} values such as {shorten(example)!r}")
     if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot labels, as Keras users keep them
         if len(labels) != n_images:
             raise UserError(f"{source}: {n_images} images but {len(labels)} labels; the counts must match")

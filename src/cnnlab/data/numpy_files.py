@@ -1,6 +1,6 @@
 """NumPy files: an NPZ archive (images/labels, x_train/y_train[/x_test/y_test], x/y or X/y keys, optional
 class_names) or an images .npy with its labels .npy beside it. Headers are checked before numpy allocates,
-and pickles are never loaded.
+pickles are never loaded, and an NPZ holding two of those key sets is refused rather than one picked.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import _DECODE_ERRORS, RawSplit, _is_os_level, check_claim, one_line, os_error, validate_arrays
+from .formats import (_DECODE_ERRORS, RawSplit, _is_os_level, check_claim, one_line, os_error, shorten,
+                      validate_arrays)
 
 
 def check_npy_header(fp, source: str, available: int) -> None:
@@ -74,9 +75,14 @@ def _class_names(values: np.ndarray, source: str) -> list[str]:
     seen = set()
     for name in names:
         if name in seen:
-            raise UserError(f"{source}: class name {name!r} appears twice; give every class its own name")
+            raise UserError(f"{source}: class name {shorten(name)!r} appears twice; give every class its own name")
         seen.add(name)
     return names
+
+
+def _key_set(layout: tuple[str | None, ...], keys: set[str]) -> str:
+    """The keys of one NPZ layout that the archive holds, as "x_train/y_train/x_test"."""
+    return "/".join(key for key in dict.fromkeys(layout) if key and key in keys)
 
 
 def read_npz(path: Path) -> tuple[RawSplit, RawSplit | None]:
@@ -98,9 +104,13 @@ def read_npz(path: Path) -> tuple[RawSplit, RawSplit | None]:
             raise UserError(f"{path}: not an NPZ archive; save it with numpy.savez")
         with archive:
             keys = set(archive.files)
-            for xk, yk, xtk, ytk in _NPZ_KEYS:
-                if xk not in keys:
-                    continue
+            layouts = [layout for layout in _NPZ_KEYS if layout[0] in keys]
+            if len(layouts) > 1:
+                sets = [_key_set(layout, keys) for layout in layouts]
+                listed = ", ".join(sets[:-1]) + " and " + sets[-1]
+                raise UserError(f"{path}: holds {len(sets)} candidate datasets, keys {listed}; cnnlab will not guess "
+                                "which is meant: save the NPZ again with one set of keys")
+            for xk, yk, xtk, ytk in layouts:
                 names = None
                 if "class_names" in keys:
                     names = _class_names(_npz_member(path, archive, "class_names"), f"{path}[class_names]")
@@ -108,13 +118,13 @@ def read_npz(path: Path) -> tuple[RawSplit, RawSplit | None]:
                 def split(ik: str, lk: str | None) -> tuple[np.ndarray, np.ndarray | None]:
                     images = _npz_member(path, archive, ik)
                     labels = _npz_member(path, archive, lk) if lk in keys else None
-                    return validate_arrays(images, labels, f"{path}[{ik}]")
+                    return validate_arrays(images, labels, f"{path}[{ik}]", labels_source=f"{path}[{lk}]")
 
                 train = RawSplit(*split(xk, yk), class_names=names)
                 test = RawSplit(*split(xtk, ytk)) if xtk and xtk in keys else None
                 return train, test
     raise UserError(f"{path}: NPZ needs arrays named images/labels or x_train/y_train[/x_test/y_test]; "
-                    f"found {sorted(keys)}")
+                    f"found {shorten(sorted(keys))}")
 
 
 def load_npy(path: Path) -> np.ndarray:
@@ -138,9 +148,9 @@ def load_npy(path: Path) -> np.ndarray:
 def read_npy(path: Path) -> RawSplit:
     """An images .npy; labels come from `<stem>_labels.npy` or `labels.npy` beside it (else unlabeled)."""
     images = load_npy(path)
-    labels = None
+    labels, labels_source = None, None
     for candidate in (path.with_name(f"{path.stem}_labels.npy"), path.with_name("labels.npy")):
         if candidate.is_file() and candidate != path:
-            labels = load_npy(candidate)
+            labels, labels_source = load_npy(candidate), f"{candidate}[labels]"
             break
-    return RawSplit(*validate_arrays(images, labels, str(path)))
+    return RawSplit(*validate_arrays(images, labels, str(path), labels_source=labels_source))
