@@ -273,8 +273,8 @@ def gzip_check(raw: bytes, path: Path) -> None:
 # name -> module of this package that defines it; imported on first use (PEP 562), so the format modules can
 # import the shared helpers above from here without an import cycle
 _READERS = {
-    "idx": ("IDX_IMAGE_MAGIC", "IDX_LABEL_MAGIC", "read_idx", "_read_idx_data", "find_idx_pair", "read_idx_split",
-            "read_idx_folder"),
+    "idx": ("IDX_IMAGE_MAGIC", "IDX_LABEL_MAGIC", "read_idx", "_read_idx_data", "find_idx_pair", "idx_file",
+            "read_idx_split", "read_idx_folder"),
     "numpy_files": ("check_npy_header", "_NPZ_KEYS", "_npz_member", "_class_names", "read_npz", "load_npy",
                     "read_npy"),
     "csv_files": ("_is_number", "read_csv"),

@@ -1,15 +1,23 @@
-"""IDX files, the MNIST format (big-endian magic, dimension sizes, then uint8 data), raw or gzipped."""
+"""IDX files, the MNIST format (big-endian magic, dimension sizes, then uint8 data), raw or gzipped.
+
+A folder holds `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]`, and maybe the same for
+`t10k` or `test`. A file present both gzipped and raw must hold the same data in both (then the .gz is
+read); different contents are refused, naming both, rather than one picked silently.
+"""
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import GZIP_MAGIC, RawSplit, check_claim, gunzip, gzip_check, read_file, validate_arrays
+from .formats import (GZIP_MAGIC, RawSplit, check_claim, gunzip, gzip_check, one_line, os_error, read_file,
+                      validate_arrays)
 
 IDX_IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -53,15 +61,43 @@ def _read_idx_data(raw: bytes, gzipped: bool, path: Path, expect_magic: int) -> 
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
+def _same_data(gz_path: Path, raw_path: Path) -> bool:
+    """Whether the .gz file decompresses (or, not gzipped, reads) to exactly the raw file's bytes.
+
+    Compared in chunks, stopping at the first difference, so neither file is held in memory."""
+    try:
+        with open(gz_path, "rb") as packed, open(raw_path, "rb") as plain:
+            gzipped = packed.read(2) == GZIP_MAGIC
+            packed.seek(0)
+            stream = gzip.GzipFile(fileobj=packed) if gzipped else packed
+            while True:
+                try:
+                    chunk = stream.read(1 << 20)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    raise UserError(f"{gz_path}: corrupt or truncated gzip file ({one_line(exc)}); "
+                                    "download it again") from None
+                if chunk != plain.read(len(chunk) or 1):
+                    return False
+                if not chunk:
+                    return True
+    except OSError as exc:
+        raise os_error(gz_path, exc) from None
+
+
+def idx_file(folder: Path, stem: str) -> Path | None:
+    """`<stem>.gz` or `<stem>` in `folder` (the .gz when both hold the same data); None if neither is there."""
+    packed, plain = folder / f"{stem}.gz", folder / stem
+    if packed.is_file() and plain.is_file():
+        if not _same_data(packed, plain):
+            raise UserError(f"{packed} and {plain}: the same IDX file twice, gzipped and not, with different "
+                            "contents; cnnlab will not guess which is right: delete or move one of them")
+        return packed
+    return packed if packed.is_file() else plain if plain.is_file() else None
+
+
 def find_idx_pair(folder: Path, prefix: str) -> tuple[Path, Path] | None:
     """Find `<prefix>-images-idx3-ubyte[.gz]` and its labels file in a folder."""
-    def one(kind: str) -> Path | None:
-        for name in (f"{prefix}-{kind}.gz", f"{prefix}-{kind}"):
-            if (folder / name).is_file():
-                return folder / name
-        return None
-
-    images, labels = one("images-idx3-ubyte"), one("labels-idx1-ubyte")
+    images, labels = idx_file(folder, f"{prefix}-images-idx3-ubyte"), idx_file(folder, f"{prefix}-labels-idx1-ubyte")
     if images is None and labels is None:
         return None
     if images is None or labels is None:
@@ -75,9 +111,9 @@ def read_idx_split(images_path: Path, labels_path: Path) -> RawSplit:
     images = read_idx(images_path, IDX_IMAGE_MAGIC)
     labels = read_idx(labels_path, IDX_LABEL_MAGIC)
     if len(images) != len(labels):
-        raise UserError(f"{images_path}: {len(images)} images but {labels_path.name} has "
-                        f"{len(labels)} labels; the counts must match")
-    images, labels = validate_arrays(images, labels, str(images_path))
+        raise UserError(f"{labels_path}[labels]: {images_path.name} has {len(images)} images but {labels_path.name} "
+                        f"has {len(labels)} labels; the counts must match")
+    images, labels = validate_arrays(images, labels, str(images_path), labels_source=f"{labels_path}[labels]")
     return RawSplit(images, labels)
 
 
