@@ -277,7 +277,7 @@ _READERS = {
             "read_idx_split", "read_idx_folder"),
     "numpy_files": ("check_npy_header", "_NPZ_KEYS", "_npz_member", "_class_names", "read_npz", "load_npy",
                     "read_npy"),
-    "csv_files": ("_is_number", "read_csv"),
+    "csv_files": ("check_csv_header", "read_csv"),
     "image_folders": ("IMAGE_SUFFIXES", "list_dir", "_read_image", "read_image_folder"),
 }
 _HOME = {name: module for module, names in _READERS.items() for name in names}
