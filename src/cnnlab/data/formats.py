@@ -278,7 +278,8 @@ _READERS = {
     "numpy_files": ("check_npy_header", "_NPZ_KEYS", "_npz_member", "_class_names", "read_npz", "load_npy",
                     "read_npy"),
     "csv_files": ("check_csv_header", "read_csv"),
-    "image_folders": ("IMAGE_SUFFIXES", "list_dir", "_read_image", "read_image_folder"),
+    "image_folders": ("IMAGE_SUFFIXES", "list_dir", "class_images", "_read_image", "read_image_folder",
+                      "ignored_beside", "image_folder_notes"),
 }
 _HOME = {name: module for module, names in _READERS.items() for name in names}
 _gunzip, _gzip_check = gunzip, gzip_check  # their names before the split
