@@ -40,7 +40,8 @@ def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
     """Images per split and per class, image shape, pixel mean/std."""
     import torch
 
-    from cnnlab.data import load_dataset, pixel_stats, train_val_split
+    from cnnlab.data import BUILTIN, load_dataset, pixel_stats, train_val_split
+    from cnnlab.data.image_folders import image_folder_notes
 
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     splits = train_val_split(ds, val_fraction, split_seed)
@@ -48,6 +49,9 @@ def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
     c, h, w = ds.shape
     console.print(f"[bold]{escape(ds.name)}[/bold] from {escape(ds.source)}" + ("  (checksums verified)" if ds.verified else ""))
     console.print(f"images: {c} x {h} x {w} uint8   pixel mean {mean:.4f}  std {std:.4f} (scaled to 0..1)")
+    notes = [] if dataset in BUILTIN else image_folder_notes(Path(dataset).expanduser())
+    for note in notes:  # folders ignored beside train/ and test/, images found in subfolders of class folders
+        console.print(escape(note), highlight=False)
     table = Table(title=None)
     table.add_column("class")
     table.add_column("name")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 
-from .formats import RawSplit, one_line, os_error, read_idx_split
+from .formats import RawSplit, one_line, os_error
+from .idx import idx_file, read_idx_split
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -110,7 +111,7 @@ def _md5(path: Path) -> str:
 
 def verify_md5(spec: BuiltinDataset, folder: Path) -> None:
     for stem in IDX_FILES:
-        path = _idx_path(folder, stem)
+        path = idx_file(folder, stem)  # refuses a raw and a .gz copy that differ
         digest = _md5(path)
         if digest != spec.md5[stem]:
             raise UserError(f"{path}: MD5 {digest} does not match the official {spec.name} release "
@@ -158,6 +159,6 @@ def load_builtin(name: str, data_dir: str | Path | None = None, verify: bool = T
     folder = locate(spec, data_dir)
     if verify:
         verify_md5(spec, folder)
-    train = read_idx_split(_idx_path(folder, IDX_FILES[0]), _idx_path(folder, IDX_FILES[1]))
-    test = read_idx_split(_idx_path(folder, IDX_FILES[2]), _idx_path(folder, IDX_FILES[3]))
+    train = read_idx_split(idx_file(folder, IDX_FILES[0]), idx_file(folder, IDX_FILES[1]))
+    test = read_idx_split(idx_file(folder, IDX_FILES[2]), idx_file(folder, IDX_FILES[3]))
     return train, test, folder

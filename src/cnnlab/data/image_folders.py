@@ -1,0 +1,171 @@
+"""Image folders: one subfolder of images per class, named by the class, or train/ and test/ folders of those.
+
+Images are read through Pillow and must all have one size. Images in subfolders of a class folder belong
+to that class (as in Keras's image_dataset_from_directory; links to folders below a class folder are not
+followed). The test split's classes are matched to the training split's by name: a test class that
+training lacks is refused, a subset keeps training's indices. Folders beside train/ and test/ are ignored
+with a one-line warning on stderr; `cnnlab data info` lists them and counts the images found in subfolders.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import UserError
+
+from .formats import RawSplit, _is_os_level, notice, one_line, os_error, shorten
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "test")
+
+
+def list_dir(folder: Path) -> list[Path]:
+    """A folder's entries, sorted, hidden ones (".name") left out; OS errors become UserErrors."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise os_error(folder, exc) from None
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the real path `inner` is `outer` or lies below it."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def class_images(class_dir: Path, root: Path) -> tuple[list[Path], int]:
+    """The image files of one class folder of `root`, its subfolders' included; and how many lie in subfolders.
+
+    Sorted folder by folder, depth first; hidden names skipped; links to folders below the class folder not
+    followed; a class folder that links to `root` or above it is not descended into (it would hold the
+    dataset itself). An entry named like an image is taken for one, even a folder (reading it says so)."""
+    files, nested = [], 0
+    descend = not _contains(os.path.realpath(class_dir), os.path.realpath(root))
+    pending = [(class_dir, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        subfolders = []
+        for entry in list_dir(folder):
+            if entry.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(entry)
+                nested += depth > 0
+            elif descend and not entry.is_symlink() and entry.is_dir():
+                subfolders.append((entry, depth + 1))
+        pending.extend(reversed(subfolders))
+    return files, nested
+
+
+def ignored_beside(root: Path) -> str | None:
+    """The one line saying which folders beside `root`'s train/ and test/ are ignored (None when there are none)."""
+    ignored = [p.name for p in list_dir(root) if p.name not in SPLITS and p.is_dir()]
+    if not ignored:
+        return None
+    one = len(ignored) == 1
+    return (f"{root}: ignoring the folder{'' if one else 's'} {shorten(', '.join(ignored))} beside train/ and test/ "
+            f"(only those two are read); move {'it' if one else 'them'} elsewhere to silence this")
+
+
+def _train_classes_beside(folder: Path) -> list[str] | None:
+    """For the test/ folder of a train/ + test/ dataset: the class names of train/ beside it; else None."""
+    train = folder.parent / "train"
+    if folder.name != "test" or not train.is_dir():
+        return None
+    return [p.name for p in list_dir(train) if p.is_dir()] or None
+
+
+def _read_image(file: Path, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": extra lines on stderr, the image still reads
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # this one, though, refuses the image
+            with Image.open(file) as img:
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:  # reading the first frame alone would pass off a part as the whole
+                    raise UserError(f"{file}: animated or multi-page image ({frames} frames); cnnlab reads one image "
+                                    "per file, save each frame you want as its own PNG")
+                if img.mode.split(";")[0] in ("I", "F"):  # Pillow would clip these to 0..255 without a word
+                    depth = "floating-point" if img.mode == "F" else "16-bit" if img.mode.startswith("I;16") else "32-bit"
+                    raise UserError(f"{file}: {depth} image (mode {img.mode}); cnnlab reads 8-bit images and will "
+                                    "not clip these, save it as an 8-bit PNG")
+                return np.asarray(img.convert(mode))
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"{file}: image too large ({one_line(exc)}); cnnlab reads small images, "
+                        "resize it") from None
+    except Exception as exc:  # Pillow's decoders raise many types for a damaged file
+        if _is_os_level(exc):
+            raise os_error(file, exc) from None
+        raise UserError(f"{file}: cannot read image ({one_line(exc)}); replace or remove it") from None
+
+
+def read_image_folder(folder: Path, keep_rgb: bool = False, *, train_classes: list[str] | None = None) -> RawSplit:
+    """One subfolder per class, named by the class; images read through Pillow, all of one size.
+
+    With `train_classes` (by default, for a test/ folder, the classes of the train/ folder beside it) the
+    labels are those classes' indices, matched by name; a class not among them is refused."""
+    class_dirs = [p for p in list_dir(folder) if p.is_dir()]
+    if not class_dirs:
+        raise UserError(f"{folder}: no class subfolders (expected one folder of images per class)")
+    names = [p.name for p in class_dirs]
+    beside = train_classes is None  # the test/ folder of a train/ + test/ dataset: match train/'s classes
+    if beside:
+        train_classes = _train_classes_beside(folder)
+        beside = train_classes is not None
+    if train_classes is not None:
+        index = {name: i for i, name in enumerate(train_classes)}
+        unknown = next((name for name in names if name not in index), None)
+        if unknown is not None:
+            raise UserError(f"{folder / unknown}: test class {shorten(unknown)!r} is not a training class (training "
+                            f"has {shorten(', '.join(train_classes))}); classes are matched by name: rename the folder "
+                            "to a training class or remove it")
+        class_ids, names = [index[name] for name in names], list(train_classes)
+    else:
+        class_ids = list(range(len(names)))
+    images, labels, first_shape, first_file = [], [], None, None
+    mode = "RGB" if keep_rgb else "L"
+    for label, class_dir in zip(class_ids, class_dirs):
+        files, _ = class_images(class_dir, folder)
+        if not files:
+            raise UserError(f"{class_dir}: class folder has no images (PNG or JPEG); add some or remove the folder")
+        for file in files:
+            array = _read_image(file, mode)
+            if first_shape is None:
+                first_shape, first_file = array.shape, file
+            elif array.shape != first_shape:
+                raise UserError(f"{file}: image size {array.shape[1]}x{array.shape[0]} differs from "
+                                f"{first_file.name}'s {first_shape[1]}x{first_shape[0]}; mixed image sizes "
+                                "are not supported, resize them to one size")
+            images.append(array)
+            labels.append(label)
+    stacked = np.stack(images)
+    if stacked.ndim == 3:
+        stacked = stacked[:, None]
+    else:
+        stacked = stacked.transpose(0, 3, 1, 2)
+    ignored = ignored_beside(folder.parent) if beside else None
+    if ignored:  # said once the test split has been read, so a refusal stays the only line
+        notice(ignored)
+    return RawSplit(np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64), class_names=names)
+
+
+def image_folder_notes(path: Path) -> list[str]:
+    """What `cnnlab data info` says of an image-folder dataset beyond counts: folders ignored beside train/
+    and test/, and how many images were found in subfolders of class folders."""
+    from .idx import find_idx_pair
+
+    if not path.is_dir() or find_idx_pair(path, "train"):
+        return []
+    notes, splits = [], [path]
+    if set(SPLITS) <= {p.name for p in list_dir(path) if p.is_dir()}:
+        splits = [path / name for name in SPLITS]
+        notes.append(ignored_beside(path))
+    nested = sum(class_images(c, split)[1] for split in splits for c in list_dir(split) if c.is_dir())
+    if nested:
+        notes.append(f"{nested} image{'s' * (nested != 1)} in subfolders of class folders included")
+    return [note for note in notes if note]
