@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from cnnlab.data import load_dataset, parse_classes
-from cnnlab.data import formats
+from cnnlab.data import common, formats
 from cnnlab.errors import UserError
 
 from conftest import make_images, write_csv, write_idx_folder, write_image_folder
@@ -281,7 +281,7 @@ def test_npz_member_claiming_absurd_size_is_refused(tmp_path):
 
 def test_array_larger_than_memory_is_refused(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", images=X, labels=Y)
-    monkeypatch.setattr(formats, "memory_bytes", lambda: 100)
+    monkeypatch.setattr(common, "memory_bytes", lambda: 100)
     refused(tmp_path / "d.npz", "more than this machine's memory")
 
 

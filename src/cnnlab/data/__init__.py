@@ -16,8 +16,9 @@ import torch
 from cnnlab.errors import UserError
 
 from .builtin import BUILTIN, load_builtin
-from .formats import (RawSplit, find_idx_pair, list_dir, os_error, read_csv, read_idx_folder, read_image_folder,
-                      read_npy, read_npz)
+from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
+                      read_image_folder, read_npy, read_npz)
+from .common import notice
 
 __all__ = ["Split", "Dataset", "Splits", "load_dataset", "load_unlabeled", "train_val_split",
            "parse_classes", "BUILTIN", "known_datasets"]
@@ -87,14 +88,15 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
 
 
-def _read_path(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
+def _read_path(path: Path, keep_rgb: bool, train_classes: list[str] | None = None) -> tuple[RawSplit, RawSplit | None]:
+    """The split(s) a path holds; train_classes: it is a test split, whose class folders match training's by name."""
     try:
-        return _read_path_unguarded(path, keep_rgb)
+        return _read_path_unguarded(path, keep_rgb, train_classes)
     except OSError as exc:  # anything the readers did not turn into a UserError themselves
         raise os_error(path, exc) from None
 
 
-def _read_path_unguarded(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit | None]:
+def _read_path_unguarded(path: Path, keep_rgb: bool, train_classes: list[str] | None) -> tuple[RawSplit, RawSplit | None]:
     if path.is_symlink() and not path.exists():
         raise UserError(f"{path}: broken symbolic link or link loop; point it at the dataset")
     if not path.exists():
@@ -107,8 +109,13 @@ def _read_path_unguarded(path: Path, keep_rgb: bool) -> tuple[RawSplit, RawSplit
             return read_idx_folder(path)
         subdirs = {p.name for p in list_dir(path) if p.is_dir()}
         if {"train", "test"} <= subdirs:
-            return read_image_folder(path / "train", keep_rgb), read_image_folder(path / "test", keep_rgb)
-        return read_image_folder(path, keep_rgb), None
+            train = read_image_folder(path / "train", keep_rgb)
+            test = read_image_folder(path / "test", keep_rgb, train_classes=train.class_names)  # matched by name
+            ignored = ignored_beside(path)
+            if ignored:  # said once both splits were read, so a refusal stays the only line
+                notice(ignored)
+            return train, test
+        return read_image_folder(path, keep_rgb, train_classes=train_classes), None
     if suffix == ".npz":
         return read_npz(path)
     if suffix == ".npy":
@@ -179,7 +186,7 @@ def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | N
         raise UserError(f"unknown dataset {data!r}; built-in datasets are {', '.join(known_datasets())}, "
                         "or give a path to an IDX folder, .npz, .npy, .csv or image folder")
     if test_data is not None:
-        raw_test, _ = _read_path(Path(test_data).expanduser(), keep_rgb)
+        raw_test, _ = _read_path(Path(test_data).expanduser(), keep_rgb, raw_train.class_names)
     return assemble(raw_train, raw_test, name=name, source=source, class_names=names, verified=verified,
                     classes=classes, keep_rgb=keep_rgb, test_source=str(test_data) if test_data is not None else None)
 

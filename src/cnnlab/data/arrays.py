@@ -8,7 +8,7 @@ import torch
 from cnnlab.errors import UserError
 
 from . import assemble
-from .formats import RawSplit, validate_arrays
+from .common import RawSplit, validate_arrays
 
 
 def _numpy(value, what: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 
-from .formats import RawSplit, one_line, os_error
+from .common import RawSplit, one_line, os_error
 from .idx import idx_file, read_idx_split
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import (GZIP_MAGIC, RawSplit, _human, gunzip, gzip_check, memory_bytes, one_line, os_error, shorten,
+from .common import (GZIP_MAGIC, RawSplit, human_size, gunzip, gzip_check, memory_bytes, one_line, os_error, shorten,
                       validate_arrays)
 
 HEADER_LIMIT = 1 << 26  # bytes of the first line read for the header check (64 MiB: some 7 million columns)
@@ -169,7 +169,7 @@ def _read_checked(path: Path) -> bytes:
             raise
         raw = gunzip(packed, path)
         if len(raw) > memory_bytes():
-            raise UserError(f"{path}: decompresses to more than this machine's memory ({_human(memory_bytes())}); "
+            raise UserError(f"{path}: decompresses to more than this machine's memory ({human_size(memory_bytes())}); "
                             "split it or use a machine with more memory")
     _check_first_row(raw, len(first), path)
     return raw

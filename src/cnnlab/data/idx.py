@@ -16,7 +16,7 @@ import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import (GZIP_MAGIC, RawSplit, check_claim, gunzip, gzip_check, one_line, os_error, read_file,
+from .common import (GZIP_MAGIC, RawSplit, check_claim, gunzip, gzip_check, one_line, os_error, read_file,
                       validate_arrays)
 
 IDX_IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions

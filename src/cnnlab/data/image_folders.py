@@ -17,7 +17,7 @@ import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import RawSplit, _is_os_level, notice, one_line, os_error, shorten
+from .common import RawSplit, is_os_level, notice, one_line, os_error, shorten
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "test")
@@ -68,14 +68,6 @@ def ignored_beside(root: Path) -> str | None:
             f"(only those two are read); move {'it' if one else 'them'} elsewhere to silence this")
 
 
-def _train_classes_beside(folder: Path) -> list[str] | None:
-    """For the test/ folder of a train/ + test/ dataset: the class names of train/ beside it; else None."""
-    train = folder.parent / "train"
-    if folder.name != "test" or not train.is_dir():
-        return None
-    return [p.name for p in list_dir(train) if p.is_dir()] or None
-
-
 def _read_image(file: Path, mode: str) -> np.ndarray:
     from PIL import Image
 
@@ -99,7 +91,7 @@ def _read_image(file: Path, mode: str) -> np.ndarray:
         raise UserError(f"{file}: image too large ({one_line(exc)}); cnnlab reads small images, "
                         "resize it") from None
     except Exception as exc:  # Pillow's decoders raise many types for a damaged file
-        if _is_os_level(exc):
+        if is_os_level(exc):
             raise os_error(file, exc) from None
         raise UserError(f"{file}: cannot read image ({one_line(exc)}); replace or remove it") from None
 
@@ -107,16 +99,12 @@ def _read_image(file: Path, mode: str) -> np.ndarray:
 def read_image_folder(folder: Path, keep_rgb: bool = False, *, train_classes: list[str] | None = None) -> RawSplit:
     """One subfolder per class, named by the class; images read through Pillow, all of one size.
 
-    With `train_classes` (by default, for a test/ folder, the classes of the train/ folder beside it) the
-    labels are those classes' indices, matched by name; a class not among them is refused."""
+    With `train_classes` (the test/ split of a train/ + test/ dataset) the labels are those classes' indices,
+    matched by name; a class not among them is refused."""
     class_dirs = [p for p in list_dir(folder) if p.is_dir()]
     if not class_dirs:
         raise UserError(f"{folder}: no class subfolders (expected one folder of images per class)")
     names = [p.name for p in class_dirs]
-    beside = train_classes is None  # the test/ folder of a train/ + test/ dataset: match train/'s classes
-    if beside:
-        train_classes = _train_classes_beside(folder)
-        beside = train_classes is not None
     if train_classes is not None:
         index = {name: i for i, name in enumerate(train_classes)}
         unknown = next((name for name in names if name not in index), None)
@@ -148,9 +136,6 @@ def read_image_folder(folder: Path, keep_rgb: bool = False, *, train_classes: li
         stacked = stacked[:, None]
     else:
         stacked = stacked.transpose(0, 3, 1, 2)
-    ignored = ignored_beside(folder.parent) if beside else None
-    if ignored:  # said once the test split has been read, so a refusal stays the only line
-        notice(ignored)
     return RawSplit(np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64), class_names=names)
 
 

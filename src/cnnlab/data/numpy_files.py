@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnlab.errors import UserError
 
-from .formats import (_DECODE_ERRORS, RawSplit, _is_os_level, check_claim, one_line, os_error, shorten,
+from .common import (DECODE_ERRORS, RawSplit, is_os_level, check_claim, one_line, os_error, shorten,
                       validate_arrays)
 
 
@@ -25,8 +25,8 @@ def check_npy_header(fp, source: str, available: int) -> None:
         version = np.lib.format.read_magic(fp)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = reader(fp)
-    except _DECODE_ERRORS as exc:
-        if _is_os_level(exc):
+    except DECODE_ERRORS as exc:
+        if is_os_level(exc):
             raise os_error(source, exc) from None
         raise UserError(f"{source}: not a valid NPY array ({one_line(exc)}); save it with numpy.save") from None
     if dtype.hasobject:
@@ -55,8 +55,8 @@ def _npz_member(path: Path, archive, key: str) -> np.ndarray:
         value = archive[key]
     except UserError:
         raise
-    except _DECODE_ERRORS as exc:  # damaged member inside a valid zip
-        if _is_os_level(exc):
+    except DECODE_ERRORS as exc:  # damaged member inside a valid zip
+        if is_os_level(exc):
             raise os_error(path, exc) from None
         raise UserError(f"{source}: cannot read array ({one_line(exc)}); the file is damaged, save it again") from None
     if not isinstance(value, np.ndarray):
@@ -96,8 +96,8 @@ def read_npz(path: Path) -> tuple[RawSplit, RawSplit | None]:
         fp.seek(0)
         try:
             archive = np.load(fp, allow_pickle=False)
-        except _DECODE_ERRORS as exc:  # numpy and zipfile raise several types for a damaged zip
-            if _is_os_level(exc):
+        except DECODE_ERRORS as exc:  # numpy and zipfile raise several types for a damaged zip
+            if is_os_level(exc):
                 raise os_error(path, exc) from None
             raise UserError(f"{path}: cannot read as NPZ ({one_line(exc)}); save it with numpy.savez") from None
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -139,8 +139,8 @@ def load_npy(path: Path) -> np.ndarray:
             return np.load(fp, allow_pickle=False)
     except UserError:
         raise
-    except _DECODE_ERRORS as exc:
-        if _is_os_level(exc):
+    except DECODE_ERRORS as exc:
+        if is_os_level(exc):
             raise os_error(path, exc) from None
         raise UserError(f"{path}: cannot read as NPY ({one_line(exc)}); save it with numpy.save") from None
 
