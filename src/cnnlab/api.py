@@ -46,12 +46,26 @@ from cnnlab.studies import run_study
 # ------------------------------------------------------------------ configuration and data
 
 
-def make_config(model: str | None = None, data=None, config: str | Path | dict | TrainConfig | None = None,
+class _Default:
+    """The default of an argument left out, told apart from an explicit None."""
+
+    def __repr__(self) -> str:
+        return "default"
+
+
+DEFAULT = _Default()
+
+
+def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfig | None = None,
                 params: str | Path | None = None, **options) -> tuple[TrainConfig, object]:
     """(TrainConfig, in-memory Dataset or None) from the layers a user gives."""
     if isinstance(config, TrainConfig):
         config = config.to_dict()
     base = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+    if model is None and not (base.get("model") or base.get("recipe") or options.get("recipe") or params):
+        raise UserError("model: None names no model; give a name (see cnnlab.models.list_models()), a model in "
+                        "config or a recipe, or leave the argument out for the default (tuned-cnn)")
+    model = None if model is DEFAULT else model
     dataset = None
     if data is not None and not isinstance(data, (str, Path)):
         dataset = dataset_from(data, options.get("classes") if "classes" in options else base.get("classes"))
@@ -204,7 +218,7 @@ def load_run(path: str | Path) -> Run:
     return Run(path)
 
 
-def train(model: str | None = None, data=None, *, config=None, params=None, out: str | Path = "runs",
+def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path = "runs",
           resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
@@ -232,12 +246,13 @@ def train(model: str | None = None, data=None, *, config=None, params=None, out:
         return Run(run.path)
 
 
-def resume_setting(resume, *, model=None, data=None, config=None, params=None, epochs=None, device=None, **options):
+def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None, epochs=None, device=None, **options):
     """(RunDir, config, dataset) to continue a run; refuses settings a resume cannot change."""
     run = RunDir(resume)
     if not run.file(runs.CONFIG).is_file():
         raise UserError(f"{resume}: not a cnnlab run directory (no config.json); nothing to resume")
-    changed = [k for k, v in {"model": model, "config": config, "params": params, **options}.items() if v is not None]
+    changed = [k for k, v in {"model": None if model is DEFAULT else model, "config": config, "params": params,
+                              **options}.items() if v is not None]
     if changed:
         raise UserError(f"resume continues the stored configuration; only epochs and device may change "
                         f"(got {', '.join(changed)})")
@@ -271,7 +286,7 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
-    cfg, dataset = make_config(names[0] if names else None, data, config, params, **options)
+    cfg, dataset = make_config(names[0] if names else DEFAULT, data, config, params, **options)
     group = Grouped(mlflow, Path(out), f"study {Path(out).name}", {"models": ",".join(names), "repeats": repeats,
                                                                     **{k: v for k, v in cfg.to_dict().items() if k != "model"}})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)

@@ -10,13 +10,19 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from cnnlab import api, torchrun
 from cnnlab.errors import UserError
 from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.text import visible
 from cnnlab.version import __version__
+
+def escape(text) -> str:
+    """What the console prints of users' text: rich markup and control characters shown literally."""
+    return rich_escape(visible(text))
+
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train, compare, tune and ensemble CNNs on small grayscale image datasets.")
@@ -251,7 +257,7 @@ def train_cmd(
     target = resume
     with torchrun.session(options.get("device") or "auto") as dist:
         try:
-            run = api.train(model, out=out, resume=resume, quiet=quiet, **options)
+            run = api.train(api.DEFAULT if model is None else model, out=out, resume=resume, quiet=quiet, **options)
         except KeyboardInterrupt:
             target = target or _newest_run(out)
             _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
@@ -503,7 +509,7 @@ def main() -> None:
     try:
         result = app(standalone_mode=False)
     except UserError as exc:
-        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        print(f"cnnlab: error: {visible(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)

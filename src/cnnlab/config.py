@@ -18,6 +18,7 @@ from cnnlab.errors import UserError
 from cnnlab.models import model_info
 from cnnlab.runs import read_json
 
+MAX_SEED = 2**32 - 1
 EVAL_BATCH_SIZE = 1024  # images per forward pass when evaluating or predicting (no gradients kept)
 PLATEAU = "plateau"  # the report's ReduceLROnPlateau; the other schedules are functions of the step
 LR_SCHEDULES = (PLATEAU, "constant", "one-cycle", "cosine", "linear")
@@ -88,6 +89,9 @@ class TrainConfig:
             _at_least(key, getattr(self, key), 1, "a positive integer")
         for key in ("lr_patience", "early_stopping", "checkpoint_every", "crop_padding", "split_seed", "seed"):
             _at_least(key, getattr(self, key), 0, "0 or more")
+        for key in ("split_seed", "seed"):  # 32 bits: what scikit-learn's and numpy's generators take
+            if getattr(self, key) > MAX_SEED:
+                raise UserError(f"{key}: must be an integer from 0 to {MAX_SEED} (32 bits), got {shorten(repr(getattr(self, key)))}")
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 1, "a positive integer")
         _in_range("lr", self.lr, 0, 10, low_open=True)
@@ -194,6 +198,11 @@ def check_types(config: TrainConfig) -> None:
             raise UserError(f"{f.name}: must be {wanted}, got {value!r} ({_type_name(type(value))})")
         if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
             setattr(config, f.name, float(value))
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """A value as a message quotes it: cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _at_least(key: str, value, low: int, wanted: str) -> None:

@@ -182,9 +182,18 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
         qualified = sum(m["val_accuracy"] >= threshold for m in done)
         if qualified >= members:
             break
-        claimed = claim_attempts(directory, candidates, min(group, members - qualified))
+        # members another process is training count toward the target: start none beyond what it still needs
+        running = [RunDir(member_dir(directory, a)) for a in candidates
+                   if RunDir(member_dir(directory, a)).status() == runs.RUNNING]
+        wanted = members - qualified - len(running)
+        claimed = claim_attempts(directory, candidates, min(group, wanted)) if wanted > 0 else []
         if not claimed:
-            break
+            if not running:
+                break
+            say(f"{len(running)} member(s) in training by another process; waiting for {running[0].path.name}")
+            running[0].wait_own()  # it finished (counted next round) or its process died (resumed here)
+            running[0].release()
+            continue
         try:
             whole, singles, fresh = resumable_groups(directory, claimed)
             jobs = [(g, True) for g in whole] + [([s], True) for s in singles]

@@ -46,10 +46,9 @@ def _plot(run: RunDir, mistakes: bool) -> list[Path]:
     names = meta["class_names"]
     name = meta["spec"]["name"]
     out = [plots.accuracy_loss_plot(run.history(), name, run.file(FIGURES["curves"]))]
-    try:
-        metrics = evaluate_run(run_dir, "val")
-    except UserError:
+    if not run.has_logits("val"):
         return out  # trained without a validation split (val_fraction = 0)
+    metrics = evaluate_run(run_dir, "val")
     out.append(plots.confusion_plot(metrics["confusion_matrix"], names, run.file(FIGURES["confusion"]),
                                     f"{name}: validation confusion matrix"))
     if mistakes:

@@ -13,9 +13,13 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from cnnlab.runs import atomic_target  # noqa: E402
+from cnnlab.text import visible  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
+    for text in fig.findobj(matplotlib.text.Text):  # every label, title and tick: control characters shown, not obeyed
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text.get_text()):
+            text.set_text(visible(text.get_text()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as tmp:

@@ -19,6 +19,7 @@ from cnnlab.evaluation import evaluate_run, history, validation_images
 from cnnlab.metrics import softmax
 from cnnlab.models import create_architecture, keras_shape, summarize
 from cnnlab.runs import RunDir
+from cnnlab.text import visible
 
 
 @dataclass
@@ -154,7 +155,10 @@ def median_run(group: Group) -> Run:
 
 def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
     """The comparison across models first (as the tables), then each model's confusion matrices and mistakes."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise runs.os_error(folder, exc) from None
     order = sorted(groups, key=lambda g: -statistics.fmean(r.val["accuracy"] for r in g.runs))
     accuracy = {g.label: {"val": [r.val["accuracy"] for r in g.runs],
                           "test": [r.test["accuracy"] for r in g.runs if r.test]} for g in order}
@@ -244,18 +248,23 @@ padding:4px 0}details{margin:.5em 0}"""
 
 
 def html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><caption>{html.escape(title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = "".join(f"<th>{_html(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><caption>{_html(title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 MD_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
 
 
+def _html(text, quote: bool = True) -> str:
+    """Text as HTML shows it literally, control characters as visible escapes."""
+    return html.escape(visible(text), quote=quote)
+
+
 def _md(text) -> str:
     """Text as Markdown shows it literally: raw HTML escaped (Markdown would render it), markup characters
     backslashed, so a class named '<script>' or '*bold*' prints as itself, as in the HTML report."""
-    return MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
+    return MD_SPECIAL.sub(r"\\\1", _html(text, quote=False))
 
 
 def _md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
@@ -280,21 +289,21 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     if varying:
         setup.append(f"Runs of different settings are reported as separate groups; they differ in: {', '.join(varying)}")
 
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><h2>Setup</h2><ul>"]
-    parts += [f"<li>{html.escape(line)}</li>" for line in setup]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_html(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{_html(title)}</h1><h2>Setup</h2><ul>"]
+    parts += [f"<li>{_html(line)}</li>" for line in setup]
     parts.append("</ul><h2>Results</h2>")
     parts += [html_table(t, h, r) for t, (h, r) in main_tables.items()]
     parts.append("<h2>Figures</h2>")
     for caption, path in figs:
         data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(f"<figure><img alt='{_html(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{_html(caption)}</figcaption></figure>")
     parts.append("<h2>Models</h2>")
     for t, (h, r) in summaries.items():
-        parts.append(f"<details><summary>{html.escape(t)}</summary>{html_table(t, h, r)}</details>")
+        parts.append(f"<details><summary>{_html(t)}</summary>{html_table(t, h, r)}</details>")
     relative = ", ".join(os.path.relpath(r.path, output.parent.resolve()) for r in loaded)
-    parts.append(f"<p>Run directories (relative to this report): {html.escape(relative)}</p></body></html>")
+    parts.append(f"<p>Run directories (relative to this report): {_html(relative)}</p></body></html>")
     runs.write_text(output, "".join(parts))
 
     md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]

@@ -111,6 +111,10 @@ def read_json(path: str | Path) -> dict:
         raise UserError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); the file was edited or damaged") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; give a flat object of settings") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's int_max_str_digits)
+        raise UserError(f"{path}: not usable JSON ({str(exc)[:120]}); give settings of ordinary size") from None
     except OSError as exc:
         raise os_error(path, exc) from None
     if not isinstance(data, dict):
@@ -395,7 +399,13 @@ class RunDir:
         meta = read_json(self.file(MODEL))
         if not meta.get("ensemble"):
             keys["spec"] = dict
-        return _checked(meta, self.file(MODEL), keys)
+        meta = _checked(meta, self.file(MODEL), keys)
+        counts = {len(meta["class_names"]), len(meta["class_ids"]), meta["num_classes"],
+                  meta.get("spec", {}).get("num_classes", meta["num_classes"])}
+        if len(counts) > 1:
+            raise UserError(f"{self.file(MODEL)}: its class count, class names and model spec disagree; "
+                            "the file was edited or copied from another run: retrain the run or restore the file")
+        return meta
 
     def history(self) -> list[dict]:
         if not self.file(HISTORY).is_file():
@@ -420,6 +430,10 @@ class RunDir:
         if damaged:
             raise UserError(f"{self.file(LOGITS)}: the stored {split} logits or labels are inconsistent; the file was "
                             "edited or damaged (retrain the run, or rerun `cnnlab ensemble combine` for an ensemble)")
+        if self.file(MODEL).is_file() and logits.shape[1] != self.read_model_meta()["num_classes"]:
+            raise UserError(f"{self.path}: {MODEL} says {self.read_model_meta()['num_classes']} classes but the stored "
+                            f"{split} logits have {logits.shape[1]}; {MODEL} was edited or copied from another run: "
+                            "retrain the run or restore the file")
         return logits.float().numpy(), labels.numpy()
 
     def has_logits(self, split: str) -> bool:

@@ -246,6 +246,10 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) 
     if counts.min() < 2 or round(len(labels) * val_fraction) < dataset.num_classes:
         raise UserError(f"{dataset.source}: too few images ({len(labels)}, smallest class {counts.min()}) for a "
                         f"stratified {val_fraction:.0%} validation split")
+    if len(labels) - round(len(labels) * val_fraction) < dataset.num_classes:
+        raise UserError(f"val_fraction {val_fraction:g} leaves {len(labels) - round(len(labels) * val_fraction)} of "
+                        f"{len(labels)} images for training, fewer than the {dataset.num_classes} classes; "
+                        "lower val_fraction (the report used 0.2)")
     train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction, random_state=seed,
                                           stratify=labels)
     train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))

@@ -1,0 +1,146 @@
+"""Hostile inputs, second round (issue 22): each case ends in one clear line, or is handled correctly and
+says what was done. The data readers' cases are in test_data_hostile.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab.errors import UserError
+from cnnlab.runs import RunDir
+
+from conftest import write_image_folder, write_npz_dataset
+
+FAST = dict(model="cnn1", epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return write_npz_dataset(tmp_path_factory.mktemp("data") / "small.npz", 120, 30)
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: "), err
+    return lines[0]
+
+
+def test_train_none_names_no_model(npz, tmp_path):
+    with pytest.raises(UserError, match="model: None names no model"):
+        cnnlab.train(None, data=str(npz), out=tmp_path, **{k: v for k, v in FAST.items() if k != "model"})
+    assert not any(tmp_path.iterdir())
+    cfg, _ = cnnlab.api.make_config(data=str(npz))  # left out: the default model, as before
+    assert cfg.model == "tuned-cnn"
+    cfg, _ = cnnlab.api.make_config(None, data=str(npz), recipe="modern")  # None with a recipe naming one
+    assert cfg.model == "resnet9"
+
+
+def test_a_validation_split_that_leaves_no_training_images(npz, tmp_path, cli):
+    code, _, err = cli("train", "cnn1", "--data", npz, "--val-fraction", "0.999", "--out", tmp_path, "--device", "cpu")
+    assert code == 2 and "val_fraction 0.999 leaves" in one_line(err) and "lower val_fraction" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_seed_beyond_32_bits(npz, tmp_path, cli):
+    code, _, err = cli("train", "cnn1", "--data", npz, "--seed", str(2**70), "--out", tmp_path)
+    assert code == 2 and "seed: must be an integer from 0 to 4294967295" in one_line(err)
+
+
+@pytest.mark.parametrize("content", ['{"params": ' + "[" * 5000 + "]" * 5000 + "}",
+                                     '{"params": {"epochs": ' + "9" * 5000 + "}}"])
+def test_absurd_params_files(npz, tmp_path, cli, content):
+    params = tmp_path / "p.json"
+    params.write_text(content)
+    code, _, err = cli("train", "cnn1", "--data", npz, "--params", params, "--out", tmp_path / "o")
+    assert code == 2 and str(params) in one_line(err) and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_report_into_a_read_only_folder(npz, tmp_path, cli, read_only_folder):
+    run = cnnlab.train(data=str(npz), out=tmp_path / "runs", **FAST)
+    code, _, err = cli("report", run.path, "-o", read_only_folder / "report.html")
+    assert code == 2 and "read-only file system" in one_line(err)
+
+
+def test_a_model_json_from_another_run_is_refused_by_every_reader(tmp_path, cli):
+    three = write_npz_dataset(tmp_path / "three.npz", 120, 30, classes=3)
+    four = write_npz_dataset(tmp_path / "four.npz", 120, 30, classes=4)
+    a = cnnlab.train(data=str(three), out=tmp_path / "a", **FAST)
+    b = cnnlab.train(data=str(four), out=tmp_path / "b", **FAST)
+    (a.path / "model.json").write_bytes((b.path / "model.json").read_bytes())
+    for command in (["evaluate", a.path], ["evaluate", a.path, "--split", "test"], ["plot", a.path]):
+        code, _, err = cli(*command)
+        assert code == 2 and "model.json" in one_line(err), command
+
+
+def test_control_characters_in_names_are_shown_not_obeyed(tmp_path, cli):
+    root = write_image_folder(tmp_path / "imgs", n_per_class=10, classes=("cat\r# injected", "dog\x07", "owl"))
+    run = cnnlab.train(data=str(root), out=tmp_path / "runs", **FAST)
+    code, _, err = cli("report", run.path, "-o", tmp_path / "report.html")
+    assert code == 0, err
+    md = (tmp_path / "report.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    for text in (md, html):
+        assert "\r" not in text and "\x07" not in text
+        assert "cat\\r# injected" in text.replace("\\\\", "\\").replace("\\#", "#")
+    assert not any(line.startswith("# injected") for line in md.splitlines())
+    code, out, _ = cli("data", "info", root)
+    assert "\r" not in out and "\x07" not in out and "dog\\x07" in out
+
+
+def test_csv_outputs_quote_what_needs_quoting(tmp_path):
+    from cnnlab.runs import read_csv_rows, write_csv
+
+    rows = [{"name": 'a,"b"\nc', "value": 1}]
+    write_csv(tmp_path / "t.csv", rows)
+    assert read_csv_rows(tmp_path / "t.csv") == [{"name": 'a,"b"\nc', "value": "1"}]
+
+
+def test_a_second_ensemble_process_starts_no_member_beyond_the_target(npz, tmp_path):
+    """Member 1 is held by 'another process' (its owner lock, taken here): an ensemble of 2 trains member 0,
+    then waits for member 1 instead of starting member 2; once the lock is free it trains member 1."""
+    out = tmp_path / "e"
+    held = RunDir(out / "members" / "member-001")
+    taken = threading.Event()
+    said: list[str] = []
+
+    def release_when_member_0_is_done():  # a thread of its own holds the lock, as another process would
+        assert held.try_own()
+        taken.set()
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "members" / "member-000" / "model.json").is_file():
+            time.sleep(0.05)
+        time.sleep(3.0)  # the ensemble decides what to start next within milliseconds
+        held.release()
+
+    releaser = threading.Thread(target=release_when_member_0_is_done)
+    releaser.start()
+    taken.wait(10)
+    try:
+        manifest = cnnlab.ensemble("cnn1", 2, 0.0, data=str(npz), out=out, say=said.append,
+                                   **{k: v for k, v in FAST.items() if k != "model"})
+    finally:
+        releaser.join()
+    assert not (out / "members" / "member-002").exists(), said
+    assert manifest["qualified"] == 2 and manifest["attempts"] == 2
+    assert any("in training by another process" in s for s in said)
