@@ -487,6 +487,44 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Train, compare, tune and ensemble CNNs on small grayscale image datasets."""
 
 
+def _show_flags_as_flags(*typers: typer.Typer) -> None:
+    """typer's --help lists a flag as `--quiet <bool>`, as if it took a value: with an empty metavar it reads
+    `--quiet` (and `--augment  --no-augment`). Only the help changes; the flags are spelled as before."""
+    for group in typers:
+        if not group.info.cls or group.info.cls is typer.core.TyperGroup:  # unset: a falsy placeholder
+            group.info.cls = _FlagHelpGroup
+        callbacks = [group.registered_callback.callback] if group.registered_callback else []
+        for command in group.registered_commands:
+            if not command.cls or command.cls is typer.core.TyperCommand:
+                command.cls = _FlagHelpCommand
+            callbacks.append(command.callback)
+        for fn in filter(None, callbacks):
+            for p in inspect.signature(fn).parameters.values():
+                if isinstance(p.default, typer.models.OptionInfo) and p.annotation in (bool, Optional[bool]) \
+                        and p.default.metavar is None:
+                    p.default.metavar = ""
+
+
+def _flag_help_option(get_help_option):
+    def help_option(self, ctx):
+        option = get_help_option(self, ctx)
+        if option is not None:
+            option.metavar = ""  # --help, not --help <bool>
+        return option
+    return help_option
+
+
+class _FlagHelpCommand(typer.core.TyperCommand):
+    get_help_option = _flag_help_option(typer.core.TyperCommand.get_help_option)
+
+
+class _FlagHelpGroup(typer.core.TyperGroup):
+    get_help_option = _flag_help_option(typer.core.TyperGroup.get_help_option)
+
+
+_show_flags_as_flags(app, data_app)
+
+
 def _usage_error_line(exc: Exception) -> str | None:
     """One line for click's usage errors (bad flag, bad value, unknown command), which are otherwise a box."""
     if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
