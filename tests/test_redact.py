@@ -7,7 +7,6 @@ import re
 import string
 from urllib.parse import quote, quote_plus, unquote
 
-import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -116,11 +115,11 @@ def test_urls_quoted_in_text_are_masked_even_when_not_named():
     assert mask_secrets(text) == "mlflow: could not reach http://me:***@tracking:5000/?token=*** (refused)"
 
 
-@pytest.mark.parametrize("url", ["http://host:5000/path?user=a@b", "http://host:5000?next=a:b@c",
-                                 "sqlite:////tmp/cnnlab/mlflow.db", "file:///tmp/mlruns", "postgresql://u@host/db",
-                                 "postgresql://host/db?sslmode=require&authSource=admin", "databricks"])
-def test_urls_without_credentials_are_unchanged(url):
-    assert mask_url(url) == url and mask_secrets(f"at {url}.", url) == f"at {url}."
+def test_urls_without_credentials_are_unchanged():
+    for url in ("http://host:5000?next=a:b@c", "http://host:5000/path?user=a@b", "sqlite:////tmp/cnnlab/mlflow.db",
+                "file:///tmp/mlruns", "postgresql://u@host/db", "postgresql://host/db?sslmode=require&authSource=admin",
+                "databricks"):
+        assert mask_url(url) == url and mask_secrets(f"at {url}.", url) == f"at {url}.", url
 
 
 def test_secret_keys():
