@@ -3,19 +3,28 @@
 import functools
 import inspect
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from cnnlab import api, torchrun
+from cnnlab.data import BUILTIN, load_dataset, pixel_stats, train_val_split
+from cnnlab.data.image_folders import image_folder_notes
 from cnnlab.errors import UserError
-from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.models import (REPORT_STUDY_MODELS, count_parameters, create_architecture, keras_shape, list_models,
+                           model_info, summarize)
+from cnnlab.plots import preview_grid
+from cnnlab.report import build_report
+from cnnlab.runs import write_json
+from cnnlab.submissions import predict_run
 from cnnlab.text import visible
 from cnnlab.version import __version__
 
@@ -44,11 +53,6 @@ def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
               val_fraction: float = typer.Option(0.2, help="Share of the training pool held out for validation."),
               split_seed: int = typer.Option(0, help="Seed of the stratified train/validation split.")) -> None:
     """Images per split and per class, image shape, pixel mean/std."""
-    import torch
-
-    from cnnlab.data import BUILTIN, load_dataset, pixel_stats, train_val_split
-    from cnnlab.data.image_folders import image_folder_notes
-
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     splits = train_val_split(ds, val_fraction, split_seed)
     mean, std = pixel_stats(ds.train.images)
@@ -83,9 +87,6 @@ def data_preview(dataset: str = DatasetArg,
                  data_dir: Optional[Path] = DataDirOpt, classes: Optional[str] = ClassesOpt,
                  keep_rgb: bool = KeepRgbOpt, seed: int = typer.Option(0, help="Which examples to draw.")) -> None:
     """Write a PNG grid with a row of examples per class."""
-    from cnnlab.data import load_dataset
-    from cnnlab.plots import preview_grid
-
     if output.suffix.lower() != ".png":
         raise UserError(f"-o {output}: the preview is a PNG; give a file name ending in .png")
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
@@ -98,8 +99,6 @@ def models_cmd(num_classes: int = typer.Option(10, "--num-classes", min=2,
                                               help="Classes to count parameters at (the report used 5).")) -> None:
     """Every registered model: parameters (1 input channel; learnable and frozen weights, not BatchNorm's running
     statistics, which `cnnlab summary` adds as Keras does), default input size, description."""
-    from cnnlab.models import count_parameters, create_architecture, list_models, model_info
-
     table = Table()
     table.add_column("model", no_wrap=True, min_width=max(map(len, list_models())))  # names are what users copy
     for col, justify in (("parameters", "right"), ("trainable", "right"), ("input", "right"), ("description", "left")):
@@ -121,8 +120,6 @@ def summary_cmd(model: str = typer.Argument(..., help="Model name (see `cnnlab m
                 channels_first: bool = typer.Option(False, "--channels-first",
                                                     help="Show shapes as (None, C, H, W) instead of Keras's (None, H, W, C).")) -> None:
     """The layer table in the report's form: layer, output shape, parameters, then the totals."""
-    from cnnlab.models import create_architecture, keras_shape, summarize
-
     net = create_architecture(model, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
     result = summarize(net, (in_chans, image_size, image_size), depth=depth)
     table = Table(title=f"{model} ({num_classes} classes, input {in_chans}x{image_size}x{image_size})")
@@ -287,8 +284,6 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
                  split: str = typer.Option("val", "--split", help="val (the 20% holdout) or test (the official test split)."),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
     """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
-    from cnnlab.runs import write_json
-
     m = api.evaluate(run_dir, split)
     console.print(f"[bold]{split}[/bold] accuracy {m['accuracy']:.4f}  loss {m.get('loss', float('nan')):.4f}  "
                   f"macro F1 {m['macro_f1']:.4f}")
@@ -317,8 +312,6 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble dire
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
                 device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
     """Write a Kaggle-style submission: id and predicted label per image (ids as in the input, else 1-based)."""
-    from cnnlab.submissions import predict_run
-
     result = predict_run(run_dir, input, output, device)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
                   highlight=False)
@@ -417,8 +410,6 @@ def report_cmd(directories: list[Path] = typer.Argument(..., help="Run, study or
                output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file; a .md is written beside it."),
                title: str = typer.Option("cnnlab study report", "--title", help="Heading of the report.")) -> None:
     """Rebuild the study report from run directories alone (no training): HTML with embedded images, and Markdown."""
-    from cnnlab.report import build_report
-
     html_path, md_path = build_report(directories, output, title)
     console.print(escape(f"report: {html_path.resolve()} (Markdown: {md_path.resolve()})"), highlight=False)
 
@@ -487,6 +478,44 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Train, compare, tune and ensemble CNNs on small grayscale image datasets."""
 
 
+def _show_flags_as_flags(*typers: typer.Typer) -> None:
+    """typer's --help lists a flag as `--quiet <bool>`, as if it took a value: with an empty metavar it reads
+    `--quiet` (and `--augment  --no-augment`). Only the help changes; the flags are spelled as before."""
+    for group in typers:
+        if not group.info.cls or group.info.cls is typer.core.TyperGroup:  # unset: a falsy placeholder
+            group.info.cls = _FlagHelpGroup
+        callbacks = [group.registered_callback.callback] if group.registered_callback else []
+        for command in group.registered_commands:
+            if not command.cls or command.cls is typer.core.TyperCommand:
+                command.cls = _FlagHelpCommand
+            callbacks.append(command.callback)
+        for fn in filter(None, callbacks):
+            for p in inspect.signature(fn).parameters.values():
+                if isinstance(p.default, typer.models.OptionInfo) and p.annotation in (bool, Optional[bool]) \
+                        and p.default.metavar is None:
+                    p.default.metavar = ""
+
+
+def _flag_help_option(get_help_option):
+    def help_option(self, ctx):
+        option = get_help_option(self, ctx)
+        if option is not None:
+            option.metavar = ""  # --help, not --help <bool>
+        return option
+    return help_option
+
+
+class _FlagHelpCommand(typer.core.TyperCommand):
+    get_help_option = _flag_help_option(typer.core.TyperCommand.get_help_option)
+
+
+class _FlagHelpGroup(typer.core.TyperGroup):
+    get_help_option = _flag_help_option(typer.core.TyperGroup.get_help_option)
+
+
+_show_flags_as_flags(app, data_app)
+
+
 def _usage_error_line(exc: Exception) -> str | None:
     """One line for click's usage errors (bad flag, bad value, unknown command), which are otherwise a box."""
     if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
@@ -503,8 +532,6 @@ def _terminate(signum, frame) -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    import signal
-
     signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)

@@ -32,6 +32,8 @@ class ConsoleProgress(Callback):
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console()
         self.live = (self.console.is_terminal or self.console.is_jupyter) and not quiet
+        # a pipe, `| tee` or a CI log: one whole line per epoch, however long, never wrapped at 80 columns
+        self.soft_wrap = not (self.console.is_terminal or self.console.is_jupyter)
         self.quiet = quiet
         self.progress: Progress | None = None
         self.epoch_seconds: list[float] = []
@@ -47,8 +49,9 @@ class ConsoleProgress(Callback):
         test = len(setup.test) if setup.test is not None else 0
         self.console.print(f"[bold]{escape(ctx.config.model)}[/bold]{members} on {escape(setup.dataset.name)} "
                            f"({len(setup.train)} train / {val} val / {test} test), {trainable:,} trainable params, "
-                           f"{escape(device_name(setup.device))}, {setup.precision}")
-        self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False)
+                           f"{escape(device_name(setup.device))}, {setup.precision}", soft_wrap=self.soft_wrap)
+        self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False,
+                           soft_wrap=self.soft_wrap)
 
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None:
         self._t0 = self._last = time.perf_counter()
@@ -81,5 +84,5 @@ class ConsoleProgress(Callback):
             self.progress.stop()
             self.progress = None
         if not self.quiet:
-            self.console.print(_epoch_line(rows[0], self.epochs), highlight=False)
+            self.console.print(_epoch_line(rows[0], self.epochs), highlight=False, soft_wrap=self.soft_wrap)
 

@@ -130,15 +130,17 @@ def open_storage(storage: str | None, directory: Path):
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password masked (postgresql://user:***@host/db), for every message and file."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """A database URL with its credentials masked (postgresql://user:***@host/db?password=***), for every message and file."""
+    from cnnlab.redact import mask_url as mask
+
+    return mask(url)
 
 
 def hide_secret(text: str, url: str) -> str:
-    """`text` with the URL's password (if any) masked wherever a library repeated it."""
-    match = re.search(r"://[^/:@]*:([^@/]*)@", url)
-    text = text.replace(url, mask_url(url))
-    return text.replace(match.group(1), "***") if match and match.group(1) else text
+    """`text` with the URL and its credentials masked wherever a library repeated them (decoded ones included)."""
+    from cnnlab.redact import mask_secrets
+
+    return mask_secrets(text, url)
 
 
 def quiet_optuna_warnings() -> None:

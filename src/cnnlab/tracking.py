@@ -12,13 +12,28 @@ extras (`pip install 'cnnlab[tracking]'`); without them the flag fails in one li
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
+import os
+import socket
+import ssl
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import matplotlib
+from sklearn.metrics import ConfusionMatrixDisplay
 
 from cnnlab.callbacks import Callback
 from cnnlab.errors import UserError
+from cnnlab.redact import mask_secrets, mask_url
+from cnnlab.runs import RunDir
+
+matplotlib.use("Agg")  # figures for the logs only; no display needed
 
 EPOCH_SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
                  "val_accuracy": "accuracy/val", "lr": "learning_rate"}
@@ -50,13 +65,6 @@ def epoch_values(row: dict, train_images: int | None = None) -> dict[str, float]
 
 def confusion_figure(run_dir: Path, split: str = "val"):
     """scikit-learn's ConfusionMatrixDisplay of a finished run's stored logits (None without that split)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from cnnlab.runs import RunDir
-
     run = RunDir(run_dir)
     try:
         logits, labels = run.logits(split)
@@ -119,6 +127,11 @@ class MLflow(Callback):
 
     def __init__(self, uri: str | None = None, experiment: str = "cnnlab", parent_run_id: str | None = None):
         _require("mlflow", "mlflow")
+        quiet_libraries()
+        if uri:
+            check_store(uri)  # a store MLflow cannot use fails here, in one line, before anything is written
+            if mask_url(uri) != uri:  # MLflow prints "View run ... at: URI" with the URI's credentials in clear
+                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.run_ids: list[str] = []
 
@@ -126,7 +139,8 @@ class MLflow(Callback):
         from mlflow.tracking import MlflowClient
 
         self.uri = self.uri or default_store(near)
-        return MlflowClient(tracking_uri=self.uri)
+        with store_errors(self.uri):
+            return MlflowClient(tracking_uri=self.uri)
 
     def start(self, client, name: str, config: dict) -> str:
         experiment = client.get_experiment_by_name(self.experiment)
@@ -141,21 +155,24 @@ class MLflow(Callback):
 
     def on_train_start(self, ctx) -> None:
         self._client = self.client(ctx.run_dirs[0].path.parent)
-        self.run_ids = [self.start(self._client, run.path.name, config)
-                        for run, config in zip(ctx.run_dirs, member_configs(ctx))]
+        with store_errors(self.uri):
+            self.run_ids = [self.start(self._client, run.path.name, config)
+                            for run, config in zip(ctx.run_dirs, member_configs(ctx))]
         self.train_images = len(ctx.setup.train)
 
     def on_epoch_end(self, ctx, rows: list[dict]) -> None:
         from mlflow.entities import Metric
 
-        for run_id, row in zip(self.run_ids, rows):
-            stamp = now_ms()
-            self._client.log_batch(run_id, metrics=[Metric(k, v, stamp, row["epoch"])
-                                                    for k, v in epoch_values(row, self.train_images).items()])
+        with store_errors(self.uri):
+            for run_id, row in zip(self.run_ids, rows):
+                stamp = now_ms()
+                self._client.log_batch(run_id, metrics=[Metric(k, v, stamp, row["epoch"])
+                                                        for k, v in epoch_values(row, self.train_images).items()])
 
     def on_train_end(self, ctx, results: list[dict]) -> None:
-        for run_id, run, metrics in zip(self.run_ids, ctx.run_dirs, results):
-            finish_mlflow_run(self._client, run_id, run.path, metrics)
+        with store_errors(self.uri):
+            for run_id, run, metrics in zip(self.run_ids, ctx.run_dirs, results):
+                finish_mlflow_run(self._client, run_id, run.path, metrics)
 
 
 def now_ms() -> int:
@@ -191,14 +208,13 @@ def log_run_dir(tracker: MLflow, run_dir: Path) -> str:
     """Log a finished run directory (trained elsewhere, e.g. by a Ray task) as if it had been watched."""
     from mlflow.entities import Metric
 
-    from cnnlab.runs import RunDir
-
     run = RunDir(run_dir)
     client = tracker.client(Path(run_dir).parent)
-    run_id = tracker.start(client, run.path.name, run.read_config())
-    for row in run.history():
-        client.log_batch(run_id, metrics=[Metric(k, v, now_ms(), int(row["epoch"])) for k, v in epoch_values(row).items()])
-    finish_mlflow_run(client, run_id, run.path, run.read_metrics())
+    with store_errors(tracker.uri):
+        run_id = tracker.start(client, run.path.name, run.read_config())
+        for row in run.history():
+            client.log_batch(run_id, metrics=[Metric(k, v, now_ms(), int(row["epoch"])) for k, v in epoch_values(row).items()])
+        finish_mlflow_run(client, run_id, run.path, run.read_metrics())
     return run_id
 
 
@@ -206,4 +222,116 @@ def parent_run(uri: str | None, near: Path, name: str, params: dict, experiment:
     """(client, run id) of a parent run grouping a study's, ensemble's or search's runs."""
     tracker = MLflow(uri, experiment)
     client = tracker.client(near)
-    return client, tracker.start(client, name, params)
+    with store_errors(tracker.uri):
+        return client, tracker.start(client, name, params)
+
+
+# ------------------------------------------------------------------ the tracking store, checked and quiet
+
+STORE_TIMEOUT = 3.0  # seconds a tracking server or database gets to answer before training starts
+DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+NOISY_LOGGERS = ("mlflow", "alembic", "urllib3", "sqlalchemy", "huey", "git", "botocore", "azure", "google")
+_checked: set[str] = set()
+
+
+def quiet_libraries() -> None:
+    """MLflow's, Alembic's, urllib3's (...) INFO lines are about those libraries, not about training: warnings
+    and errors only (MLFLOW_LOGGING_LEVEL, when set, still rules MLflow's own)."""
+    for name in NOISY_LOGGERS:
+        if name == "mlflow" and os.environ.get("MLFLOW_LOGGING_LEVEL"):
+            continue
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def _setting(uri: str) -> str:
+    return f"--mlflow-uri {mask_url(uri)}"
+
+
+def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
+    """Fail in one line (the URI masked) where MLflow could not use the tracking store: a file store (MLflow 3
+    refuses it), a SQLite file in a missing folder, a server or database nobody answers at (checked with a
+    connection of at most `timeout` seconds, instead of MLflow's retries for about two minutes)."""
+    if uri in _checked:
+        return
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise UserError(f"{_setting(uri)}: not a valid URI ({mask_secrets(str(exc), uri)})") from None
+    scheme = parts.scheme.lower().split("+")[0]
+    if uri.strip().lower() in ("databricks", "databricks-uc", "uc"):
+        pass  # hosted stores, configured by their own profiles
+    elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (C:\... on Windows): MLflow's old file store
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
+            folder = Path(parts.path if scheme == "file" else uri).expanduser()
+            raise UserError(f"{_setting(uri)}: MLflow 3 no longer writes to a file store (mlruns folder); use a "
+                            f"database, e.g. --mlflow-uri sqlite:///{folder.parent.resolve() / 'mlflow.db'} (or --mlflow "
+                            f"for one beside the output), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store")
+    elif scheme == "sqlite":
+        path = uri.partition("://")[2].split("?", 1)[0][1:]  # sqlite:///relative or sqlite:////absolute
+        folder = Path(path).expanduser().parent if path and path != ":memory:" else None
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{_setting(uri)}: the folder {folder} does not exist; create it or give another path")
+    elif scheme in ("http", "https"):
+        _check_server(uri, parts, timeout)
+    elif scheme in DATABASE_PORTS and parts.hostname:
+        _check_port(uri, parts.hostname, port or DATABASE_PORTS[scheme], timeout)
+    _checked.add(uri)
+
+
+def _check_server(uri: str, parts, timeout: float) -> None:
+    """One request of MLflow's REST API, bounded by `timeout`: fails where nobody answers or where what answers is
+    not an MLflow tracking server. Credentials are not sent (they are MLflow's business), so 401 and 403 pass."""
+    host = parts.netloc.rpartition("@")[2]
+    url = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cnnlab"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return
+        try:
+            mlflow_error = "error_code" in json.loads(exc.read(65536) or b"{}")
+        except (ValueError, OSError):
+            mlflow_error = False
+        if exc.code == 404 and mlflow_error:  # RESOURCE_DOES_NOT_EXIST: an MLflow server without that experiment yet
+            return
+        raise UserError(f"{_setting(uri)}: what answers there does not answer as an MLflow tracking server (HTTP "
+                        f"{exc.code} for {parts.path.rstrip('/')}/api/2.0/mlflow/...); correct the URI") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered; certificates are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS, ...)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            reason = f"no answer within {timeout:g} s"
+        raise UserError(f"{_setting(uri)}: no MLflow server answers there ({mask_secrets(str(reason), uri)}); "
+                        f"start one (mlflow server --host HOST --port PORT) or correct the URI") from None
+
+
+def _check_port(uri: str, host: str, port: int, timeout: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise UserError(f"{_setting(uri)}: the database does not answer at {host}:{port} ({mask_secrets(str(reason), uri)}); "
+                        f"start it or correct the URI") from None
+
+
+_STORE_LIBRARIES = ("mlflow", "requests", "urllib3", "sqlalchemy", "alembic", "psycopg", "psycopg2", "pymysql")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str | None):
+    """An MLflow store failing mid-way (server gone, database refused) as one line with the URI masked,
+    rather than a traceback quoting the URI with its credentials."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _STORE_LIBRARIES):
+            raise  # a bug: keep the traceback
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{_setting(uri or '')}: {mask_secrets(text, *([uri] if uri else []))}") from None
