@@ -130,8 +130,9 @@ class Grouped:
 
             values = [Metric(k, float(v), tracking.now_ms(), 0) for k, v in metrics.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            self.client.log_batch(self.run_id, metrics=values)
-            self.client.set_terminated(self.run_id)
+            with tracking.store_errors(self.uri):  # a store failing at the very end: one masked line
+                self.client.log_batch(self.run_id, metrics=values)
+                self.client.set_terminated(self.run_id)
 
 
 def _progress(progress: bool, quiet: bool = False):
