@@ -144,3 +144,72 @@ def test_a_second_ensemble_process_starts_no_member_beyond_the_target(npz, tmp_p
     assert not (out / "members" / "member-002").exists(), said
     assert manifest["qualified"] == 2 and manifest["attempts"] == 2
     assert any("in training by another process" in s for s in said)
+
+
+# ------------------------------------------------------------------ the data changed under a run
+
+
+def changed_copy(path: Path) -> None:
+    """The same shape, other pixels: what a replaced data file of the same size looks like."""
+    data = dict(np.load(path))
+    data["x_train"] = (255 - data["x_train"]).astype(np.uint8)
+    np.savez(path, **data)
+
+
+def interrupted_run(data: Path, out: Path) -> Path:
+    from conftest import interrupt_at
+
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(data), out=out, callbacks=[interrupt_at(2)], **{**FAST, "epochs": 3})
+    (run,) = out.iterdir()
+    return run
+
+
+def test_resume_refuses_data_that_changed(tmp_path, cli):
+    data = write_npz_dataset(tmp_path / "d.npz", 120, 30)
+    run = interrupted_run(data, tmp_path / "runs")
+    changed_copy(data)
+    code, _, err = cli("train", "--resume", run)
+    assert code == 2 and "the data differs from what it was trained on (d.npz changed content" in one_line(err)
+    assert cnnlab.runs.RunDir(run).status() == "interrupted"  # nothing of the run was touched
+
+
+def test_runs_from_before_fingerprints_resume_with_a_warning(tmp_path, capsys):
+    data = write_npz_dataset(tmp_path / "d.npz", 120, 30)
+    run = interrupted_run(data, tmp_path / "runs")
+    env = json.loads((run / "env.json").read_text())
+    del env["data_files"]
+    (run / "env.json").write_text(json.dumps(env))
+    capsys.readouterr()
+    resumed = cnnlab.train(resume=run, progress=False)
+    err = capsys.readouterr().err
+    assert resumed.metrics["epochs_done"] == 3
+    assert "its data cannot be checked" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ensemble_and_study_continuations_refuse_changed_data(tmp_path):
+    data = write_npz_dataset(tmp_path / "d.npz", 120, 30)
+    options = {k: v for k, v in FAST.items() if k != "model"}
+    cnnlab.ensemble("cnn1", 1, 0.0, data=str(data), out=tmp_path / "e", say=lambda s: None, **options)
+    cnnlab.study("cnn1", 1, str(data), out=tmp_path / "s", report=False, say=lambda s: None, **options)
+    changed_copy(data)
+    with pytest.raises(UserError, match="continuing the ensemble .* the data differs"):
+        cnnlab.ensemble("cnn1", 2, 0.0, data=str(data), out=tmp_path / "e", say=lambda s: None, **options)
+    with pytest.raises(UserError, match="continuing the study .* the data differs"):
+        cnnlab.study("cnn1", 2, str(data), out=tmp_path / "s", report=False, say=lambda s: None, **options)
+
+
+def test_huge_files_are_fingerprinted_by_size_and_ends(tmp_path, monkeypatch):
+    from cnnlab.data import fingerprint
+
+    monkeypatch.setattr(fingerprint, "WHOLE_LIMIT", 1000)
+    monkeypatch.setattr(fingerprint, "END_BYTES", 100)
+    path = tmp_path / "big.npz"
+    path.write_bytes(bytes(5000))
+    before = fingerprint.files_fingerprint(str(path))
+    path.write_bytes(bytes(2500) + b"x" + bytes(2499))  # the middle: not read
+    fingerprint._digest.cache_clear()
+    assert fingerprint.what_changed(before, fingerprint.files_fingerprint(str(path))) is None
+    path.write_bytes(bytes(4999) + b"x")  # the last bytes: read
+    fingerprint._digest.cache_clear()
+    assert "changed content" in fingerprint.what_changed(before, fingerprint.files_fingerprint(str(path)))

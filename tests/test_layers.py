@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     # the bottom: errors, the run directory and group directories, models, configuration, data, devices
     "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.runs", "cnnlab.groups", "cnnlab.models", "cnnlab.config",
-    "cnnlab.data", "cnnlab.data.prepared", "cnnlab.device",
+    "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
     # small pure leaves
     "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
     "cnnlab.augment", "cnnlab.augment_modern",

@@ -22,6 +22,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.config import TrainConfig, differing_settings, require_validation
+from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.device import resolve_device
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
@@ -112,9 +113,12 @@ def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict
         if diff:
             raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
                             "use another output folder or the same options")
+        require_same_files(stored.get("data_files"), config.data, config.data_dir, f"continuing the ensemble in {directory}")
         return stored
 
-    return ensemble_dir(directory).fix_settings({"train": config.to_dict(), **settings}, agree)
+    files = files_fingerprint(config.data, config.data_dir)
+    wanted = {"train": config.to_dict(), **settings, **({"data_files": files} if files is not None else {})}
+    return ensemble_dir(directory).fix_settings(wanted, agree)
 
 
 # ------------------------------------------------------------------ training and combining

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cnnlab import runs
 from cnnlab.config import TrainConfig, build_config, differing_settings, require_validation
+from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
 from cnnlab.engine import fit
@@ -47,14 +48,15 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) 
     return jobs
 
 
-def merge_settings(directory: Path):
-    """A rerun must use the same training options; it may add models and repeats."""
+def merge_settings(directory: Path, config: TrainConfig):
+    """A rerun must use the same training options and data files; it may add models and repeats."""
     def merge(stored: dict, wanted: dict) -> dict:
         diff = differing_settings({k: v for k, v in stored.get("train", {}).items() if k != "model"},
                                   {k: v for k, v in wanted["train"].items() if k != "model"})
         if diff:
             raise UserError(f"{directory}: holds a study with other training options ({', '.join(diff)}); "
                             "use another output folder or the same options")
+        require_same_files(stored.get("data_files"), config.data, config.data_dir, f"continuing the study in {directory}")
         return {**wanted, "models": list(dict.fromkeys(stored.get("models", []) + wanted["models"])),
                 "repeats": max(stored.get("repeats", 0), wanted["repeats"])}
     return merge
@@ -92,8 +94,10 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     require_validation(config, "the study", "its report compares models on the validation split too")
     jobs = plan(config, models, repeats, directory)
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
-    study_dir(directory).fix_settings({"models": models, "repeats": repeats, "train": config.to_dict()},
-                                      merge_settings(directory))
+    files = files_fingerprint(config.data, config.data_dir)
+    study_dir(directory).fix_settings({"models": models, "repeats": repeats, "train": config.to_dict(),
+                                       **({"data_files": files} if files is not None else {})},
+                                      merge_settings(directory, config))
     if ray:
         run_on_ray(jobs, say, dataset, ray_address)
         return [run.path for _, run in jobs]

@@ -16,8 +16,8 @@ from cnnlab.config import TrainConfig
 from cnnlab.errors import UserError
 
 from . import Dataset, Split, load_dataset, train_val_split
+from .fingerprint import MEMORY_PREFIX  # config.data of a run trained on in-memory arrays
 
-MEMORY_PREFIX = "memory:"  # config.data of a run trained on in-memory arrays
 
 
 def to_input(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -14,6 +14,7 @@ from cnnlab import runs
 from cnnlab.callbacks import Callback, Checkpoint, EarlyStopping
 from cnnlab.config import PLATEAU, TrainConfig
 from cnnlab.data import Dataset
+from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.device import device_name, environment, synchronize
 from cnnlab.errors import UserError
 from cnnlab.models import count_parameters
@@ -121,9 +122,14 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     ctx = Context(setup, run_dirs, callbacks)
     stored = None
     if resume:
+        require_same_files(run_dirs[0].read_env().get("data_files"), setup.config.data, setup.config.data_dir,
+                           f"resuming {run_dirs[0]}")
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
     else:
         env = environment(setup.device)
+        files = files_fingerprint(setup.config.data, setup.config.data_dir)
+        if files is not None:
+            env["data_files"] = files
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.clear()
             run_dir.write_start(cfg.to_dict(), env)
