@@ -213,3 +213,14 @@ def test_huge_files_are_fingerprinted_by_size_and_ends(tmp_path, monkeypatch):
     path.write_bytes(bytes(4999) + b"x")  # the last bytes: read
     fingerprint._digest.cache_clear()
     assert "changed content" in fingerprint.what_changed(before, fingerprint.files_fingerprint(str(path)))
+
+
+def test_tensorboard_dir_that_is_a_file(npz, tmp_path, cli):
+    pytest.importorskip("torch.utils.tensorboard")
+    target = tmp_path / "events"
+    target.write_text("not a folder")
+    for where in (target, target / "sub"):
+        code, _, err = cli("train", "cnn1", "--data", npz, "--tensorboard-dir", where, "--out", tmp_path / "o",
+                           "--epochs", "1", "--device", "cpu")
+        assert code == 2 and "is a file, not a folder" in one_line(err)
+    assert not (tmp_path / "o").exists()

@@ -85,6 +85,10 @@ class TensorBoard(Callback):
         self.log_dir = Path(log_dir) if log_dir else None
         self.writers = []
         _require("torch.utils.tensorboard", "tensorboard")
+        existing = next((p for p in [self.log_dir, *self.log_dir.parents] if p.exists()), None) if self.log_dir else None
+        if existing is not None and not existing.is_dir():  # checked before any run directory is made
+            raise UserError(f"--tensorboard-dir {self.log_dir}: {existing} is a file, not a folder; "
+                            "give a folder for the event files")
 
     def on_train_start(self, ctx) -> None:
         from torch.utils.tensorboard import SummaryWriter
