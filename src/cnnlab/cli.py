@@ -147,6 +147,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "data": (Optional[str], typer.Option(None, "--data", help="Dataset: fashion-mnist (default), mnist, or a path.")),
     "data_dir": (Optional[str], typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files.")),
     "classes": (Optional[str], typer.Option(None, "--classes", help="Keep these classes, e.g. 0,1,2,3,4.")),
+    "train_images": (Optional[int], typer.Option(None, "--train-images", help="Train on a stratified subset of this "
+                                                 "many images (default: all).")),
     "val_fraction": (Optional[float], typer.Option(None, "--val-fraction", help="Validation share of the training pool "
                                                   "(report: 0.2; 0 trains on all of it with a fixed schedule).")),
     "epochs": (Optional[int], typer.Option(None, "--epochs", help="Epochs per run (report: 40).")),

@@ -39,6 +39,7 @@ class TrainConfig:
     data_dir: str | None = None  # where built-in datasets live
     classes: str | None = None  # e.g. "0,1,2,3,4" for the report's 5 classes
     val_fraction: float = 0.2  # the report's 80/20 split; 0 trains on the whole pool (no validation)
+    train_images: int | None = None  # train on a stratified subset of this many images (the demo); None = all
     split_seed: int = 0  # fixed, so runs with different seeds share one validation set
     epochs: int = 40  # report: 40
     batch_size: int = 128  # report: 128
@@ -94,6 +95,8 @@ class TrainConfig:
                 raise UserError(f"{key}: must be an integer from 0 to {MAX_SEED} (32 bits), got {shorten(repr(getattr(self, key)))}")
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 1, "a positive integer")
+        if self.train_images is not None:
+            _at_least("train_images", self.train_images, 1, "a positive integer")
         _in_range("lr", self.lr, 0, 10, low_open=True)
         _in_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
         _in_range("lr_factor", self.lr_factor, 0, 1, low_open=True, high_open=True)

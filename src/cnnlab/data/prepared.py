@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import UserError
@@ -89,9 +91,22 @@ def training_splits(config: TrainConfig, dataset: Dataset) -> tuple[Split, Split
     else:
         splits = train_val_split(dataset, config.val_fraction, config.split_seed)
         train, val = splits.train, splits.val
+    if config.train_images is not None and config.train_images < len(train.images):
+        train = stratified_subset(dataset, train, config.train_images, config.split_seed)
     check_training_data(dataset, train, val)
     test = dataset.test if dataset.test is not None and dataset.test.labels is not None else None
     return train, val, test
+
+
+def stratified_subset(dataset: Dataset, split: Split, size: int, seed: int) -> Split:
+    """`size` images of the split, every class in its share (scikit-learn's stratified split, seeded)."""
+    labels = split.labels.numpy()
+    if size < dataset.num_classes:
+        raise UserError(f"train_images: {size} images cannot hold one of each of the {dataset.num_classes} classes; "
+                        f"use at least {dataset.num_classes}")
+    keep, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=labels)
+    idx = torch.from_numpy(np.sort(keep))
+    return Split(split.images[idx].contiguous(), split.labels[idx])
 
 
 def split_data(config: TrainConfig, dataset: Dataset, device: torch.device):
