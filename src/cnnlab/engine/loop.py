@@ -123,7 +123,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     if resume:
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
     else:
-        env = environment(setup.device)
+        env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason}
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.clear()
             run_dir.write_start(cfg.to_dict(), env)
