@@ -4,7 +4,8 @@
 Steps, each a subprocess with its own time limit (its process group is stopped when the limit is
 reached, so a slow step cannot eat the others' time):
 
-  probe           torch version, CUDA, device name, nvidia-smi -L, cnnlab's models, missing imports
+  probe           torch version, CUDA, device name, nvidia-smi -L, cnnlab's models, missing imports,
+                  the precision "auto" trains in on the card and why
   gpu-tests       python3 -m pytest -m gpu -q -p no:cacheprovider tests/
   bench-eager     python3 bench/run.py --models <sequential CNNs + modern-recipe models when registered> --rounds 1
   bench-compiled  python3 bench/run.py --models M --compile --rounds 1, one process per model, tuned-cnn first
@@ -90,6 +91,13 @@ try:
 except Exception as exc:
     info["models"] = None
     info["models_error"] = repr(exc)
+try:  # what precision = "auto" trains in on this card, and why (cnnlab.device.precision_policy)
+    from cnnlab.device import choose_precision
+    info["precision"], info["precision_reason"] = choose_precision(
+        torch.device("cuda" if torch.cuda.is_available() else "cpu"), "auto")
+except Exception as exc:
+    info["precision"] = None
+    info["precision_error"] = repr(exc)
 print("GPU_CHECK_PROBE " + json.dumps(info))
 """
 
@@ -556,7 +564,9 @@ class Check:
 
     def summary(self) -> str:
         lines = [f"\ngpu-check {'(dry run) ' if self.dry_run else ''}on {self.report['environment'].get('device_name')}: "
-                 f"{time.monotonic() - self.start:.0f} s of {self.budget:.0f}; log {self.log_path}, figures {self.json_path}"]
+                 f"{time.monotonic() - self.start:.0f} s of {self.budget:.0f}; log {self.log_path}, figures {self.json_path}",
+                 f"  precision auto: {self.report['environment'].get('precision')} "
+                 f"({self.report['environment'].get('precision_reason', '')})"]
         for step in self.report["steps"]:
             f = step.get("figures") or {}
             note = ""
@@ -634,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = check.probe()
         check.report["environment"].update(probe)
         check.log("environment: " + json.dumps(check.report["environment"]))
+        check.log(f"precision auto: {probe.get('precision')} ({probe.get('precision_reason') or probe.get('precision_error')})")
         check.save()
         if not probe.get("cuda_available") and not args.dry_run:  # the first look saw CUDA; this one did not
             check.report["result"] = "no CUDA in the probe"

@@ -128,7 +128,7 @@ def test_auto_precision_follows_the_environment(monkeypatch):
     for value in ("fp32", "bf16"):
         monkeypatch.setenv(AUTO_PRECISION_ENV, value)
         assert auto_precision(torch.device("cpu")) == value
-    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp8")
     with pytest.raises(UserError, match="CNNLAB_AUTO_PRECISION"):
         auto_precision(torch.device("cpu"))
 

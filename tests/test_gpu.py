@@ -254,6 +254,37 @@ def test_bf16_channels_last_trains_as_well_as_fp32(tmp_path):
     assert gap <= max(spread, 0.02), f"bf16 {acc['bf16']} vs fp32 {acc['fp32']}: gap {gap:.4f} > spread {spread:.4f}"
 
 
+def test_fp16_resumes_exactly_and_auto_says_why(tmp_path):
+    """fp16 autocast with its gradient scaler on the card: 3 epochs against 2 + --resume (determinism on) are equal
+    bit for bit, the scaler's state in the checkpoint; and env.json of an `auto` run names the policy's choice for
+    this card's compute capability."""
+    from cnnlab.device import AUTO_PRECISION_ENV, cpu_has_native_bf16, precision_policy
+
+    data = write_noisy_dataset(tmp_path / "data.npz", n_train=480, n_test=120, classes=4)
+    common = ["train", "tuned-cnn", "--data", data, "--batch-size", "32", "--seed", "3", "--device", DEVICE, "--quiet"]
+    run_parallel({"whole": cli_command(*common, "--precision", "fp16", "--epochs", "3", "--out", tmp_path / "whole",
+                                       deterministic=True),
+                  "split": cli_command(*common, "--precision", "fp16", "--epochs", "2", "--out", tmp_path / "split",
+                                       deterministic=True),
+                  "auto": cli_command(*common, "--epochs", "1", "--out", tmp_path / "auto")})
+    run_parallel({"resumed": cli_command("train", "--resume", run_dir(tmp_path / "split"), "--epochs", "3", "--device",
+                                         DEVICE, "--quiet", deterministic=True)})
+    from safetensors.torch import load_file
+
+    whole, split = run_dir(tmp_path / "whole"), run_dir(tmp_path / "split")
+    assert json.loads((whole / "metrics.json").read_text())["precision"] == "fp16"
+    wa, wb = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "fp16: resumed weights differ from the uninterrupted run"
+    timing = {"train_seconds", "eval_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in history(whole)] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in history(split)]
+    capability = torch.cuda.get_device_capability() if DEVICE == "cuda" else None
+    expected = precision_policy(DEVICE, capability, cpu_has_native_bf16(), os.environ.get(AUTO_PRECISION_ENV) or None)
+    env = json.loads((run_dir(tmp_path / "auto") / "env.json").read_text())
+    print(f"precision auto on {DEVICE} (capability {capability}): {env['precision']} ({env['precision_reason']})")
+    assert (env["precision"], env["precision_reason"]) == expected
+
+
 # ---------------------------------------------------------------------------------------------- torch.compile
 
 

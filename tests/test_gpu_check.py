@@ -42,6 +42,7 @@ def test_dry_run_writes_log_and_json_with_every_step(tmp_path):
     report = json.loads(figures.read_text())
     assert report["dry_run"] is True and report["result"] == "ok"
     assert report["environment"]["torch"] == torch.__version__
+    assert report["environment"]["precision"] in ("fp32", "bf16") and report["environment"]["precision_reason"]
     steps = {s["name"]: s for s in report["steps"]}
     assert {"gpu-tests", "bench-eager", "bench-compiled", "ensemble", "modern"} <= steps.keys()
     for step in report["steps"]:
@@ -54,6 +55,7 @@ def test_dry_run_writes_log_and_json_with_every_step(tmp_path):
     assert "vote_test_accuracy" in steps["ensemble"]["figures"] or "fused" in steps["ensemble"]["figures"]
     text = log.read_text()
     assert "=== gpu-tests" in text and "=== ensemble" in text
+    assert f"precision auto: {report['environment']['precision']} (" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

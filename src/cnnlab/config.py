@@ -25,7 +25,7 @@ LR_SCHEDULES = (PLATEAU, "constant", "one-cycle", "cosine", "linear")
 CHOICES = {
     "optimizer": ("adam", "sgd", "rmsprop", "adamw"),
     "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16", "fp64"),
+    "precision": ("auto", "fp32", "bf16", "fp16", "fp64"),
     "lr_schedule": LR_SCHEDULES,
     "monitor": ("val_loss", "val_accuracy"),
 }
@@ -68,7 +68,7 @@ class TrainConfig:
     tta: bool = False  # evaluate and predict on the mean of plain and left-right flipped logits
     seed: int = 0  # drives init, shuffling, augmentation and dropout
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 where native, else fp32; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp64 (checks)
+    precision: str = "auto"  # auto (device.precision_policy; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp16 | fp64 (checks)
     compile: bool = False  # torch.compile the model
     sync_batchnorm: bool = False  # torchrun on CUDA: BatchNorm statistics over all processes' batches
     cuda_graphs: bool = False  # CUDA only: capture the whole training step in one CUDA graph (fast, not bit-exact on resume)
@@ -119,6 +119,9 @@ class TrainConfig:
             raise UserError(f"class_weights: a list needs one finite number >= 0 per class, got {self.class_weights!r}")
         if self.cuda_graphs and self.compile:
             raise UserError("cuda_graphs and compile: choose one (each captures the step its own way)")
+        if self.cuda_graphs and self.precision == "fp16":
+            raise UserError("precision fp16: not available with cuda_graphs (the gradient scaler's skipped steps); "
+                            "use bf16 or fp32, or turn cuda_graphs off")
         if self.val_fraction == 0:
             needs = [name for name, on in (("lr_schedule = plateau", self.lr_schedule == PLATEAU),
                                            ("early_stopping", self.early_stopping > 0)) if on]

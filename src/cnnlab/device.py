@@ -17,7 +17,8 @@ import torchvision
 from cnnlab.errors import UserError
 from cnnlab.version import __version__
 
-AUTO_PRECISION_ENV = "CNNLAB_AUTO_PRECISION"  # fp32 or bf16: what precision "auto" means (tests, CI)
+AUTO_PRECISION_ENV = "CNNLAB_AUTO_PRECISION"  # fp32, bf16 or fp16: what precision "auto" means (tests, CI)
+FORCEABLE = ("fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,15 +37,55 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def auto_precision(device: torch.device) -> str:
-    """What `precision = "auto"` resolves to: $CNNLAB_AUTO_PRECISION if set, else bf16 where the
-    hardware does bf16 natively (CUDA; CPUs with AMX/AVX512-BF16), else fp32."""
-    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_native_bf16: bool,
+                     forced: str | None = None) -> tuple[str, str]:
+    """What `precision = "auto"` means, from the hardware's facts alone: (precision, why).
+
+    `forced` ($CNNLAB_AUTO_PRECISION) wins. CUDA: bf16 where the card has it natively (compute
+    capability 8.0 and up), fp16 autocast with a gradient scaler on 7.x (T4, V100: tensor cores, no
+    bf16), fp32 below (6.x, e.g. the report's GTX 1080 Ti: slow fp16). CPU: bf16 with AMX or
+    AVX512-BF16, else fp32."""
     if forced:
-        if forced not in ("fp32", "bf16"):
-            raise UserError(f"${AUTO_PRECISION_ENV}: must be fp32 or bf16, got {forced!r}; unset it for the default")
-        return forced
-    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
+        if forced not in FORCEABLE:
+            raise UserError(f"${AUTO_PRECISION_ENV}: must be {', '.join(FORCEABLE[:-1])} or {FORCEABLE[-1]}, "
+                            f"got {forced!r}; unset it for the default")
+        return forced, f"${AUTO_PRECISION_ENV}={forced}"
+    if device_type == "cuda":
+        if capability is None:
+            return "fp32", "compute capability unknown: fp32"
+        cc = f"compute capability {capability[0]}.{capability[1]}"
+        if tuple(capability) >= (8, 0):
+            return "bf16", f"{cc}: native bf16"
+        if capability[0] == 7:
+            return "fp16", f"{cc}: no native bf16; fp16 autocast with a gradient scaler"
+        return "fp32", f"{cc}: no native bf16 and slow fp16; fp32"
+    if cpu_native_bf16:
+        return "bf16", "CPU with native bf16 (AMX or AVX512-BF16)"
+    return "fp32", "CPU without native bf16 (no AMX or AVX512-BF16): fp32"
+
+
+def choose_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """(resolved precision, why): "auto" by precision_policy with this device's facts, else as set."""
+    if precision != "auto":
+        return precision, f"precision = {precision} (set)"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return precision_policy(device.type, capability, device.type != "cuda" and cpu_has_native_bf16(),
+                            os.environ.get(AUTO_PRECISION_ENV, "").strip() or None)
+
+
+def auto_precision(device: torch.device) -> str:
+    """What `precision = "auto"` resolves to on this device (precision_policy)."""
+    return choose_precision(device, "auto")[0]
+
+
+def without_fp16(precision: str, reason: str, requested: str, who: str) -> tuple[str, str]:
+    """Paths that cannot train in fp16 (fused ensemble groups, CUDA graphs): an fp16 that was set is
+    refused in one line; one that "auto" chose becomes fp32."""
+    if precision != "fp16":
+        return precision, reason
+    if requested != "auto":
+        raise UserError(f"precision fp16: not available for {who}; use bf16 or fp32")
+    return "fp32", f"{reason}; but {who} cannot use fp16: fp32"
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -57,6 +98,8 @@ def autocast_for(device: torch.device, precision: str):
         precision = auto_precision(device)
     if precision == "bf16":
         return precision, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":  # training adds a gradient scaler (engine.setup)
+        return precision, lambda: torch.autocast(device.type, dtype=torch.float16)
     return precision, contextlib.nullcontext  # fp32, or fp64 (model and inputs in float64: exactness checks)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnlab.augment import AugmentSettings
 from cnnlab.data.prepared import load_data, split_data
-from cnnlab.device import autocast_for, float_dtype, resolve_device
+from cnnlab.device import autocast_for, choose_precision, float_dtype, resolve_device, without_fp16
 from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
 from cnnlab.engine.loop import default_callbacks, fit_setup
 from cnnlab.engine.setup import Setup, TrainState, make_plateaus, model_options
@@ -185,7 +185,8 @@ def can_fuse_config(config) -> tuple[bool, str]:
         ("class weights", config.class_weights is not None), ("crop/flip/erasing/mixup/cutmix",
                                                               config.crop_padding or config.hflip or config.erasing
                                                               or config.mixup or config.cutmix),
-        ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs)) if bad]
+        ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs),
+        ("precision fp16 (use bf16 or fp32)", config.precision == "fp16")) if bad]
     return (False, ", ".join(reasons)) if reasons else (True, "")
 
 
@@ -262,7 +263,9 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
     if not ok:
         raise ValueError(f"cannot fuse {config.model}: {why}")
     device = resolve_device(config.device)
-    resolved, autocast = autocast_for(device, precision or config.precision)
+    resolved, reason = without_fp16(*choose_precision(device, precision or config.precision),
+                                    precision or config.precision, "fused ensemble groups")
+    resolved, autocast = autocast_for(device, resolved)
     dataset = load_data(config, dataset)
     train, val, test = split_data(config, dataset, device)
     options = model_options(config, dataset)
@@ -285,6 +288,7 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
                   plateaus=plateaus, lr_holders=holders, augment=AugmentSettings() if config.augment else None,
                   group=group)
     setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
+    setup.precision_reason = reason
     if config.compile:  # one compiled graph for all K members: the fused network is what runs
         setup.step_model = torch.compile(net)
     return setup

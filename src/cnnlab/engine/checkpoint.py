@@ -41,9 +41,11 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def checkpoint_of(model_state: dict, optimizer_state_dict: dict, plateau, generator: torch.Generator,
                   state: dict, config: TrainConfig, precision: str, device: torch.device,
-                  best_weights: dict | None = None, ema_state: dict | None = None) -> tuple[dict, dict]:
+                  best_weights: dict | None = None, ema_state: dict | None = None,
+                  scaler_state: dict | None = None) -> tuple[dict, dict]:
     """One member's checkpoint, in the format a standalone run writes (a fused member's resumes alone too).
-    `state`: the loop's TrainState as a dict, with the callbacks' state merged in."""
+    `state`: the loop's TrainState as a dict, with the callbacks' state merged in; `scaler_state`: fp16's
+    GradScaler.state_dict() (floats and ints, kept in the JSON metadata)."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     opt_tensors, opt_meta = optimizer_tensors(optimizer_state_dict)
     tensors.update(opt_tensors)
@@ -57,6 +59,8 @@ def checkpoint_of(model_state: dict, optimizer_state_dict: dict, plateau, genera
         tensors[f"ema.{key}"] = value
     meta = {"train_state": state, "optimizer": opt_meta, "scheduler": plateau.state_dict(),
             "config": config.to_dict(), "precision": precision}
+    if scaler_state is not None:
+        meta["scaler"] = scaler_state
     return tensors, meta
 
 
@@ -73,8 +77,9 @@ def save_checkpoints(setup: Setup, run_dirs: list[RunDir], best_weights: list[di
     else:
         opt = setup.optimizer.state_dict()
         ema = setup.ema.state_dict() if setup.ema is not None else None
+        scaler = setup.scaler.state_dict() if setup.scaler is not None else None
         parts = [checkpoint_of(setup.model.state_dict(), opt, setup.plateaus[0], setup.generators[0], states[0],
-                               setup.config, setup.precision, setup.device, best_weights[0], ema)]
+                               setup.config, setup.precision, setup.device, best_weights[0], ema, scaler)]
     for run_dir, (tensors, meta) in zip(run_dirs, parts):
         run_dir.save_checkpoint(tensors, meta)
 
@@ -102,6 +107,8 @@ def load_checkpoints(setup: Setup, run_dirs: list[RunDir]) -> tuple[list[dict | 
                     group["lr"] = rate.fill_(float(group["lr"]))
             if setup.ema is not None:
                 setup.ema.load_state_dict(with_prefix(tensors, "ema."))
+            if setup.scaler is not None:
+                setup.scaler.load_state_dict(meta["scaler"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{run_dirs[0].file(runs.CHECKPOINT)}: does not fit this model and configuration "
                         f"({str(exc).splitlines()[0]}); start a new run") from None

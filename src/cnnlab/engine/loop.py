@@ -126,7 +126,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
                            f"resuming {run_dirs[0]}")
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
     else:
-        env = environment(setup.device)
+        env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason}
         files = files_fingerprint(setup.config.data, setup.config.data_dir)
         if files is not None:
             env["data_files"] = files

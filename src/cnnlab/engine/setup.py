@@ -17,7 +17,7 @@ from cnnlab.augment_modern import ModernAugment
 from cnnlab.config import TrainConfig
 from cnnlab.data import Dataset
 from cnnlab.data.prepared import DeviceData, load_data, split_data, to_input
-from cnnlab.device import autocast_for, float_dtype, resolve_device, synchronize
+from cnnlab.device import autocast_for, choose_precision, float_dtype, resolve_device, synchronize, without_fp16
 from cnnlab.ema import ModelEMA
 from cnnlab.errors import UserError
 from cnnlab.models import create_model, model_info
@@ -73,6 +73,8 @@ class Setup:
     feature_cache_seconds: float | None = None
     state: TrainState = field(default_factory=TrainState)
     states: list[TrainState] = field(default_factory=list)  # per member (one member: [state])
+    precision_reason: str = ""  # why this precision (env.json): device.choose_precision
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scaler (its state is in the checkpoint)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -142,7 +144,10 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
     device = resolve_device(config.device)
     if dist_ctx and device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
-    resolved, autocast = autocast_for(device, precision or config.precision)
+    resolved, reason = choose_precision(device, precision or config.precision)
+    if config.cuda_graphs:
+        resolved, reason = without_fp16(resolved, reason, precision or config.precision, "cuda_graphs")
+    resolved, autocast = autocast_for(device, resolved)
     dataset = load_data(config, dataset)
     train, val, test = split_data(config, dataset, device)
     if dist_ctx:
@@ -170,6 +175,9 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
                   lr_holders=holders, augment=AugmentSettings() if config.augment else None,
                   modern=modern_augment(config), class_weights=class_weight_tensor(config, train, dataset.num_classes))
     setup.states = [setup.state]
+    setup.precision_reason = reason
+    if resolved == "fp16":
+        setup.scaler = torch.amp.GradScaler(device.type)
     if getattr(model, "feature_cacheable", False) and setup.augment is None and setup.modern is None:
         cache_features(setup)
     if config.ema:

@@ -112,8 +112,13 @@ def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
         logits = forward(setup, x)
     losses = member_losses(logits, y, setup.config.label_smoothing, setup.class_weights)
     setup.optimizer.zero_grad()
-    losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
-    setup.optimizer.step()
+    if setup.scaler is not None:  # fp16: scale the loss so small gradients survive; a step with inf/nan is skipped
+        setup.scaler.scale(losses.sum()).backward()
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+    else:
+        losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
+        setup.optimizer.step()
     if setup.ema is not None:
         setup.ema.update(setup.model)
     return losses.detach(), logits.detach()
@@ -134,6 +139,8 @@ class GraphedStep:
     def __init__(self, setup: Setup, warmup_steps: int = 3):
         if setup.group is not None:
             raise UserError("cuda_graphs: not available for fused ensemble groups (they use torch.compile)")
+        if setup.scaler is not None:
+            raise UserError("precision fp16: not available with cuda_graphs; use bf16 or fp32, or turn cuda_graphs off")
         self.setup = setup
         self.batch = min(setup.batch_size, len(setup.train))
         model, opt = setup.model, setup.optimizer
@@ -247,7 +254,8 @@ def evaluate(setup: Setup, data: DeviceData) -> tuple[list[float], list[float], 
 
 
 def warm_up(setup: Setup) -> float:
-    """Run the shapes training will see once (compilation, cuDNN autotuning), then undo every effect."""
+    """Run the shapes training will see once (compilation, cuDNN autotuning), then undo every effect.
+    The fp16 gradient scaler is not used here (no optimizer step), so its state stays as it was."""
     cfg = setup.config
     model_state = copy.deepcopy(setup.model.state_dict())
     rng, gens = torch.get_rng_state(), [g.get_state() for g in setup.generators]

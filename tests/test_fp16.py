@@ -1,0 +1,142 @@
+"""fp16 (issue 20.5): what "auto" picks on each kind of card and why, the gradient scaler in the train
+step and the checkpoint (resume stays exact), env.json's record of the choice, the paths that refuse it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab.config import build_config
+from cnnlab.device import AUTO_PRECISION_ENV, auto_precision, precision_policy
+from cnnlab.engine import fit, load_model, predict_logits, prepare, run_autocast
+from cnnlab.errors import UserError
+from cnnlab.runs import RunDir, tensor_metadata
+
+from conftest import interrupt_at, write_npz_dataset
+
+TIMING = {"train_seconds", "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    return write_npz_dataset(tmp_path_factory.mktemp("data") / "small.npz", 480, 90)
+
+
+def config(data, **kw):
+    base = dict(data=str(data), model="cnn1", epochs=3, batch_size=32, device="cpu", precision="fp16", seed=0)
+    return build_config({**base, **kw})
+
+
+def _history(run):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(run / "history.csv"))]
+
+
+# ------------------------------------------------------------------ the policy (a pure function)
+
+
+@pytest.mark.parametrize("capability, precision, words", [
+    ((9, 0), "bf16", "compute capability 9.0: native bf16"),
+    ((8, 0), "bf16", "compute capability 8.0: native bf16"),
+    ((8, 6), "bf16", "native bf16"),
+    ((7, 5), "fp16", "compute capability 7.5: no native bf16; fp16 autocast with a gradient scaler"),
+    ((7, 0), "fp16", "compute capability 7.0: no native bf16; fp16 autocast"),
+    ((6, 1), "fp32", "compute capability 6.1: no native bf16 and slow fp16; fp32"),
+    ((5, 2), "fp32", "compute capability 5.2"),
+])
+def test_cuda_policy_follows_the_compute_capability(capability, precision, words):
+    chosen, reason = precision_policy("cuda", capability, cpu_native_bf16=True)  # the CPU's bf16 does not count
+    assert chosen == precision and words in reason
+
+
+def test_cpu_policy_follows_native_bf16_and_the_override_wins():
+    assert precision_policy("cpu", None, True) == ("bf16", "CPU with native bf16 (AMX or AVX512-BF16)")
+    assert precision_policy("cpu", None, False)[0] == "fp32"
+    for forced in ("fp32", "bf16", "fp16"):
+        assert precision_policy("cuda", (9, 0), True, forced) == (forced, f"${AUTO_PRECISION_ENV}={forced}")
+        assert precision_policy("cpu", None, False, forced)[0] == forced
+    with pytest.raises(UserError, match=f"{AUTO_PRECISION_ENV}: must be fp32, bf16 or fp16, got 'fp8'"):
+        precision_policy("cpu", None, True, "fp8")
+
+
+def test_auto_precision_takes_fp16_from_the_environment(monkeypatch):
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    assert auto_precision(torch.device("cpu")) == "fp16"
+
+
+# ------------------------------------------------------------------ training in fp16
+
+
+def test_fp16_resume_equals_uninterrupted_run(small_npz, tmp_path):
+    cfg = config(small_npz, model="tuned-cnn", epochs=4, augment=True, lr_patience=1)
+    fit(cfg, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "cut", [interrupt_at(3)])
+    scaler = tensor_metadata(tmp_path / "cut" / "checkpoint.safetensors")["scaler"]
+    assert set(scaler) >= {"scale", "_growth_tracker"}
+    fit(cfg, tmp_path / "cut", resume=True)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "full")
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_without_the_scaler_state_is_refused(small_npz, tmp_path):
+    from cnnlab.runs import save_tensors
+
+    cfg = config(small_npz, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "cut", [interrupt_at(2)])
+    path = tmp_path / "cut" / "checkpoint.safetensors"
+    meta = tensor_metadata(path)
+    del meta["scaler"]
+    save_tensors(path, load_file(str(path)), {"cnnlab": json.dumps(meta)})
+    with pytest.raises(UserError, match="does not fit"):
+        fit(cfg, tmp_path / "cut", resume=True)
+
+
+@pytest.mark.precision
+def test_fp16_run_learns_records_why_and_predicts_in_fp16(small_npz, tmp_path):
+    from cnnlab.evaluation import validation_images
+
+    run = tmp_path / "run"
+    metrics = fit(config(small_npz, model="tuned-cnn", epochs=3), run)
+    assert metrics["precision"] == "fp16" and metrics["val_accuracy"] > 0.8  # chance is 1/3
+    env = RunDir(run).read_env()
+    assert env["precision"] == "fp16" and env["precision_reason"] == "precision = fp16 (set)"
+    assert {"torch", "device", "git_commit"} <= env.keys()
+    model, _ = load_model(run)
+    logits = predict_logits(model, torch.from_numpy(validation_images(run)), autocast=run_autocast(run, "cpu"))
+    assert torch.equal(logits, load_file(str(run / "logits.safetensors"))["val_logits"])
+
+
+def test_env_json_says_why_auto_chose_its_precision(small_npz, tmp_path, monkeypatch):
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    setup = prepare(config(small_npz, precision="auto"))
+    assert setup.precision == "fp16" and isinstance(setup.scaler, torch.amp.GradScaler)
+    assert setup.precision_reason == f"${AUTO_PRECISION_ENV}=fp16"
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    fit(config(small_npz, precision="auto", epochs=1), tmp_path / "run")
+    env = RunDir(tmp_path / "run").read_env()
+    assert env["precision"] in ("fp32", "bf16") and env["precision_reason"].startswith("CPU with")
+    assert prepare(config(small_npz, precision="fp32")).scaler is None
+
+
+# ------------------------------------------------------------------ paths without fp16
+
+
+def test_fused_groups_and_cuda_graphs_refuse_fp16(small_npz, tmp_path, monkeypatch):
+    from cnnlab.ensembles import training_path
+    from cnnlab.fused import can_fuse_config, prepare_fused
+
+    ok, why = can_fuse_config(config(small_npz))
+    assert not ok and why == "precision fp16 (use bf16 or fp32)"
+    assert training_path(config(small_npz), fuse=2)[0] == 1  # an fp16 ensemble trains one member after another
+    with pytest.raises(UserError, match="^precision fp16: not available with cuda_graphs"):
+        config(small_npz, cuda_graphs=True)
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")  # "auto" chose fp16: these paths fall back to fp32
+    setup = prepare_fused(config(small_npz, precision="auto"), [0, 1])
+    assert setup.precision == "fp32" and setup.scaler is None
+    assert setup.precision_reason.endswith("fused ensemble groups cannot use fp16: fp32")
