@@ -19,7 +19,7 @@ import pytest
 from cnnlab import runs
 from cnnlab.runs import RunDir
 
-from conftest import make_images, write_npz_dataset
+from conftest import make_images, mounted_tmpfs, write_npz_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -94,14 +94,8 @@ def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tiny,
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs: room for the data and a start, not for a model's checkpoint and weights."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (no permission in this container)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "size=3m") as mount:
+        yield mount
 
 
 def test_a_full_disk_fails_in_one_line_and_resumes_elsewhere(tiny, small_disk, tmp_path):

@@ -4,8 +4,6 @@ says what was done. The data readers' cases are in test_data_hostile.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import cnnlab
 from cnnlab.errors import UserError
 from cnnlab.runs import RunDir
 
-from conftest import write_image_folder, write_npz_dataset
+from conftest import mounted_tmpfs, write_image_folder, write_npz_dataset
 
 FAST = dict(model="cnn1", epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
 
@@ -66,14 +64,8 @@ def test_absurd_params_files(npz, tmp_path, cli, content):
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
+        yield folder
 
 
 def test_report_into_a_read_only_folder(npz, tmp_path, cli, read_only_folder):
