@@ -108,3 +108,61 @@ def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_
     if not np.isfinite(scores).all():
         raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
     return scores
+
+
+def _signature(run_dir: Path) -> tuple:
+    """What a loaded model depends on: model.json and the weights of the run (or of each ensemble member),
+    by mtime and size, so a retrained, resumed or recombined run is loaded again."""
+    paths = [Path(run_dir) / runs.MODEL]
+    meta = RunDir(run_dir).read_model_meta()
+    members = [Path(run_dir) / p for p in meta.get("members", [])] if meta.get("ensemble") else [Path(run_dir)]
+    paths += [m / name for m in members for name in (runs.MODEL, runs.WEIGHTS)]
+    out = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            raise UserError(f"{path}: missing; the run directory changed under this object (retrain or restore it)") \
+                from None
+        out.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
+class Predictor:
+    """Scores of a run or ensemble directory as `run_scores` computes them, with the model(s) loaded once per
+    device and kept until the directory's files change (mtime or size): a single image costs one forward."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._key = None
+        self._loaded = None  # (meta, [(model, autocast, tta)], vote method or None)
+
+    def _load(self, device: torch.device):
+        key = (_signature(self.run_dir), str(device))
+        if key != self._key:
+            meta = RunDir(self.run_dir).require_finished().read_model_meta()
+            dirs = [self.run_dir / p for p in meta["members"]] if meta.get("ensemble") else [self.run_dir]
+            models = []
+            for path in dirs:
+                model, member_meta = load_model(path, device)
+                models.append((model, run_autocast(path, device), member_meta.get("tta", False)))
+            self._loaded, self._key = (meta, models, meta["vote"] if meta.get("ensemble") else None), key
+        return self._loaded
+
+    @property
+    def meta(self) -> dict:
+        return self._load(torch.device("cpu") if self._key is None else torch.device(self._key[1]))[0]
+
+    def model(self, device: str | torch.device = "cpu") -> nn.Module:
+        return self._load(torch.device(device))[1][0][0]
+
+    def scores(self, images: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+        device = torch.device(device)
+        meta, models, method = self._load(device)
+        images = images.to(device)
+        stacked = [predict_logits(model, images, batch_size, autocast, tta=tta).cpu().numpy()
+                   for model, autocast, tta in models]
+        scores = vote(np.stack(stacked), method) if method else stacked[0]
+        if not np.isfinite(scores).all():
+            raise UserError(f"{self.run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
+        return scores
