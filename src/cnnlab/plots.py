@@ -202,6 +202,41 @@ def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def training_curves_plot(curves: dict[str, tuple[list[dict], list[list[dict]]]], path: Path) -> Path:
+    """Per model, training (dashed) and validation (solid) accuracy and loss against epochs: the median run's
+    line, with the range over the repeats shaded. curves: label -> (median run's history, every run's)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (name, (median, every)) in enumerate(curves.items()):
+        color = colors[n % len(colors)]
+        for ax, key, scale in ((axes[0], "accuracy", 100), (axes[1], "loss", 1)):
+            for split, style in (("train", "--"), ("val", "-")):
+                column = f"{split}_{key}"
+                values = {}
+                for history in every:
+                    for row in history:
+                        if row.get(column) not in (None, "", "nan"):
+                            values.setdefault(int(row["epoch"]), []).append(scale * float(row[column]))
+                if not values:
+                    continue
+                epochs = sorted(values)
+                if len(every) > 1:
+                    ax.fill_between(epochs, [min(values[e]) for e in epochs], [max(values[e]) for e in epochs],
+                                    color=color, alpha=0.15, linewidth=0)
+                rows = [r for r in median if r.get(column) not in (None, "", "nan")]
+                ax.plot([int(r["epoch"]) for r in rows], [scale * float(r[column]) for r in rows], style, color=color,
+                        marker="o" if len(rows) < 15 else None, markersize=3,
+                        label=f"{name} {'training' if split == 'train' else 'validation'}")
+    for ax, label in ((axes[0], "accuracy (%)"), (axes[1], "loss")):
+        ax.set_xlabel("epochs")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Training (dashed) and validation (solid), median run; shaded: range over repeats")
+    return _save(fig, path)
+
+
 def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path,
                      title: str) -> Path:
     """Counts and row-normalised confusion matrices (scikit-learn's ConfusionMatrixDisplay) for each split."""
