@@ -206,14 +206,17 @@ class Run:
         return softmax(self.logits(images, device, batch_size))
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-        self.dir.require_finished()
-        meta = self._predictor.meta
-        return self._predictor.scores(as_images(images, meta["input_shape"]), resolve_device(device), batch_size)
+        return self._scores(images, device, batch_size)[0]
+
+    def _scores(self, images, device, batch_size) -> tuple[np.ndarray, dict]:
+        device = resolve_device(device)
+        meta = self._predictor.refresh(device)  # loaded once; again only when the run's files change
+        return self._predictor.scores(as_images(images, meta["input_shape"]), device, batch_size, refresh=False), meta
 
     def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         """Predicted labels (the source's class ids) for the images."""
-        scores = self.logits(images, device, batch_size)
-        return np.asarray(self._predictor.meta["class_ids"])[scores.argmax(1)]
+        scores, meta = self._scores(images, device, batch_size)
+        return np.asarray(meta["class_ids"])[scores.argmax(1)]
 
     def evaluate(self, split: str = "val") -> Evaluation:
         """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a stored split: a dict,
