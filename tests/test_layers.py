@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     # the bottom: errors, the run directory and group directories, models, configuration, data, devices
     "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.runs", "cnnlab.groups", "cnnlab.models", "cnnlab.config",
-    "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
+    "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device", "cnnlab.samples",
     # small pure leaves
     "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
     "cnnlab.augment", "cnnlab.augment_modern",
@@ -29,13 +29,13 @@ LAYERS = [
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine
-    "cnnlab.fused", "cnnlab.plots", "cnnlab.evaluation", "cnnlab.report",
+    "cnnlab.fused", "cnnlab.plots", "cnnlab.evaluation", "cnnlab.report", "cnnlab.display",
     # the Ray dispatcher, orchestration, export, the API and the CLI on top
     "cnnlab.distributed", "cnnlab.studies", "cnnlab.ensembles", "cnnlab.search", "cnnlab.deploy", "cnnlab.submissions",
     "cnnlab.api", "cnnlab.cli", "cnnlab", "cnnlab.__main__",
 ]
 TRAINING = ("cnnlab.engine", "cnnlab.fused", "cnnlab.distributed", "cnnlab.studies", "cnnlab.ensembles", "cnnlab.search")
-READ_SIDE = ("cnnlab.inference", "cnnlab.progress", "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
+READ_SIDE = ("cnnlab.samples", "cnnlab.display", "cnnlab.inference", "cnnlab.progress", "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
              "cnnlab.report", "cnnlab.deploy", "cnnlab.submissions", "cnnlab.callbacks")
 
 

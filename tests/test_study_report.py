@@ -47,10 +47,12 @@ def test_report_has_every_table_and_figure(study, tmp_path):
     for caption in ("Runtime per epoch", "Accuracy over repeats", "Per-class F1", "Per-class Precision",
                     "Per-class Recall", "cnn1 layers", "tuned-cnn layers", "against training time per run",
                     "Validation accuracy against epochs", "confusion matrices, counts and normalised by row",
-                    "most confident mistakes"):
+                    "most confident mistakes", "Training and validation accuracy and loss against epochs",
+                    "Per-class F1 on the test split", "Per-class Recall on the test split",
+                    "Best model by validation accuracy: "):
         assert caption in text, caption
-    # 3 comparison figures + a confusion figure and a mistakes gallery per model, all embedded
-    assert text.count("<img ") == 7 and text.count("data:image/png;base64,") == 7
+    # 4 comparison figures + a confusion figure and a mistakes gallery per model, all embedded
+    assert text.count("<img ") == 8 and text.count("data:image/png;base64,") == 8
     assert "<th>0</th><th>1</th><th>2</th>" in text  # one labelled column per class
     assert str(tmp_path) not in text  # paths relative to the report
     assert "<script" not in text and "http://" not in text and "https://" not in text  # works offline
@@ -101,7 +103,7 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     try:
         driver.get(html_path.as_uri())
         widths = driver.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) == 7 and all(w > 0 for w in widths)
+        assert len(widths) == 8 and all(w > 0 for w in widths)
         captions = driver.execute_script("return Array.from(document.querySelectorAll('table caption')).map(c => c.textContent)")
         assert any("Accuracy over repeats" in c for c in captions) and len(captions) >= 5
         shot = tmp_path / "report.png"  # kept in the test's temporary folder for a person to look at
@@ -112,3 +114,32 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
 
     with Image.open(shot) as image:  # a real page was drawn: a full-size screenshot that is not blank
         assert image.size[0] >= 1000 and len(set(image.convert("L").tobytes())) > 10
+
+
+def test_report_names_the_best_model_and_warns_on_degenerate_runs(study, tmp_path):
+    """One repeat: "n/a" for its spread, not "± 0.00"; a run predicting one class everywhere and a non-finite
+    loss are named in a visible warning."""
+    import json
+
+    import torch
+
+    from cnnlab.runs import RunDir, load_tensors, save_tensors
+
+    _, _, run_dirs, _ = study
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dirs[0], broken)
+    run = RunDir(broken)
+    tensors = load_tensors(run.file("logits.safetensors"))
+    tensors["val_logits"] = torch.zeros_like(tensors["val_logits"])
+    tensors["val_logits"][:, 1] = 5  # class 1 for every image
+    save_tensors(run.file("logits.safetensors"), tensors)
+    metrics = json.loads(run.file("metrics.json").read_text())
+    run.file("metrics.json").write_text(json.dumps({**metrics, "test_loss": float("nan")}))
+    html_path, md_path = build_report([run_dirs[2], broken], tmp_path / "r.html")
+    text = html_path.read_text()
+    assert "Best model by validation accuracy: " in text
+    assert "class='warning'" in text and "predicts one class (1) for every validation image" in text
+    assert "a loss is NaN or infinite" in text and "Warning:" in md_path.read_text()
+    assert "± n/a" in text and "± 0.00" not in text
+    clean, _ = build_report(run_dirs, tmp_path / "clean.html")
+    assert "class='warning'" not in clean.read_text()

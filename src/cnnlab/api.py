@@ -27,13 +27,14 @@ from cnnlab.data.arrays import dataset_from_arrays
 from cnnlab.data.formats import validate_arrays
 from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx
+from cnnlab.display import Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, train_ensemble
 from cnnlab.errors import UserError
 from cnnlab.evaluation import evaluate_run, plot_run
-from cnnlab.inference import load_model, run_scores
+from cnnlab.inference import Predictor
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS
 from cnnlab.progress import ConsoleProgress
@@ -67,8 +68,13 @@ def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfi
                         "config or a recipe, or leave the argument out for the default (tuned-cnn)")
     model = None if model is DEFAULT else model
     dataset = None
+    class_names = options.pop("class_names", None)
+    if class_names is not None and (data is None or isinstance(data, (str, Path))):
+        raise UserError("class_names: names the classes of in-memory arrays (data=(x, y), ...); a dataset file or "
+                        "name brings its own class names")
     if data is not None and not isinstance(data, (str, Path)):
-        dataset = dataset_from(data, options.get("classes") if "classes" in options else base.get("classes"))
+        dataset = dataset_from(data, options.get("classes") if "classes" in options else base.get("classes"),
+                               class_names)
         data = data_fingerprint(dataset)
     if isinstance(options.get("classes"), (list, tuple)):
         options["classes"] = ",".join(map(str, options["classes"]))
@@ -77,18 +83,26 @@ def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfi
     return build_config(*layers), dataset
 
 
-def dataset_from(data, classes=None):
-    """In-memory arrays -> a Dataset, checked like a file's arrays (same messages)."""
+def dataset_from(data, classes=None, class_names=None):
+    """In-memory arrays -> a Dataset, checked like a file's arrays (same messages). class_names: one name per
+    label (the keyword; a dict's class_names key works too, and both must agree when both are given)."""
+    if class_names is not None:
+        if isinstance(class_names, str) or not hasattr(class_names, "__iter__"):
+            raise UserError(f"class_names: give a list of names, one per label, got {type(class_names).__name__}")
+        class_names = [str(name) for name in class_names]
     if isinstance(data, dict):
         unknown = set(data) - {"x_train", "y_train", "x_test", "y_test", "class_names"}
         if unknown or "x_train" not in data or "y_train" not in data:
             raise UserError("data: a dict needs x_train and y_train (optionally x_test, y_test, class_names)"
                             + (f"; unknown key(s) {', '.join(sorted(unknown))}" if unknown else ""))
+        given = data.get("class_names")
+        if given is not None and class_names is not None and [str(n) for n in given] != class_names:
+            raise UserError("class_names: the keyword and the data dict's class_names differ; give them once")
         return dataset_from_arrays(data["x_train"], data["y_train"], data.get("x_test"), data.get("y_test"),
-                                   data.get("class_names"), classes)
+                                   class_names if class_names is not None else given, classes)
     if isinstance(data, (tuple, list)) and len(data) in (2, 4):
-        return dataset_from_arrays(*data, classes=classes) if len(data) == 2 else \
-            dataset_from_arrays(data[0], data[1], data[2], data[3], classes=classes)
+        return dataset_from_arrays(*data, classes=classes, class_names=class_names) if len(data) == 2 else \
+            dataset_from_arrays(data[0], data[1], data[2], data[3], class_names=class_names, classes=classes)
     raise UserError(f"data: expected a dataset name, a path, (x, y), (x_train, y_train, x_test, y_test) or a dict "
                     f"of arrays, got {type(data).__name__}")
 
@@ -143,15 +157,19 @@ def _progress(progress: bool, quiet: bool = False):
 
 
 class Run:
-    """A run directory as an object: its settings, history, metrics, model and predictions."""
+    """A run directory as an object: its settings, history, metrics, model and predictions. In a notebook it
+    shows itself (model, data, status, key metrics and a small accuracy/loss curve)."""
 
     def __init__(self, path: str | Path):
         self.dir = RunDir(path)
         self.path = self.dir.path
-        self._model = None
+        self._predictor = Predictor(self.path)  # the model(s) loaded once, reloaded when the files change
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, status={self.status!r})"
+        return run_text(self.path)
+
+    def _repr_html_(self) -> str:
+        return run_html(self.path)
 
     @property
     def status(self) -> str:
@@ -177,9 +195,10 @@ class Run:
     @property
     def model(self) -> torch.nn.Module:
         """The trained model (CPU, eval mode): N x C x H x W floats in 0..1 -> logits."""
-        if self._model is None:
-            self._model, _ = load_model(self.path, "cpu")
-        return self._model
+        self.dir.require_finished()
+        if self.dir.read_model_meta().get("ensemble"):
+            raise UserError(f"{self.path}: an ensemble directory has no single model; load a member under members/")
+        return self._predictor.model("cpu")
 
     def predict_proba(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (N x classes) for images as the data readers accept them (uint8 pixels 0..255;
@@ -187,26 +206,36 @@ class Run:
         return softmax(self.logits(images, device, batch_size))
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-        return run_scores(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
-                             resolve_device(device), batch_size)
+        return self._scores(images, device, batch_size)[0]
+
+    def _scores(self, images, device, batch_size) -> tuple[np.ndarray, dict]:
+        device = resolve_device(device)
+        meta = self._predictor.refresh(device)  # loaded once; again only when the run's files change
+        return self._predictor.scores(as_images(images, meta["input_shape"]), device, batch_size, refresh=False), meta
 
     def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         """Predicted labels (the source's class ids) for the images."""
-        ids = np.asarray(self.dir.read_model_meta()["class_ids"])
-        return ids[self.logits(images, device, batch_size).argmax(1)]
+        scores, meta = self._scores(images, device, batch_size)
+        return np.asarray(meta["class_ids"])[scores.argmax(1)]
 
-    def evaluate(self, split: str = "val") -> dict:
-        """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a stored split."""
-        return evaluate_run(self.path, split)
+    def evaluate(self, split: str = "val") -> Evaluation:
+        """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a stored split: a dict,
+        with .per_class, .confusion_matrix(_normalized), .plot_confusion_matrix() and .plot_top_losses()."""
+        return Evaluation(evaluate_run(self.path, split), self.path, split)
 
     def plot(self) -> list[Path]:
-        return plot_run(self.path)
+        """Write the run's figures into its directory and return their paths; in a notebook, show them too."""
+        paths = plot_run(self.path)
+        show_files(paths)
+        return paths
 
 
 def as_images(images, input_shape: list[int]) -> torch.Tensor:
     if torch.is_tensor(images):
         images = images.detach().cpu().numpy()
     array, _ = validate_arrays(np.asarray(images), None, "images")
+    if not array.flags.writeable:  # read-only input (np.frombuffer): torch.from_numpy would warn
+        array = array.copy()
     if list(array.shape[1:]) != list(input_shape):
         raise UserError(f"images: shape {'x'.join(map(str, array.shape[1:]))} per image, but the model was trained "
                         f"on {'x'.join(map(str, input_shape))}")
@@ -252,21 +281,25 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     run = RunDir(resume)
     if not run.file(runs.CONFIG).is_file():
         raise UserError(f"{resume}: not a cnnlab run directory (no config.json); nothing to resume")
+    class_names = options.pop("class_names", None)  # part of the data, passed again with it
     changed = [k for k, v in {"model": None if model is DEFAULT else model, "config": config, "params": params,
                               **options}.items() if v is not None]
     if changed:
         raise UserError(f"resume continues the stored configuration; only epochs and device may change "
                         f"(got {', '.join(changed)})")
     cfg = config_for_resume(run, epochs, device)
-    dataset = dataset_from(data, cfg.classes) if data is not None and not isinstance(data, (str, Path)) else None
+    dataset = dataset_from(data, cfg.classes, class_names) if data is not None and not isinstance(data, (str, Path)) \
+        else None
     return run, cfg, dataset
 
 
-def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx") -> dict:
-    """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures."""
+def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx", *, check_images=None) -> dict:
+    """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures.
+    check_images: uint8 images (N x C x H x W, or N x H x W) to check on; default the run's validation images
+    (for a run on in-memory arrays, the sample of them it keeps)."""
     if format != "onnx":
         raise UserError(f"format: must be onnx, got {format!r}")
-    return export_onnx(run.path if isinstance(run, Run) else run, output)
+    return export_onnx(run.path if isinstance(run, Run) else run, output, check_images=check_images)
 
 
 def evaluate(run: str | Path | Run, split: str = "val") -> dict:
@@ -283,8 +316,9 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
 def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
           data=None, *, out: str | Path = "study", config=None, params=None, callbacks=(), progress: bool = True,
           say=print, report: bool = True, ray: bool = False, ray_address: str | None = None,
-          tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> dict:
-    """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}."""
+          tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> StudyResult:
+    """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}
+    (a dict that shows its comparison tables and figures in a notebook)."""
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
     cfg, dataset = make_config(names[0] if names else DEFAULT, data, config, params, **options)
@@ -295,7 +329,7 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
                      dataset, ray, ray_address)
     if ray:
         group.log_dirs(dirs)
-    result = {"runs": [Run(d) for d in dirs], "report": None, "markdown": None}
+    result = StudyResult(runs=[Run(d) for d in dirs], report=None, markdown=None)
     group.close({})
     if report:
         result["report"], result["markdown"] = build_report(dirs, Path(out) / "report.html")

@@ -49,7 +49,7 @@ from torch import nn
 from cnnlab import runs
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.errors import UserError
-from cnnlab.evaluation import validation_images
+from cnnlab.evaluation import validation_sample
 from cnnlab.inference import load_model, predict_logits
 from cnnlab.runs import RunDir
 from cnnlab.version import __version__
@@ -59,6 +59,8 @@ EXTRA_HINT = "ONNX export needs the export extra: pip install 'cnnlab[export]'"
 EPS32 = float(np.finfo(np.float32).eps)
 DEFAULT_TOLERANCE = 1000 * EPS32  # see the module docstring
 PIXEL_SCALE = 1 / 255  # as cnnlab.engine.to_input; inside the graph
+CHECK_HINT = ("pass images to check on: cnnlab.export(run, check_images=images) with uint8 images "
+              "N x C x H x W (or N x H x W)")
 CHECK_IMAGES = 512  # validation images used for the check when none are given
 INPUT_NAME = "images"
 INPUT_LAYOUT = "NCHW uint8"
@@ -175,11 +177,14 @@ def _reference_images(source: dict, check_images) -> np.ndarray:
         images = _check_batch(check_images, shape, "check_images")
     else:
         try:
-            images = validation_images(source["data_dir"])
+            sample = validation_sample(source["data_dir"])
         except (UserError, OSError, KeyError) as exc:
             raise UserError(f"{source['data_dir']}: cannot rebuild the run's validation images to check the "
-                            f"export ({exc}); pass check images instead") from None
-        images = _check_batch(images[:CHECK_IMAGES], shape, f"{source['data_dir']} validation images")
+                            f"export ({exc}); {CHECK_HINT}") from None
+        if sample is None:
+            raise UserError(f"{source['data_dir']}: the run was trained on in-memory arrays and keeps no sample of "
+                            f"them ({runs.SAMPLES}, written by runs since cnnlab kept one); {CHECK_HINT}")
+        images = _check_batch(sample[0][:CHECK_IMAGES], shape, f"{source['data_dir']} validation images")
     if len(images) == 0:
         raise UserError("the export check needs at least one image")
     return images

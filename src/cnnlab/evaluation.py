@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import plots
+from cnnlab import plots, runs
 from cnnlab.config import build_config
 from cnnlab.data import train_val_split
 from cnnlab.data.prepared import load_data
@@ -52,12 +52,13 @@ def _plot(run: RunDir, mistakes: bool) -> list[Path]:
     out.append(plots.confusion_plot(metrics["confusion_matrix"], names, run.file(FIGURES["confusion"]),
                                     f"{name}: validation confusion matrix"))
     if mistakes:
-        try:
-            images = validation_images(run_dir)
-        except UserError:
-            return out  # in-memory data: the images cannot be reloaded for the gallery
+        sample = validation_sample(run_dir)
+        if sample is None:
+            return out  # in-memory data from before samples were kept: no images for the gallery
+        images, _, positions = sample
         logits, labels = run.logits("val")
-        out.append(plots.mistakes_grid(images, labels, softmax(logits), names, run.file(FIGURES["mistakes"])))
+        out.append(plots.mistakes_grid(images, labels[positions], softmax(logits[positions]), names,
+                                       run.file(FIGURES["mistakes"])))
     return out
 
 
@@ -65,3 +66,22 @@ def validation_images(run_dir: Path) -> np.ndarray:
     """The run's validation images, rebuilt from its config (the split is seeded, so it is the same one)."""
     cfg = build_config(RunDir(run_dir).read_config())
     return train_val_split(load_data(cfg), cfg.val_fraction, cfg.split_seed).val.images.numpy()
+
+
+def validation_sample(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(uint8 images, labels, their positions in the validation split): every validation image when the data
+    can be reloaded, else the sample a run on in-memory arrays keeps (runs.SAMPLES); None when neither is
+    there. An ensemble directory answers with its first member's (the members share one split)."""
+    run = RunDir(run_dir)
+    meta = run.read_model_meta() if run.file(runs.MODEL).is_file() else {}
+    if meta.get("ensemble") and meta.get("members"):
+        run = RunDir(Path(run_dir) / meta["members"][0])
+    stored = run.samples()
+    if stored is not None:
+        return stored
+    try:
+        images = validation_images(run.path)
+    except UserError:
+        return None
+    _, labels = run.logits("val") if run.file(runs.LOGITS).is_file() else (None, None)
+    return images, labels if labels is not None else np.zeros(len(images), np.int64), np.arange(len(images))

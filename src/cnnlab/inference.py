@@ -108,3 +108,84 @@ def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_
     if not np.isfinite(scores).all():
         raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
     return scores
+
+
+def _stat(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:
+        raise UserError(f"{path}: missing; the run directory changed under this object (retrain or restore it)") from None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+SMALL_BATCH = 32  # up to this many images on the CPU: one intra-op thread
+
+
+@contextlib.contextmanager
+def _few_threads(device: torch.device, n: int):
+    """One CPU thread for a handful of images: the thread pool's hand-off costs more than the work (cnn1, one
+    16x16 image, busy 2-core AMD EPYC: 48 ms with 2 threads, 0.15 ms with 1). Restored afterwards."""
+    if device.type != "cpu" or n > SMALL_BATCH or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Predictor:
+    """Scores of a run or ensemble directory as `run_scores` computes them, with the model(s) loaded once per
+    device and kept until the directory's files change (model.json and the weights of the run or of each
+    member, by mtime and size): a single image costs a few stat calls and one forward."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._key = None
+        self._loaded = None  # (meta, [(model, autocast, tta)], vote method or None)
+
+    def _signature(self) -> tuple:
+        head = _stat(self.run_dir / runs.MODEL)
+        if self._key is None or self._key[0][0] != head:  # model.json changed: read the members again
+            meta = RunDir(self.run_dir).require_finished().read_model_meta()
+            members = [self.run_dir / p for p in meta.get("members", [])] if meta.get("ensemble") else [self.run_dir]
+        else:
+            members = self._members
+        self._members = members
+        return (head, *(_stat(m / name) for m in members for name in (runs.MODEL, runs.WEIGHTS)))
+
+    def refresh(self, device: str | torch.device = "cpu") -> dict:
+        """Load (or reload, if the files changed) for the device; -> model.json's contents."""
+        device = torch.device(device)
+        key = (self._signature(), str(device))
+        if key != self._key:
+            meta = RunDir(self.run_dir).require_finished().read_model_meta()
+            dirs = [self.run_dir / p for p in meta["members"]] if meta.get("ensemble") else [self.run_dir]
+            models = []
+            for path in dirs:
+                model, member_meta = load_model(path, device)
+                models.append((model, run_autocast(path, device), member_meta.get("tta", False)))
+            self._loaded, self._key = (meta, models, meta["vote"] if meta.get("ensemble") else None), key
+        return self._loaded[0]
+
+    def model(self, device: str | torch.device = "cpu") -> nn.Module:
+        self.refresh(device)
+        return self._loaded[1][0][0]
+
+    def scores(self, images: torch.Tensor, device: str | torch.device, batch_size: int = EVAL_BATCH_SIZE,
+               refresh: bool = True) -> np.ndarray:
+        """refresh=False: the caller has just called refresh(device)."""
+        device = torch.device(device)
+        if refresh or self._key is None or self._key[1] != str(device):
+            self.refresh(device)
+        _, models, method = self._loaded
+        images = images.to(device)
+        with _few_threads(device, len(images)):
+            stacked = [predict_logits(model, images, batch_size, autocast, tta=tta).cpu().numpy()
+                       for model, autocast, tta in models]
+        scores = vote(np.stack(stacked), method) if method else stacked[0]
+        if not np.isfinite(scores).all():
+            raise UserError(f"{self.run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
+        return scores

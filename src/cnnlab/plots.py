@@ -16,10 +16,16 @@ from cnnlab.runs import atomic_target  # noqa: E402
 from cnnlab.text import visible  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    for text in fig.findobj(matplotlib.text.Text):  # every label, title and tick: control characters shown, not obeyed
+def shown_safely(fig):
+    """Every label, title and tick of the figure with control characters shown, not obeyed."""
+    for text in fig.findobj(matplotlib.text.Text):
         if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text.get_text()):
             text.set_text(visible(text.get_text()))
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    shown_safely(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as tmp:
@@ -77,7 +83,13 @@ def accuracy_loss_plot(history: list[dict], name: str, path: Path) -> Path:
 
 
 def confusion_plot(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+    return _save(confusion_figure(matrix, class_names, title), path)
+
+
+def confusion_figure(matrix, class_names: list[str], title: str = "Confusion matrix"):
+    """The confusion matrix as a figure: counts, or shares (values with a fraction print with 2 decimals)."""
     cm = np.asarray(matrix)
+    integral = np.issubdtype(cm.dtype, np.integer)
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k))
     ax.imshow(cm, cmap="Blues")
@@ -87,10 +99,10 @@ def confusion_plot(matrix: list[list[int]], class_names: list[str], path: Path, 
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+            ax.text(j, i, str(cm[i, j]) if integral else f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
 def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
@@ -99,6 +111,13 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, cla
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
+    return _save(mistakes_figure(images, labels, probs, class_names, order), path)
+
+
+def mistakes_figure(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
+                    order: np.ndarray, title: str = "Most confident mistakes", losses: np.ndarray | None = None):
+    """A grid of the images at `order`, each titled with its true and predicted class (and loss if given)."""
+    predicted = probs.argmax(axis=1)
     cols = 8
     rows = max(1, int(np.ceil(len(order) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.8), squeeze=False)
@@ -107,10 +126,11 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, cla
     for ax, i in zip(axes.flat, order):
         ax.axis("on")
         _show_image(ax, images[i])
-        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} {probs[i, predicted[i]]:.2f}",
-                     fontsize=7)
-    fig.suptitle("Most confident mistakes" if len(order) else "No mistakes")
-    return _save(fig, path)
+        extra = f"\nloss {losses[i]:.2f}" if losses is not None else ""
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} {probs[i, predicted[i]]:.2f}"
+                     + extra, fontsize=7)
+    fig.suptitle(title if len(order) else "No mistakes")
+    return fig
 
 
 def ensemble_growth_plot(growth: dict[str, list[float]], path: Path, title: str) -> Path:
@@ -179,6 +199,41 @@ def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
     ax.set_title("Validation accuracy of every model")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves_plot(curves: dict[str, tuple[list[dict], list[list[dict]]]], path: Path) -> Path:
+    """Per model, training (dashed) and validation (solid) accuracy and loss against epochs: the median run's
+    line, with the range over the repeats shaded. curves: label -> (median run's history, every run's)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (name, (median, every)) in enumerate(curves.items()):
+        color = colors[n % len(colors)]
+        for ax, key, scale in ((axes[0], "accuracy", 100), (axes[1], "loss", 1)):
+            for split, style in (("train", "--"), ("val", "-")):
+                column = f"{split}_{key}"
+                values = {}
+                for history in every:
+                    for row in history:
+                        if row.get(column) not in (None, "", "nan"):
+                            values.setdefault(int(row["epoch"]), []).append(scale * float(row[column]))
+                if not values:
+                    continue
+                epochs = sorted(values)
+                if len(every) > 1:
+                    ax.fill_between(epochs, [min(values[e]) for e in epochs], [max(values[e]) for e in epochs],
+                                    color=color, alpha=0.15, linewidth=0)
+                rows = [r for r in median if r.get(column) not in (None, "", "nan")]
+                ax.plot([int(r["epoch"]) for r in rows], [scale * float(r[column]) for r in rows], style, color=color,
+                        marker="o" if len(rows) < 15 else None, markersize=3,
+                        label=f"{name} {'training' if split == 'train' else 'validation'}")
+    for ax, label in ((axes[0], "accuracy (%)"), (axes[1], "loss")):
+        ax.set_xlabel("epochs")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Training (dashed) and validation (solid), median run; shaded: range over repeats")
     return _save(fig, path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
 import statistics
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cnnlab import plots, runs
 from cnnlab.errors import UserError
-from cnnlab.evaluation import evaluate_run, history, validation_images
+from cnnlab.evaluation import evaluate_run, history, validation_sample
 from cnnlab.metrics import softmax
 from cnnlab.models import create_architecture, keras_shape, summarize
 from cnnlab.runs import RunDir
@@ -99,8 +100,8 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> tuple[str, str]:
         return "-", "-"
     lo, hi = fmt.format(min(values)), fmt.format(max(values))
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return (lo if lo == hi else f"{lo}-{hi}"), f"{fmt.format(mean)} ± {fmt.format(std)}"
+    std = fmt.format(statistics.stdev(values)) if len(values) > 1 else "n/a"  # one repeat has no spread
+    return (lo if lo == hi else f"{lo}-{hi}"), f"{fmt.format(mean)} ± {std}"
 
 
 def _median_range(values: list[float]) -> str:
@@ -125,15 +126,18 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
         accuracy.append([g.label, str(len(g.runs)), *_spread(val), *_spread(test)])
         k = len(first.val["per_class"])
 
-        def mean_of(key, c):
-            return statistics.fmean(100 * r.val["per_class"][c][key] for r in g.runs)
+        def mean_of(key, c, split="val"):
+            return statistics.fmean(100 * getattr(r, split)["per_class"][c][key] for r in g.runs if getattr(r, split))
 
         names = [pc["name"] for pc in first.val["per_class"]]
-        f1 = [mean_of("f1", c) for c in range(k)]
-        for key in ("f1", "precision", "recall"):
-            per_class.setdefault(key, []).append([g.label, *(f"{mean_of(key, c):.2f}" for c in range(k))]
-                                                 + ([names[f1.index(min(f1))], names[f1.index(max(f1))]]
-                                                    if key == "f1" else []))
+        for split in ("val", "test"):
+            if split == "test" and not all(r.test for r in g.runs):
+                continue
+            f1 = [mean_of("f1", c, split) for c in range(k)]
+            for key in ("f1", "precision", "recall"):
+                per_class.setdefault((key, split), []).append(
+                    [g.label, *(f"{mean_of(key, c, split):.2f}" for c in range(k))]
+                    + ([names[f1.index(min(f1))], names[f1.index(max(f1))]] if key == "f1" else []))
     class_names = [pc["name"] for pc in order[0].runs[0].val["per_class"]] if order else []
     out = {
         "Runtime per epoch (seconds; median and range over epochs and repeats)":
@@ -144,7 +148,42 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     for key, label in (("f1", "F1"), ("precision", "Precision"), ("recall", "Recall")):
         extra = ["Hardest class", "Easiest class"] if key == "f1" else []
         out[f"Per-class {label} on the validation holdout (%, mean over repeats)"] = (
-            ["Model", *class_names, *extra], per_class.get(key, []))
+            ["Model", *class_names, *extra], per_class.get((key, "val"), []))
+        if per_class.get((key, "test")):  # beside the validation table: the official test split's
+            out[f"Per-class {label} on the test split (%, mean over repeats)"] = (
+                ["Model", *class_names, *extra], per_class[(key, "test")])
+    return out
+
+
+def best_model_line(groups: list[Group]) -> str:
+    """Which model is best by mean validation accuracy (the test split never chooses)."""
+    best = max(groups, key=lambda g: statistics.fmean(r.val["accuracy"] for r in g.runs))
+    val = statistics.fmean(100 * r.val["accuracy"] for r in best.runs)
+    tests = [100 * r.test["accuracy"] for r in best.runs if r.test]
+    return (f"Best model by validation accuracy: {best.label} ({val:.2f}% mean over {len(best.runs)} "
+            f"run{'s' if len(best.runs) > 1 else ''}" + (f"; test {statistics.fmean(tests):.2f}%" if tests else "")
+            + ")")
+
+
+def degenerate_warnings(loaded: list[Run]) -> list[str]:
+    """Runs whose result is not a classifier: one predicted class for every image, accuracy at chance (the
+    largest class's share) or a non-finite loss in the history or the final metrics."""
+    out = []
+    for run in loaded:
+        name = f"{run.config['model']} seed {run.config['seed']} ({run.path.name})"
+        logits, labels = RunDir(run.path).logits("val")
+        predicted = logits.argmax(1)
+        chance = max(float((labels == c).mean()) for c in range(logits.shape[1])) if len(labels) else 0.0
+        if len(predicted) > 1 and len(set(predicted.tolist())) == 1:
+            out.append(f"{name}: predicts one class ({run.model['class_names'][int(predicted[0])]}) for every "
+                       "validation image")
+        elif len(labels) and run.val["accuracy"] <= chance + 1e-9:
+            out.append(f"{name}: validation accuracy {100 * run.val['accuracy']:.2f}% is at chance "
+                       f"({100 * chance:.2f}%, the largest class's share)")
+        losses = [row.get(k) for row in run.history for k in ("train_loss", "val_loss")]
+        losses += [run.metrics.get(k) for k in ("val_loss", "test_loss")]
+        if any(v not in (None, "") and not math.isfinite(float(v)) for v in losses):
+            out.append(f"{name}: a loss is NaN or infinite (the training diverged; lower lr or use fp32)")
     return out
 
 
@@ -175,6 +214,10 @@ def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
                 plots.accuracy_time_plot(timing, folder / "accuracy_time.png")))
     out.append(("Validation accuracy against epochs, every model (its median run)",
                 plots.validation_curves_plot({g.label: median_run(g).history for g in order}, folder / "curves.png")))
+    out.append(("Training and validation accuracy and loss against epochs, every model (its median run; "
+                "shaded: the range over its repeats)",
+                plots.training_curves_plot({g.label: (median_run(g).history, [r.history for r in g.runs])
+                                            for g in order}, folder / "training_curves.png")))
     for i, g in enumerate(order):
         run = median_run(g)
         names = [p["name"] for p in run.val["per_class"]]
@@ -198,12 +241,13 @@ def figures(groups: list[Group], folder: Path) -> list[tuple[str, Path]]:
 def mistakes_figure(run: Run, path: Path) -> Path | None:
     """The median run's most confident validation mistakes (its images rebuilt from its data; skipped when
     the data cannot be reloaded, e.g. in-memory arrays)."""
-    try:
-        images = validation_images(run.path)
-    except UserError:
+    sample = validation_sample(run.path)
+    if sample is None:
         return None
+    images, _, positions = sample
     logits, labels = RunDir(run.path).logits("val")
-    return plots.mistakes_grid(images, labels, softmax(logits), [p["name"] for p in run.val["per_class"]], path)
+    return plots.mistakes_grid(images, labels[positions], softmax(logits[positions]),
+                               [p["name"] for p in run.val["per_class"]], path)
 
 
 def layer_summaries(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -281,6 +325,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     loaded = [load_run(p) for p in find_runs(paths)]
     groups = group_runs(loaded)
     main_tables = tables(groups)
+    best, warnings = best_model_line(groups), degenerate_warnings(loaded)
     summaries = layer_summaries(groups)
     figure_dir = output.with_name(output.stem + "_files")
     figs = figures(groups, figure_dir)
@@ -293,6 +338,8 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
              f"<style>{CSS}</style></head><body><h1>{_html(title)}</h1><h2>Setup</h2><ul>"]
     parts += [f"<li>{_html(line)}</li>" for line in setup]
     parts.append("</ul><h2>Results</h2>")
+    parts += [f"<p class='warning' style='color:#a00;font-weight:600'>Warning: {_html(w)}</p>" for w in warnings]
+    parts.append(f"<p><strong>{_html(best)}</strong></p>")
     parts += [html_table(t, h, r) for t, (h, r) in main_tables.items()]
     parts.append("<h2>Figures</h2>")
     for caption, path in figs:
@@ -307,6 +354,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     runs.write_text(output, "".join(parts))
 
     md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]
+    md += [f"> **Warning:** {_md(w)}\n" for w in warnings] + [f"**{_md(best)}**", ""]
     for t, (h, r) in main_tables.items():
         md += [_md_table(t, h, r), ""]
     md += ["## Figures", ""]

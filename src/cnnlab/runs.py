@@ -9,6 +9,8 @@ Layout of a run directory (the names are the constants below; no other module sp
     logits.safetensors       validation/test logits and labels
     model.safetensors        final weights; model.json beside it says how to rebuild the model
     model.json               written last: its presence marks the run finished for every reader
+    samples.safetensors      runs on in-memory arrays only: up to 256 validation images (uint8), their
+                             labels and their positions in the validation split, for figures and export checks
 
 `RunDir.status()` is the one definition of fresh / running / interrupted / failed / finished.
 "Running" means a live process holds the directory's owner lock (filelock: the kernel drops the
@@ -45,6 +47,7 @@ CHECKPOINT = "checkpoint.safetensors"
 LOGITS = "logits.safetensors"
 WEIGHTS = "model.safetensors"
 MODEL = "model.json"
+SAMPLES = "samples.safetensors"
 OWNER_LOCK = ".owner.lock"
 
 FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED = "fresh", "running", "interrupted", "failed", "finished"
@@ -338,7 +341,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove what a run wrote (not the owner lock): a run that never finished an epoch starts over."""
-        for name in (CONFIG, ENV, HISTORY, METRICS, CHECKPOINT, LOGITS, WEIGHTS, MODEL):
+        for name in (CONFIG, ENV, HISTORY, METRICS, CHECKPOINT, LOGITS, WEIGHTS, SAMPLES, MODEL):
             self.file(name).unlink(missing_ok=True)
 
     # -------------------------------------------------------------- writing
@@ -364,6 +367,10 @@ class RunDir:
         save_tensors(self.file(WEIGHTS), weights, {"cnnlab": json.dumps(model_meta)})
         write_json(self.file(METRICS), metrics)
         write_json(self.file(MODEL), model_meta)
+
+    def write_samples(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        """A sample of the validation split kept in the run (uint8 images, labels, positions in the split)."""
+        save_tensors(self.file(SAMPLES), {"images": images, "labels": labels, "indices": indices})
 
     def read_files(self) -> dict[str, bytes]:
         """Every file of the run (a Ray task returns them to the driver); not the lock, not temporaries."""
@@ -439,6 +446,18 @@ class RunDir:
     def has_logits(self, split: str) -> bool:
         return f"{split}_logits" in load_tensors(self.file(LOGITS))
 
+    def samples(self) -> tuple | None:
+        """(uint8 images N x C x H x W, labels, positions in the validation split) as numpy, or None without them."""
+        if not self.file(SAMPLES).is_file():
+            return None
+        tensors = load_tensors(self.file(SAMPLES))
+        images, labels, indices = (tensors.get(k) for k in ("images", "labels", "indices"))
+        if images is None or labels is None or indices is None or images.dtype != torch.uint8 or images.ndim != 4 \
+                or not len(images) == len(labels) == len(indices):
+            raise UserError(f"{self.file(SAMPLES)}: the stored validation sample is inconsistent; the file was edited "
+                            "or damaged (retrain the run)")
+        return images.numpy(), labels.numpy(), indices.numpy()
+
     def weights(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.file(WEIGHTS))
 
@@ -466,5 +485,5 @@ class ReadOnlyRunDir(RunDir):
     def _skip(self, *args, **kwargs) -> None:
         return None
 
-    write_start = write_status = write_history = save_checkpoint = write_result = write_files = _skip
+    write_start = write_status = write_history = save_checkpoint = write_result = write_files = write_samples = _skip
     clear = unfinish = _skip

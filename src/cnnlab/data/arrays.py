@@ -17,6 +17,8 @@ def _numpy(value, what: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == object:
         raise UserError(f"data: {what} is not a numeric array (got {type(value).__name__})")
+    if not array.flags.writeable:  # np.frombuffer, a memory map opened read-only: torch would warn on sharing it
+        array = array.copy()
     return array
 
 

@@ -19,6 +19,7 @@ from cnnlab.device import device_name, environment, synchronize
 from cnnlab.errors import UserError
 from cnnlab.models import count_parameters
 from cnnlab.runs import RunDir
+from cnnlab.samples import store_validation_sample
 
 from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
 from .setup import Setup, TrainState, prepare
@@ -258,6 +259,7 @@ def finish(ctx: Context) -> list[dict]:
             metrics["fused_members"] = setup.members
         if setup.dist:
             metrics["world_size"] = setup.dist.world_size
+        store_validation_sample(run_dir, setup.config, setup.dataset)  # in-memory data: images for figures, export
         run_dir.write_result(metrics, logits, weights[m], model_metadata(setup, weights_epoch))
         results.append(metrics)
     return results
