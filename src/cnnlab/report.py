@@ -311,7 +311,7 @@ def _md(text) -> str:
     return MD_SPECIAL.sub(r"\\\1", _html(text, quote=False))
 
 
-def _md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+def md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     lines = [f"**{_md(title)}**", "", "| " + " | ".join(map(_md, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -356,13 +356,13 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]
     md += [f"> **Warning:** {_md(w)}\n" for w in warnings] + [f"**{_md(best)}**", ""]
     for t, (h, r) in main_tables.items():
-        md += [_md_table(t, h, r), ""]
+        md += [md_table(t, h, r), ""]
     md += ["## Figures", ""]
     for caption, path in figs:
         md += [f"![{_md(caption)}]({quote(figure_dir.name)}/{quote(path.name)})", "", f"*{_md(caption)}*", ""]
     md += ["## Models", ""]
     for t, (h, r) in summaries.items():
-        md += [_md_table(t, h, r), ""]
+        md += [md_table(t, h, r), ""]
     md += [f"Run directories (relative to this report): {_md(relative)}"]
     markdown = output.with_suffix(".md")
     runs.write_text(markdown, "\n".join(md) + "\n")
