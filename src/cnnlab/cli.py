@@ -157,6 +157,14 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "weight_decay": (Optional[float], typer.Option(None, "--weight-decay", help="Weight decay of conv/dense weights.")),
     "lr_schedule": (Optional[str], typer.Option(None, "--lr-schedule", help="plateau (report), one-cycle, cosine, "
                                                 "linear or constant.")),
+    "plateau_monitor": (Optional[str], typer.Option(None, "--plateau-monitor", help="What the plateau schedule "
+                                                    "watches: val_loss (report; mode min) or val_accuracy (mode max).")),
+    "plateau_threshold": (Optional[float], typer.Option(None, "--plateau-threshold", help="Relative change the "
+                                                        "plateau schedule counts as better (default 1e-4).")),
+    "plateau_cooldown": (Optional[int], typer.Option(None, "--plateau-cooldown", help="Epochs the plateau schedule "
+                                                     "waits after a reduction (default 0).")),
+    "clip_grad_norm": (Optional[float], typer.Option(None, "--clip-grad-norm", help="Clip the gradients' total L2 norm "
+                                                     "to this before each step (0 = off, default).")),
     "label_smoothing": (Optional[float], typer.Option(None, "--label-smoothing", help="Label smoothing (0 = off).")),
     "augment": (Optional[bool], typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator "
                                              "augmentation.")),
@@ -172,6 +180,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
                                                    "better validation loss (0 = off).")),
     "restore_best": (Optional[bool], typer.Option(None, "--restore-best/--no-restore-best", help="Keep the best "
                                                   "epoch's weights (on with early stopping).")),
+    "deterministic": (Optional[bool], typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic "
+                                                   "algorithms (warn where none exists) and cuDNN; recorded in env.json.")),
     "seed": (Optional[int], typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")),
     "device": (Optional[str], typer.Option(None, "--device", help="auto, cpu or cuda.")),
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 on CUDA and CPUs with native "

@@ -185,7 +185,8 @@ def can_fuse_config(config) -> tuple[bool, str]:
         ("class weights", config.class_weights is not None), ("crop/flip/erasing/mixup/cutmix",
                                                               config.crop_padding or config.hflip or config.erasing
                                                               or config.mixup or config.cutmix),
-        ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs)) if bad]
+        ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs),
+        ("gradient clipping", config.clip_grad_norm)) if bad]
     return (False, ", ".join(reasons)) if reasons else (True, "")
 
 

@@ -204,7 +204,7 @@ def run_epoch(ctx: Context, callbacks: list) -> None:
         if m:
             state.step = setup.state.step
         if setup.config.lr_schedule == PLATEAU:
-            setup.plateaus[m].step(val_loss[m])
+            setup.plateaus[m].step(val_acc[m] if setup.config.plateau_monitor == "val_accuracy" else val_loss[m])
     for cb in callbacks:
         cb.on_epoch_end(ctx, rows)
     # after the checkpoint callback: a kill between the two leaves history behind, never ahead

@@ -17,7 +17,7 @@ from cnnlab.augment_modern import ModernAugment
 from cnnlab.config import TrainConfig
 from cnnlab.data import Dataset
 from cnnlab.data.prepared import DeviceData, load_data, split_data, to_input
-from cnnlab.device import autocast_for, float_dtype, resolve_device, synchronize
+from cnnlab.device import autocast_for, float_dtype, resolve_device, set_deterministic, synchronize
 from cnnlab.ema import ModelEMA
 from cnnlab.errors import UserError
 from cnnlab.models import create_model, model_info
@@ -128,8 +128,11 @@ def make_plateaus(config: TrainConfig, lrs: list[float]) -> tuple[list, list]:
     """One ReduceLROnPlateau per member, each on a placeholder optimizer holding that member's rate;
     learning_rates() reads them, so the rate for a step comes from one place."""
     holders = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for lr in lrs]
-    plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(h, mode="min", factor=config.lr_factor,
-                                                           patience=config.lr_patience, min_lr=config.min_lr)
+    mode = "max" if config.plateau_monitor == "val_accuracy" else "min"
+    plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(h, mode=mode, factor=config.lr_factor,
+                                                           patience=config.lr_patience, min_lr=config.min_lr,
+                                                           threshold=config.plateau_threshold,
+                                                           cooldown=config.plateau_cooldown)
                 for h in holders]
     return plateaus, holders
 
@@ -159,6 +162,7 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    set_deterministic(config.deterministic, device)
     if config.cuda_graphs and device.type != "cuda":
         raise UserError("cuda_graphs: CUDA graphs need a CUDA device; use device cuda or turn cuda_graphs off")
     optimizer = make_optimizer(config.optimizer, model, config.lr, weight_decay=config.weight_decay,

@@ -113,6 +113,8 @@ def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     losses = member_losses(logits, y, setup.config.label_smoothing, setup.class_weights)
     setup.optimizer.zero_grad()
     losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
+    if setup.config.clip_grad_norm:  # off by default (None or 0); refused with CUDA graphs and fused groups
+        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.config.clip_grad_norm)
     setup.optimizer.step()
     if setup.ema is not None:
         setup.ema.update(setup.model)
