@@ -28,12 +28,15 @@ from cnnlab.data.formats import validate_arrays
 from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx
 from cnnlab.device import resolve_device
-from cnnlab.engine import config_for_resume, fit
+from cnnlab.engine import config_for_resume, fit, prepare
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, train_ensemble
 from cnnlab.errors import UserError
 from cnnlab.evaluation import evaluate_run, plot_run
 from cnnlab.inference import load_model, run_scores
+from cnnlab.lr_find import LRFind
+from cnnlab.lr_find import plot as plot_lr_find
+from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS
 from cnnlab.progress import ConsoleProgress
@@ -245,6 +248,25 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         return Run(run.path)
+
+
+def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | Path = "lr_find.png",
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, **options) -> LRFind:
+    """fastai's learning-rate range test on the model and data these settings give: an exponential sweep from
+    `start_lr` to `end_lr` over `steps` batches, stopped when the smoothed loss diverges; returns the rates,
+    losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot`. Trains nothing
+    permanently and writes no run directory."""
+    if not (0 < start_lr < end_lr) or steps < 2:
+        raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps >= 2, got {start_lr:g}, {end_lr:g}, {steps}")
+    cfg, dataset = make_config(model, data, config, params, **options)
+    setup = prepare(cfg, preflight(cfg, dataset))
+    result = lr_sweep(setup, start_lr, end_lr, steps)
+    result.model = cfg.model
+    if result.suggestion is None:
+        raise UserError(f"lr_find: the loss was not finite from the first step at lr {start_lr:g}; check the data "
+                        "or lower start_lr")
+    result.plot = plot_lr_find(result, plot)
+    return result
 
 
 def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None, epochs=None, device=None, **options):

@@ -272,6 +272,26 @@ def train_cmd(
             _report_run(run, quiet)
 
 
+@app.command("lr-find")
+@training_options
+def lr_find_cmd(
+    model: Optional[str] = typer.Argument(None, help="Model name (see `cnnlab models`); default tuned-cnn."),
+    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to write the plot (loss against lr)."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First rate of the sweep."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last rate of the sweep."),
+    steps: int = typer.Option(100, "--steps", min=2, help="Batches over which the rate grows exponentially."),
+    options: dict = None,
+) -> None:
+    """fastai's learning-rate finder: sweep the rate up exponentially on real batches until the loss diverges;
+    suggest fastai's "valley" rate. Trains nothing permanently, writes no run directory, only the plot."""
+    options.pop("tensorboard", None), options.pop("mlflow", None)
+    result = api.lr_find(api.DEFAULT if model is None else model, plot=plot, start_lr=start_lr, end_lr=end_lr,
+                         steps=steps, **options)
+    console.print(f"suggested lr {result.suggestion:.3g} (valley, {len(result.lrs)} steps); plot: "
+                  f"{escape(str(result.plot))}", highlight=False)
+    console.print(f"use it: {escape(result.command)}", highlight=False)
+
+
 def _report_run(run, quiet: bool) -> None:
     figures = run.plot()
     metrics = run.metrics
