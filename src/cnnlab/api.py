@@ -38,7 +38,7 @@ from cnnlab.lr_find import LRFind
 from cnnlab.lr_find import plot as plot_lr_find
 from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
-from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
@@ -267,6 +267,62 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
                         "or lower start_lr")
     result.plot = plot_lr_find(result, plot)
     return result
+
+
+class ModelSummary:
+    """Keras's `model.summary()` table: `rows` (name, kind, output_shape channels first, params), the totals
+    (BatchNorm's moving statistics count as non-trainable, as in Keras), `frame` (a pandas DataFrame) and a
+    text repr in Keras's layout."""
+
+    def __init__(self, title: str, input_shape: tuple, result):
+        self.title, self.input_shape, self.rows = title, tuple(input_shape), result.rows
+        self.total, self.trainable, self.non_trainable = result.total, result.trainable, result.non_trainable
+
+    @property
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"layer": r.name, "type": r.kind, "output_shape": keras_shape(r.output_shape),
+                              "params": r.params} for r in self.rows])
+
+    def __str__(self) -> str:
+        cells = [(f"{r.name} ({r.kind})", keras_shape(r.output_shape), f"{r.params:,}") for r in self.rows]
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) + 2 for i, h in enumerate(("Layer (type)", "Output Shape"))]
+        line = lambda a, b, c: f" {a:<{widths[0]}}{b:<{widths[1]}}{c}"  # noqa: E731
+        rule = max(65, sum(widths) + 12)
+        out = [f'Model: "{self.title}"', "_" * rule, line("Layer (type)", "Output Shape", "Param #"), "=" * rule]
+        out += [line(*c) for c in cells]
+        out += ["=" * rule, f"Total params: {self.total:,}", f"Trainable params: {self.trainable:,}",
+                f"Non-trainable params: {self.non_trainable:,}", "_" * rule]
+        return "\n".join(out)
+
+    __repr__ = __str__
+
+
+def summary(model_or_run, *, num_classes: int = 10, in_chans: int = 1, image_size: int | None = None,
+            depth: int = 1, **model_params) -> ModelSummary:
+    """The Keras-style layer table of a model name (built with `num_classes`, `in_chans`, `image_size`,
+    `model_params`), an nn.Module (input `in_chans` x `image_size`, default 28), or a run directory / Run
+    (its model as saved, at its input shape)."""
+    if isinstance(model_or_run, torch.nn.Module):
+        size = image_size or 28
+        return ModelSummary(type(model_or_run).__name__, (in_chans, size, size),
+                            summarize(model_or_run, (in_chans, size, size), depth=depth))
+    if isinstance(model_or_run, (Run, Path)) or (isinstance(model_or_run, str) and Path(model_or_run).is_dir()):
+        run = model_or_run.dir if isinstance(model_or_run, Run) else RunDir(model_or_run)
+        meta = run.read_model_meta()
+        spec = dict(meta["spec"])
+        name = spec.pop("name", None)
+        if not isinstance(name, str) or "class" in spec:
+            raise UserError(f"{run.file(runs.MODEL)}: not a registered model; pass the module itself to summary()")
+        net = create_architecture(name, **spec)
+        return ModelSummary(name, tuple(meta["input_shape"]), summarize(net, tuple(meta["input_shape"]), depth=depth))
+    if not isinstance(model_or_run, str):
+        raise UserError(f"summary: expected a model name, an nn.Module or a run directory, got "
+                        f"{type(model_or_run).__name__}")
+    size = image_size or model_info(model_or_run).image_size
+    net = create_architecture(model_or_run, num_classes=num_classes, in_chans=in_chans, image_size=size, **model_params)
+    return ModelSummary(model_or_run, (in_chans, size, size), summarize(net, (in_chans, size, size), depth=depth))
 
 
 def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None, epochs=None, device=None, **options):
