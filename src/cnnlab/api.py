@@ -39,6 +39,7 @@ from cnnlab.lr_find import plot as plot_lr_find
 from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
@@ -148,10 +149,11 @@ def _progress(progress: bool, quiet: bool = False):
 class Run:
     """A run directory as an object: its settings, history, metrics, model and predictions."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, model=None):
         self.dir = RunDir(path)
         self.path = self.dir.path
         self._model = None
+        self._builder = model  # a model of the user's own: its nn.Module or factory (never imported from the run)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
@@ -181,7 +183,7 @@ class Run:
     def model(self) -> torch.nn.Module:
         """The trained model (CPU, eval mode): N x C x H x W floats in 0..1 -> logits."""
         if self._model is None:
-            self._model, _ = load_model(self.path, "cpu")
+            self._model, _ = load_model(self.path, "cpu", self._builder)
         return self._model
 
     def predict_proba(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
@@ -191,7 +193,7 @@ class Run:
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         return run_scores(self.path, as_images(images, self.dir.read_model_meta()["input_shape"]),
-                             resolve_device(device), batch_size)
+                             resolve_device(device), batch_size, self._builder)
 
     def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
         """Predicted labels (the source's class ids) for the images."""
@@ -216,10 +218,18 @@ def as_images(images, input_shape: list[int]) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def load_run(path: str | Path) -> Run:
-    """A finished run (or ensemble) directory."""
+def load_run(path: str | Path, model=None) -> Run:
+    """A finished run (or ensemble) directory; `model` is the nn.Module or factory a run of a model of your
+    own was trained with (needed to predict or export; a run directory never causes code to be imported)."""
     RunDir(path).require_finished()
-    return Run(path)
+    return Run(path, model)
+
+
+def custom_model(model) -> tuple[object, object]:
+    """(builder, model name): an nn.Module or a factory becomes model "custom" with the object beside it."""
+    if isinstance(model, torch.nn.Module) or (callable(model) and not isinstance(model, (str, _Default))):
+        return model, CUSTOM_MODEL
+    return None, model
 
 
 def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path = "runs",
@@ -236,18 +246,19 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
             run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
             fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
             return Run(run.path)
+        builder, model = custom_model(model)
         cfg, dataset = make_config(model, data, config, params, **options)
         dataset = preflight(cfg, dataset)  # bad data fails before a directory is made; loaded once
         run = RunDir.create(out, cfg.model) if lead else None
         if dist is not None:
             run = RunDir(dist.share(str(run.path) if run else None))
         try:
-            fit(cfg, run, extra, dataset=dataset)
+            fit(cfg, run, extra, dataset=dataset, builder=builder)
         except BaseException:
             if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        return Run(run.path)
+        return Run(run.path, builder)
 
 
 def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | Path = "lr_find.png",

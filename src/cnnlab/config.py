@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 from cnnlab.models import model_info
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.runs import read_json
 
 MAX_SEED = 2**32 - 1
@@ -85,7 +86,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         check_types(self)
-        model_info(self.model)  # unknown model -> clear error
+        if self.model != CUSTOM_MODEL:  # a model of the user's own comes beside the config (cnnlab.train(module))
+            model_info(self.model)  # unknown model -> clear error
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
