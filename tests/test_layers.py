@@ -29,7 +29,7 @@ LAYERS = [
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine
-    "cnnlab.fused", "cnnlab.plots", "cnnlab.evaluation", "cnnlab.report", "cnnlab.display",
+    "cnnlab.fused", "cnnlab.plots", "cnnlab.evaluation", "cnnlab.report", "cnnlab.display", "cnnlab.lr_find",
     # the Ray dispatcher, orchestration, export, the API and the CLI on top
     "cnnlab.distributed", "cnnlab.studies", "cnnlab.ensembles", "cnnlab.search", "cnnlab.deploy", "cnnlab.submissions",
     "cnnlab.api", "cnnlab.cli", "cnnlab", "cnnlab.__main__",

@@ -6,11 +6,11 @@ combine, tune; Run (a run directory as an object), TrainConfig, RunDir, and cnnl
 
 from cnnlab.version import __version__  # noqa: E402, F401
 
-from cnnlab.api import Run, combine, ensemble, evaluate, export, load_run, predict, study, train, tune  # noqa: E402
+from cnnlab.api import Run, combine, ensemble, evaluate, export, load_run, lr_find, predict, study, summary, train, tune  # noqa: E402
 from cnnlab.callbacks import Callback, EarlyStopping, LambdaCallback  # noqa: E402
 from cnnlab.config import RECIPES, TrainConfig  # noqa: E402
 from cnnlab.errors import UserError  # noqa: E402
 from cnnlab.runs import RunDir  # noqa: E402
 
 __all__ = ["Callback", "EarlyStopping", "LambdaCallback", "RECIPES", "Run", "RunDir", "TrainConfig", "UserError",
-           "combine", "ensemble", "evaluate", "export", "load_run", "predict", "study", "train", "tune", "__version__"]
+           "combine", "ensemble", "evaluate", "export", "load_run", "lr_find", "predict", "study", "summary", "train", "tune", "__version__"]

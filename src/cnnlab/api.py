@@ -29,14 +29,18 @@ from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx
 from cnnlab.display import Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
-from cnnlab.engine import config_for_resume, fit
+from cnnlab.engine import config_for_resume, fit, prepare
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, train_ensemble
 from cnnlab.errors import UserError
 from cnnlab.evaluation import evaluate_run, plot_run
 from cnnlab.inference import Predictor
+from cnnlab.lr_find import LRFind
+from cnnlab.lr_find import plot as plot_lr_find
+from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
-from cnnlab.models import REPORT_STUDY_MODELS
+from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
@@ -160,10 +164,11 @@ class Run:
     """A run directory as an object: its settings, history, metrics, model and predictions. In a notebook it
     shows itself (model, data, status, key metrics and a small accuracy/loss curve)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, model=None):
         self.dir = RunDir(path)
         self.path = self.dir.path
-        self._predictor = Predictor(self.path)  # the model(s) loaded once, reloaded when the files change
+        self._builder = model  # a model of the user's own: its nn.Module or factory (never imported from the run)
+        self._predictor = Predictor(self.path, model)  # the model(s) loaded once, reloaded when the files change
 
     def __repr__(self) -> str:
         return run_text(self.path)
@@ -242,10 +247,18 @@ def as_images(images, input_shape: list[int]) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def load_run(path: str | Path) -> Run:
-    """A finished run (or ensemble) directory."""
+def load_run(path: str | Path, model=None) -> Run:
+    """A finished run (or ensemble) directory; `model` is the nn.Module or factory a run of a model of your
+    own was trained with (needed to predict or export; a run directory never causes code to be imported)."""
     RunDir(path).require_finished()
-    return Run(path)
+    return Run(path, model)
+
+
+def custom_model(model) -> tuple[object, object]:
+    """(builder, model name): an nn.Module or a factory becomes model "custom" with the object beside it."""
+    if isinstance(model, torch.nn.Module) or (callable(model) and not isinstance(model, (str, _Default))):
+        return model, CUSTOM_MODEL
+    return None, model
 
 
 def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path = "runs",
@@ -262,18 +275,94 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
             run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
             fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
             return Run(run.path)
+        builder, model = custom_model(model)
         cfg, dataset = make_config(model, data, config, params, **options)
         dataset = preflight(cfg, dataset)  # bad data fails before a directory is made; loaded once
         run = RunDir.create(out, cfg.model) if lead else None
         if dist is not None:
             run = RunDir(dist.share(str(run.path) if run else None))
         try:
-            fit(cfg, run, extra, dataset=dataset)
+            fit(cfg, run, extra, dataset=dataset, builder=builder)
         except BaseException:
             if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        return Run(run.path)
+        return Run(run.path, builder)
+
+
+def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | Path = "lr_find.png",
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, **options) -> LRFind:
+    """fastai's learning-rate range test on the model and data these settings give: an exponential sweep from
+    `start_lr` to `end_lr` over `steps` batches, stopped when the smoothed loss diverges; returns the rates,
+    losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot`. Trains nothing
+    permanently and writes no run directory."""
+    if not (0 < start_lr < end_lr) or steps < 2:
+        raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps >= 2, got {start_lr:g}, {end_lr:g}, {steps}")
+    cfg, dataset = make_config(model, data, config, params, **options)
+    setup = prepare(cfg, preflight(cfg, dataset))
+    result = lr_sweep(setup, start_lr, end_lr, steps)
+    result.model = cfg.model
+    if result.suggestion is None:
+        raise UserError(f"lr_find: the loss was not finite from the first step at lr {start_lr:g}; check the data "
+                        "or lower start_lr")
+    result.plot = plot_lr_find(result, plot)
+    return result
+
+
+class ModelSummary:
+    """Keras's `model.summary()` table: `rows` (name, kind, output_shape channels first, params), the totals
+    (BatchNorm's moving statistics count as non-trainable, as in Keras), `frame` (a pandas DataFrame) and a
+    text repr in Keras's layout."""
+
+    def __init__(self, title: str, input_shape: tuple, result):
+        self.title, self.input_shape, self.rows = title, tuple(input_shape), result.rows
+        self.total, self.trainable, self.non_trainable = result.total, result.trainable, result.non_trainable
+
+    @property
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"layer": r.name, "type": r.kind, "output_shape": keras_shape(r.output_shape),
+                              "params": r.params} for r in self.rows])
+
+    def __str__(self) -> str:
+        cells = [(f"{r.name} ({r.kind})", keras_shape(r.output_shape), f"{r.params:,}") for r in self.rows]
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) + 2 for i, h in enumerate(("Layer (type)", "Output Shape"))]
+        line = lambda a, b, c: f" {a:<{widths[0]}}{b:<{widths[1]}}{c}"  # noqa: E731
+        rule = max(65, sum(widths) + 12)
+        out = [f'Model: "{self.title}"', "_" * rule, line("Layer (type)", "Output Shape", "Param #"), "=" * rule]
+        out += [line(*c) for c in cells]
+        out += ["=" * rule, f"Total params: {self.total:,}", f"Trainable params: {self.trainable:,}",
+                f"Non-trainable params: {self.non_trainable:,}", "_" * rule]
+        return "\n".join(out)
+
+    __repr__ = __str__
+
+
+def summary(model_or_run, *, num_classes: int = 10, in_chans: int = 1, image_size: int | None = None,
+            depth: int = 1, **model_params) -> ModelSummary:
+    """The Keras-style layer table of a model name (built with `num_classes`, `in_chans`, `image_size`,
+    `model_params`), an nn.Module (input `in_chans` x `image_size`, default 28), or a run directory / Run
+    (its model as saved, at its input shape)."""
+    if isinstance(model_or_run, torch.nn.Module):
+        size = image_size or 28
+        return ModelSummary(type(model_or_run).__name__, (in_chans, size, size),
+                            summarize(model_or_run, (in_chans, size, size), depth=depth))
+    if isinstance(model_or_run, (Run, Path)) or (isinstance(model_or_run, str) and Path(model_or_run).is_dir()):
+        run = model_or_run.dir if isinstance(model_or_run, Run) else RunDir(model_or_run)
+        meta = run.read_model_meta()
+        spec = dict(meta["spec"])
+        name = spec.pop("name", None)
+        if not isinstance(name, str) or "class" in spec:
+            raise UserError(f"{run.file(runs.MODEL)}: not a registered model; pass the module itself to summary()")
+        net = create_architecture(name, **spec)
+        return ModelSummary(name, tuple(meta["input_shape"]), summarize(net, tuple(meta["input_shape"]), depth=depth))
+    if not isinstance(model_or_run, str):
+        raise UserError(f"summary: expected a model name, an nn.Module or a run directory, got "
+                        f"{type(model_or_run).__name__}")
+    size = image_size or model_info(model_or_run).image_size
+    net = create_architecture(model_or_run, num_classes=num_classes, in_chans=in_chans, image_size=size, **model_params)
+    return ModelSummary(model_or_run, (in_chans, size, size), summarize(net, (in_chans, size, size), depth=depth))
 
 
 def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None, epochs=None, device=None, **options):

@@ -159,6 +159,14 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "weight_decay": (Optional[float], typer.Option(None, "--weight-decay", help="Weight decay of conv/dense weights.")),
     "lr_schedule": (Optional[str], typer.Option(None, "--lr-schedule", help="plateau (report), one-cycle, cosine, "
                                                 "linear or constant.")),
+    "plateau_monitor": (Optional[str], typer.Option(None, "--plateau-monitor", help="What the plateau schedule "
+                                                    "watches: val_loss (report; mode min) or val_accuracy (mode max).")),
+    "plateau_threshold": (Optional[float], typer.Option(None, "--plateau-threshold", help="Relative change the "
+                                                        "plateau schedule counts as better (default 1e-4).")),
+    "plateau_cooldown": (Optional[int], typer.Option(None, "--plateau-cooldown", help="Epochs the plateau schedule "
+                                                     "waits after a reduction (default 0).")),
+    "clip_grad_norm": (Optional[float], typer.Option(None, "--clip-grad-norm", help="Clip the gradients' total L2 norm "
+                                                     "to this before each step (0 = off, default).")),
     "label_smoothing": (Optional[float], typer.Option(None, "--label-smoothing", help="Label smoothing (0 = off).")),
     "augment": (Optional[bool], typer.Option(None, "--augment/--no-augment", help="The report's ImageDataGenerator "
                                              "augmentation.")),
@@ -174,6 +182,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
                                                    "better validation loss (0 = off).")),
     "restore_best": (Optional[bool], typer.Option(None, "--restore-best/--no-restore-best", help="Keep the best "
                                                   "epoch's weights (on with early stopping).")),
+    "deterministic": (Optional[bool], typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic "
+                                                   "algorithms (warn where none exists) and cuDNN; recorded in env.json.")),
     "seed": (Optional[int], typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")),
     "device": (Optional[str], typer.Option(None, "--device", help="auto, cpu or cuda.")),
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 where native: CUDA 8.0+ and "
@@ -263,6 +273,26 @@ def train_cmd(
             _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
         if dist is None or dist.lead:  # torchrun: rank 0 reports
             _report_run(run, quiet)
+
+
+@app.command("lr-find")
+@training_options
+def lr_find_cmd(
+    model: Optional[str] = typer.Argument(None, help="Model name (see `cnnlab models`); default tuned-cnn."),
+    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to write the plot (loss against lr)."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First rate of the sweep."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last rate of the sweep."),
+    steps: int = typer.Option(100, "--steps", min=2, help="Batches over which the rate grows exponentially."),
+    options: dict = None,
+) -> None:
+    """fastai's learning-rate finder: sweep the rate up exponentially on real batches until the loss diverges;
+    suggest fastai's "valley" rate. Trains nothing permanently, writes no run directory, only the plot."""
+    options.pop("tensorboard", None), options.pop("mlflow", None)
+    result = api.lr_find(api.DEFAULT if model is None else model, plot=plot, start_lr=start_lr, end_lr=end_lr,
+                         steps=steps, **options)
+    console.print(f"suggested lr {result.suggestion:.3g} (valley, {len(result.lrs)} steps); plot: "
+                  f"{escape(str(result.plot))}", highlight=False)
+    console.print(f"use it: {escape(result.command)}", highlight=False)
 
 
 def _report_run(run, quiet: bool) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 from cnnlab.models import model_info
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.runs import read_json
 
 MAX_SEED = 2**32 - 1
@@ -28,6 +29,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16", "fp64"),
     "lr_schedule": LR_SCHEDULES,
     "monitor": ("val_loss", "val_accuracy"),
+    "plateau_monitor": ("val_loss", "val_accuracy"),
 }
 
 
@@ -53,6 +55,9 @@ class TrainConfig:
     lr_factor: float = 0.2  # ReduceLROnPlateau(factor=0.2, patience=5) on validation loss
     lr_patience: int = 5
     min_lr: float = 0.0
+    plateau_monitor: str = "val_loss"  # what ReduceLROnPlateau watches: val_loss (mode min) | val_accuracy (mode max)
+    plateau_threshold: float = 1e-4  # ReduceLROnPlateau(threshold=...): relative change that counts as better
+    plateau_cooldown: int = 0  # ReduceLROnPlateau(cooldown=...): epochs to wait after a reduction
     label_smoothing: float = 0.0  # mix each target with the uniform distribution
     class_weights: str | list | None = None  # None | "balanced" | one weight per class
     early_stopping: int = 0  # stop after this many epochs without improvement of `monitor`; 0 = off
@@ -77,10 +82,13 @@ class TrainConfig:
     model_params: dict = field(default_factory=dict)  # the model's own hyperparameters (dropout rates, units)
     checkpoint_every: int = 1  # epochs between resume checkpoints; 0 = none
     eval_batch_size: int = EVAL_BATCH_SIZE
+    clip_grad_norm: float | None = None  # clip the gradients' total L2 norm to this before each step; 0 or None = off
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) and cudnn.deterministic
 
     def validate(self) -> "TrainConfig":
         check_types(self)
-        model_info(self.model)  # unknown model -> clear error
+        if self.model != CUSTOM_MODEL:  # a model of the user's own comes beside the config (cnnlab.train(module))
+            model_info(self.model)  # unknown model -> clear error
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -88,7 +96,7 @@ class TrainConfig:
             raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             _at_least(key, getattr(self, key), 1, "a positive integer")
-        for key in ("lr_patience", "early_stopping", "checkpoint_every", "crop_padding", "split_seed", "seed"):
+        for key in ("lr_patience", "plateau_cooldown", "early_stopping", "checkpoint_every", "crop_padding", "split_seed", "seed"):
             _at_least(key, getattr(self, key), 0, "0 or more")
         for key in ("split_seed", "seed"):  # 32 bits: what scikit-learn's and numpy's generators take
             if getattr(self, key) > MAX_SEED:
@@ -101,6 +109,9 @@ class TrainConfig:
         _in_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
         _in_range("lr_factor", self.lr_factor, 0, 1, low_open=True, high_open=True)
         _in_range("min_lr", self.min_lr, 0, 10)
+        _in_range("plateau_threshold", self.plateau_threshold, 0, 1, high_open=True)
+        if self.clip_grad_norm is not None:
+            _in_range("clip_grad_norm", self.clip_grad_norm, 0, 1e6)
         _in_range("momentum", self.momentum, 0, 1, high_open=True)
         _in_range("weight_decay", self.weight_decay, 0, 1)
         _in_range("warmup_epochs", self.warmup_epochs, 0, self.epochs)
@@ -117,6 +128,8 @@ class TrainConfig:
                 isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                 for w in self.class_weights):
             raise UserError(f"class_weights: a list needs one finite number >= 0 per class, got {self.class_weights!r}")
+        if self.clip_grad_norm and self.cuda_graphs:
+            raise UserError("clip_grad_norm and cuda_graphs: the captured step does not clip; turn one off")
         if self.cuda_graphs and self.compile:
             raise UserError("cuda_graphs and compile: choose one (each captures the step its own way)")
         if self.cuda_graphs and self.precision == "fp16":
@@ -227,7 +240,7 @@ def _in_range(key: str, value: float, low: float, high: float, low_open: bool = 
 
 FIELDS = {f.name for f in fields(TrainConfig)}
 # settings that only record how a run was made and do not change what it learns
-RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs")
+RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs", "deterministic")
 
 
 def _normalize_keys(data: dict, source: str) -> dict:
@@ -303,4 +316,6 @@ def build_config(*layers: dict) -> TrainConfig:
 
 def differing_settings(a: dict, b: dict) -> list[str]:
     """Settings that change what a run learns and differ between two config dicts."""
-    return sorted(k for k in set(a) | set(b) if k not in RESULT_NEUTRAL and a.get(k) != b.get(k))
+    defaults = TrainConfig().to_dict()  # a key stored before the setting existed meant its default
+    return sorted(k for k in set(a) | set(b)
+                  if k not in RESULT_NEUTRAL and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))

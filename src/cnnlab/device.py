@@ -124,6 +124,38 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+_DETERMINISM_OURS = False  # whether set_deterministic turned determinism on (and may turn it off again)
+
+
+def set_deterministic(on: bool, device: torch.device) -> None:
+    """config.deterministic: torch.use_deterministic_algorithms(True, warn_only=True) (an operation without a
+    deterministic form warns instead of failing, like Lightning's deterministic="warn"), and on CUDA
+    cudnn.deterministic with benchmarking off and cuBLAS's fixed workspace. Off undoes only what on did, so
+    a later run in the same process is not deterministic by accident, and a user's own setting stays."""
+    global _DETERMINISM_OURS
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        _DETERMINISM_OURS = True
+    elif _DETERMINISM_OURS:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        _DETERMINISM_OURS = False
+
+
+def determinism() -> dict:
+    """What env.json records of determinism: the state torch is in now."""
+    out = {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+           "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled()}
+    if torch.cuda.is_available():
+        out["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    return out
+
+
 def environment(device: torch.device) -> dict:
     """env.json: library versions, platform, device and the source's commit."""
     try:
@@ -133,4 +165,5 @@ def environment(device: torch.device) -> dict:
         commit = None
     return {"cnnlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-            "platform": platform.platform(), "device": device_name(device), "git_commit": commit}
+            "platform": platform.platform(), "device": device_name(device), "git_commit": commit,
+            "determinism": determinism()}

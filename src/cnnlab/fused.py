@@ -186,7 +186,8 @@ def can_fuse_config(config) -> tuple[bool, str]:
                                                               config.crop_padding or config.hflip or config.erasing
                                                               or config.mixup or config.cutmix),
         ("flip TTA", config.tta), ("CUDA graphs (use compile)", config.cuda_graphs),
-        ("precision fp16 (use bf16 or fp32)", config.precision == "fp16")) if bad]
+        ("precision fp16 (use bf16 or fp32)", config.precision == "fp16"),
+        ("gradient clipping", config.clip_grad_norm)) if bad]
     return (False, ", ".join(reasons)) if reasons else (True, "")
 
 

@@ -18,6 +18,7 @@ from cnnlab.data.prepared import to_input
 from cnnlab.device import autocast_for
 from cnnlab.errors import UserError
 from cnnlab.models import create_architecture
+from cnnlab.models.custom import CUSTOM_MODEL, build_custom
 from cnnlab.runs import RunDir
 from cnnlab.voting import vote
 
@@ -51,16 +52,25 @@ def run_autocast(run_dir: str | Path, device: torch.device):
     return autocast_for(torch.device(device), precision)[1]
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a run's model from model.json and model.safetensors."""
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu", model=None) -> tuple[nn.Module, dict]:
+    """Rebuild a run's model from model.json and model.safetensors. A model of the user's own (spec name
+    "custom") needs `model`, its nn.Module or factory: a run directory never causes code to be imported."""
     run = RunDir(run_dir).require_finished()
     meta = run.read_model_meta()
     spec = dict(meta["spec"])
     name = spec.pop("name", None)
     if not isinstance(name, str):
         raise UserError(f"{run.file(runs.MODEL)}: 'spec' has no model name; the file was edited or damaged")
+    builder = model
     try:
-        model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
+        if name == CUSTOM_MODEL:
+            if builder is None:
+                raise UserError(f"{run_dir}: holds a model of your own ({spec.get('class')}); pass it, e.g. "
+                                f"cnnlab.load_run(path, model=MyNet) (evaluate reads stored logits and works without)")
+            spec.pop("class", None)
+            model = build_custom(builder, **spec)
+        else:
+            model = create_architecture(name, **spec)  # every weight, a pretrained base included, is in model.safetensors
     except TypeError as exc:
         raise UserError(f"{run.file(runs.MODEL)}: the model spec does not fit {name} ({exc}); the file was edited") from None
     path = run.file(runs.WEIGHTS)
@@ -95,14 +105,15 @@ def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: i
     return vote(np.stack(stacked), meta["vote"])
 
 
-def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
+               model=None) -> np.ndarray:
     """Scores (N x classes) of a run or an ensemble directory on uint8 images, in the run's own precision
     and test-time augmentation, so they match its stored logits."""
     meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
         scores = ensemble_logits(run_dir, images, device, batch_size)
     else:
-        model, meta = load_model(run_dir, device)
+        model, meta = load_model(run_dir, device, model)
         scores = predict_logits(model, images.to(device), batch_size, run_autocast(run_dir, device),
                                 tta=meta.get("tta", False)).cpu().numpy()
     if not np.isfinite(scores).all():
@@ -141,8 +152,9 @@ class Predictor:
     device and kept until the directory's files change (model.json and the weights of the run or of each
     member, by mtime and size): a single image costs a few stat calls and one forward."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, model=None):
         self.run_dir = Path(run_dir)
+        self.builder = model  # a model of the user's own (nn.Module or factory); None: the registry's
         self._key = None
         self._loaded = None  # (meta, [(model, autocast, tta)], vote method or None)
 
@@ -165,7 +177,7 @@ class Predictor:
             dirs = [self.run_dir / p for p in meta["members"]] if meta.get("ensemble") else [self.run_dir]
             models = []
             for path in dirs:
-                model, member_meta = load_model(path, device)
+                model, member_meta = load_model(path, device, self.builder)
                 models.append((model, run_autocast(path, device), member_meta.get("tta", False)))
             self._loaded, self._key = (meta, models, meta["vote"] if meta.get("ensemble") else None), key
         return self._loaded[0]

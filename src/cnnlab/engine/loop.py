@@ -103,14 +103,14 @@ def default_callbacks(config: TrainConfig, extra=()) -> list[Callback]:
 
 
 def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume: bool = False,
-        dataset: Dataset | None = None) -> dict:
+        dataset: Dataset | None = None, builder=None) -> dict:
     """Train one model into one run directory and return its final metrics.
 
     `callbacks` (cnnlab.callbacks.Callback) come beside the defaults the config asks for (early
     stopping, checkpoints). `resume` continues from the directory's checkpoint."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     precision = stored_precision(run_dir) if resume else None
-    setup = prepare(config, dataset, precision)  # data and model first: a bad input fails before anything is written
+    setup = prepare(config, dataset, precision, builder)  # data and model first: a bad input fails before anything is written
     if setup.dist and not setup.dist.lead:  # torchrun: rank 0 alone writes the run directory
         return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume)[0]
     with run_dir.owned():
@@ -205,7 +205,7 @@ def run_epoch(ctx: Context, callbacks: list) -> None:
         if m:
             state.step = setup.state.step
         if setup.config.lr_schedule == PLATEAU:
-            setup.plateaus[m].step(val_loss[m])
+            setup.plateaus[m].step(val_acc[m] if setup.config.plateau_monitor == "val_accuracy" else val_loss[m])
     for cb in callbacks:
         cb.on_epoch_end(ctx, rows)
     # after the checkpoint callback: a kill between the two leaves history behind, never ahead

@@ -114,10 +114,15 @@ def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     setup.optimizer.zero_grad()
     if setup.scaler is not None:  # fp16: scale the loss so small gradients survive; a step with inf/nan is skipped
         setup.scaler.scale(losses.sum()).backward()
+        if setup.config.clip_grad_norm:
+            setup.scaler.unscale_(setup.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.config.clip_grad_norm)
         setup.scaler.step(setup.optimizer)
         setup.scaler.update()
     else:
         losses.sum().backward()  # members share no weights, so each gets exactly its own gradient
+        if setup.config.clip_grad_norm:  # off by default (None or 0); refused with CUDA graphs and fused groups
+            torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.config.clip_grad_norm)
         setup.optimizer.step()
     if setup.ema is not None:
         setup.ema.update(setup.model)
