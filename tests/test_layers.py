@@ -16,8 +16,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    # the bottom: errors, the run directory and group directories, models, configuration, data, devices
-    "cnnlab.version", "cnnlab.errors", "cnnlab.runs", "cnnlab.groups", "cnnlab.models", "cnnlab.config",
+    # the bottom: errors, time budgets (pure), the run directory and group directories, models, configuration, data,
+    # devices
+    "cnnlab.version", "cnnlab.errors", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups", "cnnlab.models", "cnnlab.config",
     "cnnlab.data", "cnnlab.data.prepared", "cnnlab.device",
     # small pure leaves
     "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
@@ -25,7 +26,7 @@ LAYERS = [
     # below the engine: torchrun and inference
     "cnnlab.torchrun", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
-    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint",
+    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.throughput", "cnnlab.engine.checkpoint",
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine

@@ -149,6 +149,18 @@ class MemberAdam:
         for p in self.params:
             p.grad = None
 
+    def state_dict(self) -> dict:
+        """Clones of the state (the budget's speed probe puts it back in place with load_state_dict)."""
+        return {"step_count": self.step_count, "lr": self.lr.clone(), "exp_avg": [m.clone() for m in self.exp_avg],
+                "exp_avg_sq": [v.clone() for v in self.exp_avg_sq]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+        self.lr.copy_(state["lr"])
+        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+            mine.copy_(saved)
+
     def _learning_rates(self) -> list[torch.Tensor]:
         if self._lr_seen is None or not torch.equal(self._lr_seen, self.lr):
             self._lr_seen = self.lr.clone()
@@ -294,9 +306,10 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
 
 
 def train_members_fused(config, seeds: list[int], run_dirs: list, callbacks=(), resume: bool = False,
-                        dataset=None) -> list[dict]:
+                        dataset=None, budget=None) -> list[dict]:
     """Train len(seeds) members as one fused network, one ordinary run directory each (the caller owns
-    them). With resume, the group continues from its members' checkpoints. Returns each member's metrics."""
+    them). With resume, the group continues from its members' checkpoints. Returns each member's metrics.
+    `budget` (cnnlab.budget.Budget): the group's time, which fixes its epochs (not on resume)."""
     run_dirs = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
     setup = prepare_fused(config, seeds, dataset, stored_precision(run_dirs[0]) if resume else None)
-    return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume)
+    return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume, budget)
