@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnlab.augment import AugmentSettings
+from cnnlab.budget import Budget
 from cnnlab.data.prepared import load_data, split_data
 from cnnlab.device import autocast_for, float_dtype, resolve_device
 from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
@@ -309,7 +310,9 @@ def train_members_fused(config, seeds: list[int], run_dirs: list, callbacks=(), 
                         dataset=None, budget=None) -> list[dict]:
     """Train len(seeds) members as one fused network, one ordinary run directory each (the caller owns
     them). With resume, the group continues from its members' checkpoints. Returns each member's metrics.
-    `budget` (cnnlab.budget.Budget): the group's time, which fixes its epochs (not on resume)."""
+    `budget` (cnnlab.budget.Budget; default config.time_budget from now): the group's time, which fixes its
+    epochs (not on resume)."""
+    budget = budget or Budget.starting(config.time_budget)
     run_dirs = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
     setup = prepare_fused(config, seeds, dataset, stored_precision(run_dirs[0]) if resume else None)
     return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume, budget)

@@ -90,9 +90,11 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
               say=print, dataset=None, ray: bool = False, ray_address: str | None = None,
               budget: Budget | None = None) -> list[Path]:
     """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks.
-    budget: the study's time, divided among the runs still to train as they come (re-divided as they finish)."""
+    budget: the study's time (default: config.time_budget from now), divided among the runs still to train as
+    they come (re-divided as they finish)."""
     directory = Path(directory)
     require_validation(config, "the study", "its report compares models on the validation split too")
+    budget = budget or Budget.starting(config.time_budget)
     if budget is not None and ray:
         raise UserError("time_budget: a study's budget is divided among runs trained one after another; "
                         "not available with --ray (give --epochs instead)")
