@@ -166,8 +166,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
 
     Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
     (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed).
-    budget: the ensemble's time (default: config.time_budget from now); each attempt (or fused group) gets its part of what is left among the
-    members still wanted, and no attempt starts once it is spent."""
+    budget: the ensemble's time (default: config.time_budget from now); each attempt (or fused group) gets
+    its part of what is left among the members still wanted, and no attempt starts once it is spent."""
     check_settings(members, threshold, method, max_attempts, fuse)
     require_validation(config, "an ensemble", "an ensemble keeps members by their validation accuracy")
     budget = budget or Budget.starting(config.time_budget)
