@@ -51,16 +51,22 @@ def ticking(now: list, seconds_per_epoch: float) -> LambdaCallback:
 
 @pytest.fixture
 def speed(monkeypatch):
-    """speed(epoch_seconds): the probe runs as always (and must leave no trace) but reports this speed."""
-    real = throughput.measure
+    """speed(epoch_seconds, final_seconds, checkpoint_seconds): the probes run as always (and must leave no
+    trace) but report these figures."""
+    real, real_checkpoint = throughput.measure, throughput.checkpoint_seconds
     probes = []
 
-    def set_speed(epoch_seconds: float, final_seconds: float = 0.0):
+    def set_speed(epoch_seconds: float, final_seconds: float = 0.0, checkpoint_seconds: float = 0.0):
         def measure(setup):
             probes.append(real(setup))
             return throughput.Throughput(epoch_seconds, final_seconds, probes[-1].steps)
 
+        def checkpoint(*args):
+            real_checkpoint(*args)
+            return checkpoint_seconds
+
         monkeypatch.setattr(throughput, "measure", measure)
+        monkeypatch.setattr(throughput, "checkpoint_seconds", checkpoint)
         return probes
 
     return set_speed
@@ -176,6 +182,7 @@ def test_a_budgeted_run_trains_exactly_as_the_same_run_with_its_epochs(case, dat
         pairs = [(tmp_path / "a", tmp_path / "b")]
     for (a, b), metrics in zip(pairs, results):
         assert metrics["chosen_epochs"] == 2 and "raise epochs" in metrics["budget_note"]  # capped by epochs
+        assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]  # the probe's checkpoint is gone
         assert metrics["probe_seconds_per_epoch"] > 0 and metrics["time_budget_seconds"] == 3600
         assert history(a) == history(b)
         for name in ("logits.safetensors", "model.safetensors"):
@@ -195,6 +202,14 @@ def test_the_chosen_total_is_the_schedules_total(data, tmp_path, clock, speed):
     lrs = [float(row["lr"]) for row in history(tmp_path / "run")]
     assert lrs == pytest.approx([lr_at("one-cycle", e * STEPS, 5 * STEPS, config.lr) for e in range(5)], rel=1e-12)
     assert lrs != pytest.approx([lr_at("one-cycle", e * STEPS, 40 * STEPS, config.lr) for e in range(5)], rel=1e-3)
+
+
+@pytest.mark.parametrize("every, epochs", [(1, 3), (2, 4), (0, 6)])
+def test_checkpoints_count_as_part_of_an_epoch(every, epochs, data, tmp_path, clock, speed):
+    """60 s; an epoch 10 s and a checkpoint 10 s, written every `every` epochs (0: never)."""
+    speed(10.0, checkpoint_seconds=10.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "time_budget": 60, "checkpoint_every": every})
+    assert fit(config, tmp_path / "run")["chosen_epochs"] == epochs
 
 
 def test_a_resumed_budgeted_run_continues_to_its_chosen_total(data, tmp_path, clock, speed, monkeypatch):

@@ -26,7 +26,7 @@ LAYERS = [
     # below the engine: torchrun and inference
     "cnnlab.torchrun", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
-    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.throughput", "cnnlab.engine.checkpoint",
+    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint", "cnnlab.engine.throughput",
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine

@@ -148,7 +148,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         ctx.warmup_seconds += time.perf_counter() - start
     guard = None
     if budget is not None and not resume:  # the chosen epochs go into config.json: a resume continues to them
-        guard = Guard(setup, budget, plan(setup, budget))
+        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()))
         ctx.config = setup.config
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)

@@ -4,21 +4,27 @@
 validation, then undoes every effect as warm_up does: weights and BatchNorm statistics, the
 optimizer's state (in place, so a captured CUDA graph keeps its tensors), the EMA, every random
 generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
-chosen count. `plan` applies cnnlab.budget's rule and sets the chosen total on the config before the
-first step, so one-cycle and cosine schedules lay out that total.
+chosen count. `checkpoint_seconds` times one checkpoint of every member, written as temporary files
+beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen total on
+the config before the first step, so one-cycle and cosine schedules lay out that total.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import secrets
 import time
 from dataclasses import dataclass, replace
 
 import torch
 
+from cnnlab import runs
 from cnnlab.budget import HIGH, Budget, Plan, overruns
 from cnnlab.device import synchronize
+from cnnlab.runs import RunDir
 
+from .checkpoint import save_checkpoints
 from .setup import Setup
 from .step import apply_learning_rates, learning_rates, make_batch, split_logits, train_step
 
@@ -121,6 +127,29 @@ def measure(setup: Setup) -> Throughput:
     return Throughput(train_seconds + per_image * val, per_image * (val + test), steps)
 
 
+class ProbeDir(RunDir):
+    """A run directory whose checkpoint goes to a temporary file (a name runs.remove_stale_temporaries
+    knows), removed at once: what writing one costs, without touching the real files."""
+
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        path = self.path / f".budget-probe.{secrets.token_hex(4)}.tmp"
+        try:
+            runs.save_tensors(path, tensors, {"cnnlab": json.dumps(meta, default=str)})  # as RunDir.save_checkpoint
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def checkpoint_seconds(setup: Setup, run_dirs: list[RunDir], states: list[dict]) -> float:
+    """Seconds one checkpoint of every member takes (as the Checkpoint callback writes them)."""
+    if setup.dist and not setup.dist.lead:
+        return 0.0  # rank 0 alone writes
+    probes = [ProbeDir(run_dir.path) for run_dir in run_dirs]
+    synchronize(setup.device)
+    start = time.perf_counter()
+    save_checkpoints(setup, probes, [None] * setup.members, states)
+    return time.perf_counter() - start
+
+
 def agree(setup: Setup, *values: float) -> list[float]:
     """torchrun: every process's mean, so all of them choose the same epochs (and stop at the same one)."""
     if not setup.dist:
@@ -129,12 +158,18 @@ def agree(setup: Setup, *values: float) -> list[float]:
     return (setup.dist.all_reduce_sum(tensor) / setup.dist.world_size).tolist()
 
 
-def plan(setup: Setup, budget: Budget) -> Plan:
+def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list[dict] | None = None) -> Plan:
     """Measure, choose the epochs for `budget`, and set them on the config(s) before the first step.
+    With `run_dirs` (and each member's checkpoint `states`), an epoch's share of a checkpoint counts too.
 
     A warm-up longer than the chosen epochs is cut to them (the schedule cut it to the total anyway)."""
     speed = measure(setup)
-    epoch_seconds, final_seconds, spent = agree(setup, speed.epoch_seconds, speed.final_seconds, budget.elapsed())
+    every = setup.config.checkpoint_every
+    saving = checkpoint_seconds(setup, run_dirs, states) / every if run_dirs and every else 0.0
+    world = setup.dist.world_size if setup.dist else 1
+    epoch_seconds, final_seconds, saving, spent = agree(setup, speed.epoch_seconds, speed.final_seconds, saving * world,
+                                                        budget.elapsed())
+    epoch_seconds += saving  # the lead's, the others' being 0
     chosen = Plan.choose(budget.seconds, spent, epoch_seconds, final_seconds, setup.config.epochs)
 
     def fixed(cfg):
