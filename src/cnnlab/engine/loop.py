@@ -162,7 +162,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     try:
         while setup.state.epoch < setup.config.epochs and not ctx.stop_requested:
             run_epoch(ctx, callbacks)
-            if guard is not None and guard.should_stop():
+            if guard is not None and not ctx.stop_requested and guard.should_stop():
                 ctx.stop(guard.reason())
     except KeyboardInterrupt:
         status(runs.INTERRUPTED)
