@@ -16,16 +16,18 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    # the bottom: errors, the run directory and group directories, models, configuration, data, devices
-    "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.runs", "cnnlab.groups", "cnnlab.models", "cnnlab.config",
-    "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device", "cnnlab.samples",
+    # the bottom: errors, time budgets (pure), the run directory and group directories, models, configuration,
+    # data, devices
+    "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
+    "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
+    "cnnlab.samples",
     # small pure leaves
     "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
     "cnnlab.augment", "cnnlab.augment_modern",
     # below the engine: torchrun and inference
     "cnnlab.torchrun", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
-    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint",
+    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint", "cnnlab.engine.throughput",
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab import budget as budgets
 from cnnlab import runs, torchrun, tracking
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
 from cnnlab.data.arrays import dataset_from_arrays
@@ -265,7 +266,9 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
           resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
-    finished) run: only `epochs` and `device` may change then (in-memory data must be passed again)."""
+    finished) run: only `epochs` and `device` may change then (in-memory data must be passed again).
+    `time_budget` (seconds or "15m") counts from this call; a resume continues to the epochs it chose."""
+    started = budgets.clock()
     with torchrun.session(options.get("device") or "auto") as dist:  # torchrun: rank 0 names the run, reports
         lead = dist is None or dist.lead
         extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
@@ -282,7 +285,8 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
         if dist is not None:
             run = RunDir(dist.share(str(run.path) if run else None))
         try:
-            fit(cfg, run, extra, dataset=dataset, builder=builder)
+            fit(cfg, run, extra, dataset=dataset, builder=builder,
+                budget=budgets.Budget.starting(cfg.time_budget, started))
         except BaseException:
             if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
                 shutil.rmtree(run.path, ignore_errors=True)
@@ -407,7 +411,9 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
           say=print, report: bool = True, ray: bool = False, ray_address: str | None = None,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> StudyResult:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}
-    (a dict that shows its comparison tables and figures in a notebook)."""
+    (a dict that shows its comparison tables and figures in a notebook). `time_budget` covers every run of
+    the study (from this call to the report, which it does not count)."""
+    started = budgets.clock()
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     names = [n for n in names if n]
     cfg, dataset = make_config(names[0] if names else DEFAULT, data, config, params, **options)
@@ -415,7 +421,7 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
                                                                     **{k: v for k, v in cfg.to_dict().items() if k != "model"}})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
     dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + tracked + _progress(progress, quiet=True), say,
-                     dataset, ray, ray_address)
+                     dataset, ray, ray_address, budgets.Budget.starting(cfg.time_budget, started))
     if ray:
         group.log_dirs(dirs)
     result = StudyResult(runs=[Run(d) for d in dirs], report=None, markdown=None)
@@ -431,7 +437,9 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
              ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
              **options) -> dict:
     """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth).
-    ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT")."""
+    ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT").
+    `time_budget` covers every member (divided among those still wanted); no attempt starts once it is spent."""
+    started = budgets.clock()
     cfg, dataset = make_config(model, data, config, params, **options)
     vote = vote or ("hard" if cfg.recipe == "report" else "soft")  # the report voted by majority; modern members by probability
     group = Grouped(mlflow, Path(out), f"ensemble {Path(out).name}", {"members": members, "threshold": threshold,
@@ -439,7 +447,7 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
     manifest = train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
                               fuse, list(callbacks) + tracked + _progress(progress, quiet=True), say, dataset, ray,
-                              ray_address)
+                              ray_address, budgets.Budget.starting(cfg.time_budget, started))
     if ray:
         group.log_dirs([Path(out) / m["path"] for m in manifest["members"] + manifest["discarded"]])
     group.close({f"vote_{k}": manifest[k] for k in ("val_accuracy", "test_accuracy") if k in manifest})
@@ -450,21 +458,32 @@ def combine(directory: str | Path) -> dict:
     return combine_members(Path(directory))
 
 
-def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune", timeout: float | None = None,
+def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune",
+         timeout: float | str | None = None,
          storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
          ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
          **options) -> dict:
-    """Optuna search; returns the summary (complete/pruned/failed, best value and parameters)."""
+    """Optuna search; returns the summary (complete/pruned/failed, best value and parameters).
+
+    `time_budget` (or its alias `timeout`, seconds or "15m") is this worker's time: no trial starts once it
+    is spent or when a trial like the finished ones would not fit in what is left; trials keep their epochs."""
+    started = budgets.clock()
     if data is not None and not isinstance(data, (str, Path)):
         raise UserError("data: a search reloads its data in every trial; give a dataset name or path")
+    if timeout is not None:  # the same setting under its older name
+        seconds = budgets.parse_duration(timeout, "timeout")
+        if options.get("time_budget") is not None and budgets.parse_duration(options["time_budget"]) != seconds:
+            raise UserError(f"timeout: is another name of time_budget; give one of them (got timeout {timeout!r} "
+                            f"and time_budget {options['time_budget']!r})")
+        options["time_budget"] = seconds
     cfg, _ = make_config(model, data, config, params, **options)
     if isinstance(space, (str, Path)):
         space = read_space_file(Path(space), cfg.model)
     group = Grouped(mlflow, Path(out), f"search {Path(out).name}", {"trials": trials, "metric": metric, **cfg.to_dict()})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
-    summary = run_tune(cfg, Path(out), trials, timeout, storage, study_name, metric, space, pruner, say, ray, ray_address,
-                       tracked)
+    summary = run_tune(cfg, Path(out), trials, budgets.Budget.starting(cfg.time_budget, started), storage, study_name,
+                       metric, space, pruner, say, ray, ray_address, tracked)
     if ray:
         group.log_dirs(sorted((Path(out) / "trials").glob("trial-*")))
     group.close({"best_value": summary["best_value"]} if "best_value" in summary else {})

@@ -151,7 +151,12 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
                                                  "many images (default: all).")),
     "val_fraction": (Optional[float], typer.Option(None, "--val-fraction", help="Validation share of the training pool "
                                                   "(report: 0.2; 0 trains on all of it with a fixed schedule).")),
-    "epochs": (Optional[int], typer.Option(None, "--epochs", help="Epochs per run (report: 40).")),
+    "epochs": (Optional[int], typer.Option(None, "--epochs", help="Epochs per run (report: 40); with a time "
+                                           "budget, the most a run trains.")),
+    "time_budget": (Optional[str], typer.Option(None, "--time-budget", help="Time for the whole command, e.g. 900, "
+                                                "15m, 1h30m (0 = none): each run measures its speed and picks its "
+                                                "epochs to fit; a study or ensemble divides it among its runs, a "
+                                                "search stops starting trials (cpu-budget recipe: 15m).")),
     "batch_size": (Optional[int], typer.Option(None, "--batch-size", help="Batch size (report: 128).")),
     "optimizer": (Optional[str], typer.Option(None, "--optimizer", help="adam (report), sgd, rmsprop or adamw.")),
     "lr": (Optional[float], typer.Option(None, "--lr", help="Learning rate (report: 1e-3).")),
@@ -452,7 +457,8 @@ def report_cmd(directories: list[Path] = typer.Argument(..., help="Run, study or
 def tune_cmd(
     model: str = typer.Argument(..., help="Model to tune (its tunable hyperparameters join the search)."),
     trials: int = typer.Option(50, "--trials", help="Finished trials wanted in the study (all workers together)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop this worker after this many seconds."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="Another name of --time-budget: no trial starts "
+                                          "once this worker's time is spent (900, 15m, 1h30m)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Database URL (e.g. postgresql://...); default a journal file in --out."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="Study to create or join (default cnnlab-MODEL)."),
     metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximized) or val_loss (minimized)."),

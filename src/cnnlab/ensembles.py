@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab import runs
+from cnnlab.budget import Budget, format_seconds
 from cnnlab.config import TrainConfig, differing_settings, require_validation
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
@@ -162,13 +163,19 @@ def training_path(config: TrainConfig, fuse: int) -> tuple[int, str]:
 def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, threshold: float = 0.91,
                    method: str = "hard", max_attempts: int | None = None, only: range | None = None,
                    fuse: int = 0, callbacks=(), say=print, dataset=None, ray: bool = False,
-                   ray_address: str | None = None) -> dict:
+                   ray_address: str | None = None, budget: Budget | None = None) -> dict:
     """Train attempts until `members` pass the threshold (or attempts run out), then combine.
 
     Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
-    (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed)."""
+    (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed).
+    budget: the ensemble's time (default: config.time_budget from now); each attempt (or fused group) gets
+    its part of what is left among the members still wanted, and no attempt starts once it is spent."""
     check_settings(members, threshold, method, max_attempts, fuse)
     require_validation(config, "an ensemble", "an ensemble keeps members by their validation accuracy")
+    budget = budget or Budget.starting(config.time_budget)
+    if budget is not None and ray:
+        raise UserError("time_budget: an ensemble's budget is divided among members trained one group after "
+                        "another; not available with --ray (give --epochs instead)")
     directory = Path(directory)
     max_attempts = max_attempts or members * 3
     group, text = training_path(config, fuse)
@@ -185,6 +192,10 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
         done = finished_members(directory)
         qualified = sum(m["val_accuracy"] >= threshold for m in done)
         if qualified >= members:
+            break
+        if budget is not None and budget.spent:
+            say(f"time budget spent ({format_seconds(budget.seconds)}): {qualified}/{members} qualified; "
+                "no further attempt starts")
             break
         # members another process is training count toward the target: start none beyond what it still needs
         running = [RunDir(member_dir(directory, a)) for a in candidates
@@ -209,17 +220,24 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
             for job, resume in jobs:
                 attempts, dirs = [a for a, _ in job], [d for _, d in job]
                 seeds = [config.seed + a for a in attempts]
+                share = budget.share(members - qualified, len(job)) if budget is not None else None
                 say(f"attempts {', '.join(map(str, attempts))} (seeds {', '.join(map(str, seeds))})"
-                    + (", resumed" if resume else "") + f"; {qualified}/{members} qualified so far")
+                    + (", resumed" if resume else "") + f"; {qualified}/{members} qualified so far"
+                    + (f"; {format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left"
+                       if share is not None and not resume else ""))
                 if len(job) > 1:
-                    results = train_members_fused(config, seeds, dirs, callbacks, resume=resume, dataset=dataset)
+                    results = train_members_fused(config, seeds, dirs, callbacks, resume=resume, dataset=dataset,
+                                                  budget=share)
                 else:
                     member_config = config_for_member(config, dirs[0], seeds[0], resume)
-                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset)]
+                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset, budget=share)]
                 for attempt, result in zip(attempts, results):
                     verdict = "kept" if result["val_accuracy"] >= threshold else "discarded"
+                    qualified += verdict == "kept"
                     say(f"  attempt {attempt}: val {result['val_accuracy']:.4f}"
-                        + (f", test {result['test_accuracy']:.4f}" if "test_accuracy" in result else "") + f" -> {verdict}")
+                        + (f", test {result['test_accuracy']:.4f}" if "test_accuracy" in result else "")
+                        + (f", {result['chosen_epochs']} epochs chosen" if result.get("chosen_epochs") and not resume
+                           else "") + f" -> {verdict}")
         finally:
             for _, run in claimed:
                 run.release()  # an interrupted member keeps its checkpoint and resumes next time

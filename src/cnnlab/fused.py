@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnlab.augment import AugmentSettings
+from cnnlab.budget import Budget
 from cnnlab.data.prepared import load_data, split_data
 from cnnlab.device import autocast_for, choose_precision, float_dtype, resolve_device, without_fp16
 from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
@@ -145,6 +146,18 @@ class MemberAdam:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+
+    def state_dict(self) -> dict:
+        """Clones of the state (the budget's speed probe puts it back in place with load_state_dict)."""
+        return {"step_count": self.step_count, "lr": self.lr.clone(), "exp_avg": [m.clone() for m in self.exp_avg],
+                "exp_avg_sq": [v.clone() for v in self.exp_avg_sq]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+        self.lr.copy_(state["lr"])
+        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+            mine.copy_(saved)
 
     def _learning_rates(self) -> list[torch.Tensor]:
         if self._lr_seen is None or not torch.equal(self._lr_seen, self.lr):
@@ -296,9 +309,12 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
 
 
 def train_members_fused(config, seeds: list[int], run_dirs: list, callbacks=(), resume: bool = False,
-                        dataset=None) -> list[dict]:
+                        dataset=None, budget=None) -> list[dict]:
     """Train len(seeds) members as one fused network, one ordinary run directory each (the caller owns
-    them). With resume, the group continues from its members' checkpoints. Returns each member's metrics."""
+    them). With resume, the group continues from its members' checkpoints. Returns each member's metrics.
+    `budget` (cnnlab.budget.Budget; default config.time_budget from now): the group's time, which fixes its
+    epochs (not on resume)."""
+    budget = budget or Budget.starting(config.time_budget)
     run_dirs = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
     setup = prepare_fused(config, seeds, dataset, stored_precision(run_dirs[0]) if resume else None)
-    return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume)
+    return fit_setup(setup, run_dirs, default_callbacks(config, callbacks), resume, budget)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cnnlab.budget import Plan
 from cnnlab.callbacks import Callback
 from cnnlab.device import device_name
 from cnnlab.models import count_parameters
@@ -40,7 +41,7 @@ class ConsoleProgress(Callback):
 
     def on_train_start(self, ctx) -> None:
         setup = ctx.setup
-        self.epochs, self.epoch_seconds = ctx.config.epochs, []
+        self.epochs, self.epoch_seconds, self.budget_shown = ctx.config.epochs, [], False
         if self.quiet:
             return
         trainable, _ = count_parameters(setup.model)
@@ -54,6 +55,10 @@ class ConsoleProgress(Callback):
                            soft_wrap=self.soft_wrap)
 
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None:
+        if ctx.state.budget and not self.budget_shown and not self.quiet:  # chosen after on_train_start
+            self.console.print(escape(Plan(**ctx.state.budget).line()), highlight=False)
+        self.budget_shown = True
+        self.epochs = ctx.config.epochs
         self._t0 = self._last = time.perf_counter()
         self.epoch = epoch
         if self.live:

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
+from cnnlab.budget import Budget, format_seconds
 from cnnlab.callbacks import Callback
 from cnnlab.config import FIELDS, TrainConfig, build_config, require_validation
 from cnnlab.data.prepared import preflight
@@ -203,10 +204,13 @@ class Pruning(Callback):
             ctx.stop(f"pruned by Optuna after epoch {row['epoch']}")
 
 
-def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: float | None = None,
+def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Budget | float | None = None,
              storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
              space: dict | None = None, pruner: str = "median", say=print, ray: bool = False,
              ray_address: str | None = None, callbacks=()) -> dict:
+    """budget: this worker's time (a Budget, or seconds from now; default config.time_budget from now): no
+    trial starts once it is spent, nor when one like this worker's finished trials would not fit in what is
+    left (Optuna's timeout, plus that check). Trials train their configured epochs, unbudgeted."""
     import optuna
     from optuna.trial import TrialState
 
@@ -230,9 +234,30 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
                                 study_name=study_name or f"cnnlab-{config.model}", load_if_exists=True,
                                 direction="maximize" if metric == "val_accuracy" else "minimize",
                                 pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
-    base = replace(config, checkpoint_every=0)
+    base = replace(config, checkpoint_every=0, time_budget=0.0)  # the search has the budget, not each trial
+    if not isinstance(budget, Budget):
+        budget = Budget.starting(budget if budget is not None else config.time_budget)
+    now = budget.clock if budget is not None else time.monotonic
+    trial_seconds: list[float] = []  # this worker's finished (not pruned) trials
+    said: list[str] = []
+
+    def no_time(in_flight: int = 0) -> bool:
+        """Whether the time budget forbids starting another trial (never without a budget)."""
+        if budget is None:
+            return False
+        typical = sum(trial_seconds) / len(trial_seconds) if trial_seconds else 0.0
+        if budget.left() > typical:
+            return False
+        if not said:
+            said.append(f"stopping: {format_seconds(budget.left())} of the time budget ({format_seconds(budget.seconds)})"
+                        " left" + (f", less than a trial takes here (about {format_seconds(typical)})" if typical else "")
+                        + (f"; waiting for {in_flight} running trial(s)" if in_flight else ""))
+            say(said[0])
+        return True
+
     if ray:
-        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address, dataset)
+        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address, dataset, no_time,
+                          trial_seconds)
         return write_results(study, directory, metric, config)
 
     def objective(trial) -> float:
@@ -243,12 +268,14 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         run_dir = directory / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = Pruning(trial, metric)
+        started = now()
         metrics = fit(cfg, run_dir, [pruning, *callbacks], dataset=dataset if same_data(cfg, base) else None)
         if pruning.pruned:
             epoch_time = sum(pruning.epoch_seconds) / max(1, len(pruning.epoch_seconds))
             trial.set_user_attr("seconds_saved", (cfg.epochs - pruning.epochs_done) * epoch_time)
             say(f"trial {trial.number}: pruned after epoch {pruning.epochs_done} {params}")
             raise optuna.TrialPruned(metrics["stop_reason"])
+        trial_seconds.append(now() - started)
         say(f"trial {trial.number}: {metric} {metrics[metric]:.4f} {params}")
         return metrics[metric]
 
@@ -262,20 +289,22 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, timeout: fl
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if len(failed) >= max(3, trials):  # a search where nothing trains must end, not loop
             say(f"stopping: {len(failed)} trials failed (see the messages above); check the search space and data")
-        return len(counted) >= trials or len(failed) >= max(3, trials)
+        return len(counted) >= trials or len(failed) >= max(3, trials) or no_time()
 
     def stop_when_enough(study, trial) -> None:
         if enough(study):
             study.stop()  # only valid inside optimize: a finished search is told apart before it
 
     if enough(study):
-        say(f"{study.study_name}: the search is finished ({trials} trials wanted); nothing to train. Its summary:")
+        say(f"{study.study_name}: the search is finished or out of time ({trials} trials wanted); nothing to train. "
+            "Its summary:")
     else:
         handlers = optuna.logging.get_logger("optuna").handlers  # filters act on handlers for child loggers' records
         for handler in handlers:
             handler.addFilter(no_interrupt_traceback)
         try:
-            study.optimize(objective, timeout=timeout, callbacks=[stop_when_enough], catch=(UserError,))
+            study.optimize(objective, timeout=budget.left() if budget is not None else None,
+                           callbacks=[stop_when_enough], catch=(UserError,))
         finally:
             for handler in handlers:
                 handler.removeFilter(no_interrupt_traceback)
@@ -354,7 +383,9 @@ def same_data(cfg: TrainConfig, base: TrainConfig) -> bool:
 
 
 def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
-                      address: str | None, dataset) -> None:
+                      address: str | None, dataset, no_time=lambda in_flight=0: False, trial_seconds=None) -> None:
+    """no_time(in_flight): whether the time budget forbids starting a trial; trial_seconds: finished trials'
+    durations, appended here (what no_time judges by)."""
     from optuna.trial import TrialState
 
     with ray_cluster(address) as ray:
@@ -363,6 +394,7 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
                                                max_retries=TASK_RETRIES)
         data_ref = put_dataset(ray, dataset)
         running: dict = {}  # trial number -> trial
+        started: dict = {}  # trial number -> when it was submitted
 
         def counted(*states) -> int:
             return len(study.get_trials(deepcopy=False, states=states))
@@ -370,7 +402,7 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
         def next_job(in_flight: int):
             # more trials to start (not when everything fails: a broken search must end)
             finished = counted(TrialState.COMPLETE, TrialState.PRUNED)
-            if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials):
+            if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials) or no_time(in_flight):
                 return None
             trial = study.ask()
             trial.set_user_attr("worker", f"ray:{_worker_id()}")
@@ -378,6 +410,7 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
             train_part, model_part = split_params(params)
             cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
             running[trial.number] = trial
+            started[trial.number] = time.monotonic()
             return (trial, params, cfg), (cfg.to_dict(), trial.number, metric, board, data_ref)
 
         def report_epochs() -> None:  # pruning decisions, as the trials report
@@ -404,6 +437,8 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
             else:
                 study.tell(trial, result["metrics"][metric])
                 say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
+                if trial_seconds is not None:
+                    trial_seconds.append(time.monotonic() - started.pop(trial.number))
 
         dispatch(ray, task, next_job, on_result, cpu_slots(ray), on_error, poll=report_epochs)
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
+from cnnlab.budget import Budget, format_seconds
 from cnnlab.config import TrainConfig, build_config, differing_settings, require_validation
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
@@ -88,10 +89,17 @@ def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: st
 
 
 def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, callbacks=(),
-              say=print, dataset=None, ray: bool = False, ray_address: str | None = None) -> list[Path]:
-    """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks."""
+              say=print, dataset=None, ray: bool = False, ray_address: str | None = None,
+              budget: Budget | None = None) -> list[Path]:
+    """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks.
+    budget: the study's time (default: config.time_budget from now), divided among the runs still to train as
+    they come (re-divided as they finish)."""
     directory = Path(directory)
     require_validation(config, "the study", "its report compares models on the validation split too")
+    budget = budget or Budget.starting(config.time_budget)
+    if budget is not None and ray:
+        raise UserError("time_budget: a study's budget is divided among runs trained one after another; "
+                        "not available with --ray (give --epochs instead)")
     jobs = plan(config, models, repeats, directory)
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     files = files_fingerprint(config.data, config.data_dir)
@@ -109,10 +117,18 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
             return
         resume = run.resumable()
-        say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}")
-        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset)
+        share = None
+        if budget is not None:  # this run and every later or deferred one still unfinished
+            left = {r.path: r for r in [r for _, r in jobs[i - 1:]] + [r for _, _, r in deferred]}
+            share = budget.share(sum(r.status() != runs.FINISHED for r in left.values()))
+        say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}"
+            + (f" ({format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left)"
+               if share is not None and not resume else ""))
+        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, budget=share)
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
-                                                       if "test_accuracy" in metrics else ""))
+                                                       if "test_accuracy" in metrics else "")
+            + (f"; {metrics['chosen_epochs']} epochs chosen" if metrics.get("chosen_epochs") and not resume else "")
+            + (f" ({metrics['budget_note']})" if metrics.get("budget_note") and not resume else ""))
 
     for i, (cfg, run) in enumerate(jobs, 1):
         if run.status() == runs.FINISHED:

@@ -12,6 +12,7 @@ own learning rate and its own run directory.
     engine.setup       TrainState, Setup, prepare (model options, class weights, plateaus, feature cache)
     engine.step        learning rates, member losses, batches, the train step and its CUDA graph,
                        train_one_epoch, evaluate, warm_up
+    engine.throughput  a budgeted run's speed probe (undone like warm_up) and chosen epochs (cnnlab.budget)
     engine.checkpoint  optimizer tensors, checkpoints saved and loaded, final weights
     engine.loop        Context, fit, the epoch, finish, default callbacks
 

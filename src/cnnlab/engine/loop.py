@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import runs
+from cnnlab.budget import Budget
 from cnnlab.callbacks import Callback, Checkpoint, EarlyStopping
 from cnnlab.config import PLATEAU, TrainConfig
 from cnnlab.data import Dataset
@@ -24,6 +25,7 @@ from cnnlab.samples import store_validation_sample
 from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
 from .setup import Setup, TrainState, prepare
 from .step import GraphedStep, evaluate, learning_rates, train_one_epoch, warm_up
+from .throughput import Guard, plan
 
 
 class NonFiniteLoss(Exception):
@@ -103,22 +105,27 @@ def default_callbacks(config: TrainConfig, extra=()) -> list[Callback]:
 
 
 def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume: bool = False,
-        dataset: Dataset | None = None, builder=None) -> dict:
+        dataset: Dataset | None = None, builder=None, budget: Budget | None = None) -> dict:
     """Train one model into one run directory and return its final metrics.
 
     `callbacks` (cnnlab.callbacks.Callback) come beside the defaults the config asks for (early
-    stopping, checkpoints). `resume` continues from the directory's checkpoint."""
+    stopping, checkpoints). `resume` continues from the directory's checkpoint. `budget`: this run's
+    time (default: config.time_budget from now on); a resume continues to the stored epochs instead."""
+    budget = budget or Budget.starting(config.time_budget)
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     precision = stored_precision(run_dir) if resume else None
     setup = prepare(config, dataset, precision, builder)  # data and model first: a bad input fails before anything is written
     if setup.dist and not setup.dist.lead:  # torchrun: rank 0 alone writes the run directory
-        return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume)[0]
+        return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume,
+                         budget)[0]
     with run_dir.owned():
-        return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume)[0]
+        return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume, budget)[0]
 
 
-def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: bool = False) -> list[dict]:
-    """The loop over epochs for a prepared setup (one member per run directory, all owned by the caller)."""
+def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: bool = False,
+              budget: Budget | None = None) -> list[dict]:
+    """The loop over epochs for a prepared setup (one member per run directory, all owned by the caller).
+    With a `budget` (not on resume), a probe after warm-up fixes the epochs (engine.throughput)."""
     callbacks = ordered(callbacks)
     ctx = Context(setup, run_dirs, callbacks)
     stored = None
@@ -146,6 +153,12 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         setup.graph = GraphedStep(setup)
         synchronize(setup.device)
         ctx.warmup_seconds += time.perf_counter() - start
+    guard = None
+    if budget is not None and not resume:  # the chosen epochs go into config.json: a resume continues to them
+        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()))
+        ctx.config = setup.config
+        for run_dir, cfg in zip(run_dirs, setup.member_configs):
+            run_dir.write_start(cfg.to_dict(), env)
 
     def status(value: str, **extra) -> None:
         for run_dir, state in zip(run_dirs, setup.states):
@@ -156,6 +169,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     try:
         while setup.state.epoch < setup.config.epochs and not ctx.stop_requested:
             run_epoch(ctx, callbacks)
+            if guard is not None and not ctx.stop_requested and guard.should_stop():
+                ctx.stop(guard.reason())
     except KeyboardInterrupt:
         status(runs.INTERRUPTED)
         raise
@@ -166,7 +181,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         with contextlib.suppress(UserError):
             status(runs.FAILED, reason=str(exc))
         raise
-    results = finish(ctx)
+    results = finish(ctx, budget if guard is not None else None)
     for cb in callbacks:
         cb.on_train_end(ctx, results)
     return results
@@ -222,7 +237,7 @@ def model_metadata(setup: Setup, weights_epoch: int) -> dict:
             "weights_epoch": weights_epoch, "tta": setup.config.tta}
 
 
-def finish(ctx: Context) -> list[dict]:
+def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
     """Final evaluation and files of every member: best weights restored if asked, model.json last."""
     setup = ctx.setup
     restored = [best is not None and setup.config.keeps_best for best in ctx.best_weights]
@@ -255,6 +270,8 @@ def finish(ctx: Context) -> list[dict]:
             best_val_epoch=min(history, key=lambda r: r["val_loss"])["epoch"] if setup.val is not None and history else None,
             feature_cache_seconds=setup.feature_cache_seconds,
             device=device_name(setup.device), precision=setup.precision)
+        if state.budget:
+            metrics.update(state.budget, budget_seconds_used=budget.elapsed() if budget is not None else None)
         if setup.group is not None:
             metrics["fused_members"] = setup.members
         if setup.dist:

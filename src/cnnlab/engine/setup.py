@@ -38,6 +38,7 @@ class TrainState:
     best_epoch: int = 0  # the epoch of the weights kept by ctx.keep_best (restore_best)
     stopped_early: bool = False
     stop_reason: str | None = None
+    budget: dict | None = None  # a budgeted run's measured speed and chosen epochs (cnnlab.budget.Plan)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainState":

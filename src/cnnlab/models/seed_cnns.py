@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .layers import Dropout
 from .registry import flat_features, keras_bn, keras_init, register_model
 
 
@@ -29,24 +30,24 @@ UNITS = {"type": "categorical", "choices": [128, 256, 512]}
 def cnn1(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5,
          dense: int = 128) -> nn.Module:
     """Conv2D(32, 3x3, valid) -> MaxPool 2 -> Dropout(0.5, as in the report's code) -> Dense(128) -> Dense(classes)."""
-    features = nn.Sequential(*_conv(in_chans, 32, 0), nn.MaxPool2d(2), nn.Dropout(dropout))
+    features = nn.Sequential(*_conv(in_chans, 32, 0), nn.MaxPool2d(2), Dropout(dropout))
     flat = flat_features(features, in_chans, image_size, "cnn1")
     return _head(features, [nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Linear(dense, num_classes)])
 
 
 def _cnn2_features(in_chans: int, conv_dropout: float, extra_block: bool) -> list[nn.Module]:
     layers = [*_conv(in_chans, 32, 1), keras_bn(32),
-              *_conv(32, 32, 1), keras_bn(32), nn.Dropout(conv_dropout),
-              *_conv(32, 64, 1), nn.MaxPool2d(2), nn.Dropout(conv_dropout),
-              *_conv(64, 128, 1), keras_bn(128), nn.Dropout(conv_dropout)]
+              *_conv(32, 32, 1), keras_bn(32), Dropout(conv_dropout),
+              *_conv(32, 64, 1), nn.MaxPool2d(2), Dropout(conv_dropout),
+              *_conv(64, 128, 1), keras_bn(128), Dropout(conv_dropout)]
     if extra_block:  # CNN3's extra block: a valid 3x3 conv to 256 channels
-        layers += [*_conv(128, 256, 0), keras_bn(256), nn.Dropout(conv_dropout)]
+        layers += [*_conv(128, 256, 0), keras_bn(256), Dropout(conv_dropout)]
     return layers
 
 
 def _cnn2_dense(flat: int, num_classes: int, dense_dropout: float) -> list[nn.Module]:
-    return [nn.Linear(flat, 512), nn.ReLU(inplace=True), keras_bn(512, 1), nn.Dropout(dense_dropout),
-            nn.Linear(512, 128), nn.ReLU(inplace=True), keras_bn(128, 1), nn.Dropout(dense_dropout),
+    return [nn.Linear(flat, 512), nn.ReLU(inplace=True), keras_bn(512, 1), Dropout(dense_dropout),
+            nn.Linear(512, 128), nn.ReLU(inplace=True), keras_bn(128, 1), Dropout(dense_dropout),
             nn.Linear(128, num_classes)]
 
 
@@ -78,11 +79,11 @@ def cnn3(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, conv
 def cnn4(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, conv_dropout: float = 0.25,
          dense_dropout: float = 0.5, dense: int = 256) -> nn.Module:
     """Its second pooling is 3x3 (12 -> 4). Dropout rates are not in the report: 0.25 after pools, 0.5 after dense."""
-    features = nn.Sequential(*_conv(in_chans, 32, 1), *_conv(32, 64, 1), nn.MaxPool2d(2), nn.Dropout(conv_dropout),
-                             *_conv(64, 128, 1), *_conv(128, 256, 0), nn.MaxPool2d(3), nn.Dropout(conv_dropout))
+    features = nn.Sequential(*_conv(in_chans, 32, 1), *_conv(32, 64, 1), nn.MaxPool2d(2), Dropout(conv_dropout),
+                             *_conv(64, 128, 1), *_conv(128, 256, 0), nn.MaxPool2d(3), Dropout(conv_dropout))
     flat = flat_features(features, in_chans, image_size, "cnn4")
-    return _head(features, [nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Dropout(dense_dropout),
-                                  nn.Linear(dense, dense), nn.ReLU(inplace=True), nn.Dropout(dense_dropout),
+    return _head(features, [nn.Linear(flat, dense), nn.ReLU(inplace=True), Dropout(dense_dropout),
+                                  nn.Linear(dense, dense), nn.ReLU(inplace=True), Dropout(dense_dropout),
                                   nn.Linear(dense, num_classes)])
 
 
@@ -93,9 +94,9 @@ def tuned_cnn(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28,
               dropout2: float = 0.25767502, dropout3: float = 0.31440486, dropout4: float = 0.12715375,
               dense1: int = 256, dense2: int = 512) -> nn.Module:
     """Conv 32-32 same, pool, conv 64-64 valid, BN, pool, dense 256 + BN, dense 512 + BN; hyperas's dropout rates."""
-    features = nn.Sequential(*_conv(in_chans, 32, 1), *_conv(32, 32, 1), nn.MaxPool2d(2), nn.Dropout(dropout1),
-                             *_conv(32, 64, 0), *_conv(64, 64, 0), keras_bn(64), nn.MaxPool2d(2), nn.Dropout(dropout2))
+    features = nn.Sequential(*_conv(in_chans, 32, 1), *_conv(32, 32, 1), nn.MaxPool2d(2), Dropout(dropout1),
+                             *_conv(32, 64, 0), *_conv(64, 64, 0), keras_bn(64), nn.MaxPool2d(2), Dropout(dropout2))
     flat = flat_features(features, in_chans, image_size, "tuned-cnn")
-    return _head(features, [nn.Linear(flat, dense1), nn.ReLU(inplace=True), keras_bn(dense1, 1), nn.Dropout(dropout3),
-                                  nn.Linear(dense1, dense2), nn.ReLU(inplace=True), keras_bn(dense2, 1), nn.Dropout(dropout4),
+    return _head(features, [nn.Linear(flat, dense1), nn.ReLU(inplace=True), keras_bn(dense1, 1), Dropout(dropout3),
+                                  nn.Linear(dense1, dense2), nn.ReLU(inplace=True), keras_bn(dense2, 1), Dropout(dropout4),
                                   nn.Linear(dense2, num_classes)])

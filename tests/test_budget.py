@@ -1,0 +1,339 @@
+"""Time budgets (issue 20, item 3): durations, the rule that picks epochs, how a command's budget is shared
+among its runs, the speed probe that leaves no trace, and what runs record.
+
+No test here times anything: the clock is cnnlab.budget.clock (replaced by a counter the tests move), and
+where a test needs a known speed, the probe still runs but its figures are replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnnlab
+from cnnlab import budget as budgets
+from cnnlab.budget import HIGH, LOW, Budget, choose_epochs, overruns, parse_duration, predicted_seconds
+from cnnlab.callbacks import LambdaCallback
+from cnnlab.config import build_config
+from cnnlab.engine import fit, throughput
+from cnnlab.errors import UserError
+from cnnlab.fused import train_members_fused
+from cnnlab.schedules import lr_at
+
+from conftest import interrupt_at, write_npz_dataset
+
+SETTINGS = dict(batch_size=32, device="cpu", precision="fp64", seed=3, compile=False)
+BASE = dict(model="cnn1", **SETTINGS)
+STEPS = 4  # 128 training images (160 less the 20% validation split) in batches of 32
+TIMING = {"train_seconds", "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_npz_dataset(tmp_path_factory.mktemp("budget") / "data.npz", 160, 40, size=16)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock that stands still unless a test (or the `ticking` callback) moves it: [seconds]."""
+    now = [1000.0]
+    monkeypatch.setattr(budgets, "clock", lambda: now[0])
+    return now
+
+
+def ticking(now: list, seconds_per_epoch: float) -> LambdaCallback:
+    """Each epoch takes `seconds_per_epoch` on the test's clock."""
+    return LambdaCallback(on_epoch_end=lambda ctx, rows: now.__setitem__(0, now[0] + seconds_per_epoch))
+
+
+@pytest.fixture
+def speed(monkeypatch):
+    """speed(epoch_seconds, final_seconds, checkpoint_seconds): the probes run as always (and must leave no
+    trace) but report these figures."""
+    real, real_checkpoint = throughput.measure, throughput.checkpoint_seconds
+    probes = []
+
+    def set_speed(epoch_seconds: float, final_seconds: float = 0.0, checkpoint_seconds: float = 0.0):
+        def measure(setup):
+            probes.append(real(setup))
+            return throughput.Throughput(epoch_seconds, final_seconds, probes[-1].steps)
+
+        def checkpoint(*args):
+            real_checkpoint(*args)
+            return checkpoint_seconds
+
+        monkeypatch.setattr(throughput, "measure", measure)
+        monkeypatch.setattr(throughput, "checkpoint_seconds", checkpoint)
+        return probes
+
+    return set_speed
+
+
+def history(run: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in cnnlab.Run(run).dir.history()]
+
+
+# ------------------------------------------------------------------ durations
+
+
+@pytest.mark.parametrize("value, seconds", [(900, 900.0), (12.5, 12.5), ("900", 900.0), ("900s", 900.0),
+                                            ("15m", 900.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("2m 30s", 150.0),
+                                            (" 90S ", 90.0), (0, 0.0), ("0", 0.0), ("1h0m5s", 3605.0)])
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "15x", "m", "-5", -5, "1h1h", "30m1h", "", "1e3", "inf", True, [900],
+                                   "1" * 400, "15m!"])
+def test_bad_durations_are_one_line_naming_the_setting(value):
+    with pytest.raises(UserError) as info:
+        build_config({"time_budget": value})
+    message = str(info.value)
+    assert message.startswith("time_budget: must be ") and "\n" not in message and repr(value)[:20] in message
+
+
+def test_bad_duration_on_the_command_line(cli, data, tmp_path):
+    code, _, err = cli("train", "cnn1", "--data", data, "--time-budget", "a while", "--out", tmp_path)
+    assert code == 2 and err.strip() == ("cnnlab: error: time_budget: must be a number of seconds or a duration such "
+                                         "as 900, 900s, 15m, 1h30m or 1.5h (0 = no budget), got 'a while'")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def test_the_rule_on_the_issues_example():
+    assert choose_epochs(100, 0, 9, 0, 200) == (11, None)  # 99 s of 100
+    assert choose_epochs(100, 0, 55, 0, 200) == (2, None)  # 1 would end at 55%; 2 end at 110%, allowed
+    epochs, note = choose_epochs(100, 0, 60, 0, 200)  # 60% or 120%: early rather than late, and said
+    assert epochs == 1 and "would end past 110%" in note
+
+
+def test_the_rule_lands_within_the_window_whenever_an_epoch_count_can():
+    for seconds in (10, 100, 900, 3600):
+        for spent in (0, 0.03 * seconds):
+            for final in (0, 0.01 * seconds):
+                for fraction in [i / 1000 for i in range(1, 700, 7)]:
+                    epoch = fraction * seconds
+                    for cap in (3, 40, 200):
+                        n, note = choose_epochs(seconds, spent, epoch, final, cap)
+                        end = predicted_seconds(n, spent, epoch, final)
+                        landable = [k for k in range(1, cap + 1)
+                                    if LOW * seconds <= predicted_seconds(k, spent, epoch, final) <= HIGH * seconds]
+                        assert 1 <= n <= cap
+                        assert end <= HIGH * seconds or n == 1, (seconds, spent, epoch, cap)
+                        if landable:
+                            assert LOW * seconds <= end <= HIGH * seconds and note is None, (seconds, spent, epoch, cap)
+                            # within the budget itself whenever some count is
+                            if any(predicted_seconds(k, spent, epoch, final) <= seconds for k in landable):
+                                assert end <= seconds
+                        else:
+                            assert note, (seconds, spent, epoch, cap)
+
+
+def test_too_small_a_budget_trains_one_epoch_and_says_so():
+    epochs, note = choose_epochs(2, 1.5, 9, 0.1, 200)
+    assert epochs == 1 and "training 1 epoch (the least)" in note
+    epochs, note = choose_epochs(100, 0, 1, 0, 5)  # epochs caps it: said too
+    assert epochs == 5 and "raise epochs" in note
+
+
+def test_a_budget_is_shared_among_the_runs_left(clock):
+    budget = Budget(100)
+    assert budget.share(4).seconds == 25
+    clock[0] += 40
+    assert budget.left() == 60 and budget.share(3).seconds == 20 and budget.share(4, runs=2).seconds == 30
+    first = budget.share(1)
+    clock[0] += 70
+    assert budget.spent and budget.left() == 0 and budget.share(2).seconds == 0
+    assert first.elapsed() == 70 and first.left() == 0
+
+
+def test_the_guard_stops_before_an_epoch_that_would_overrun():
+    assert overruns(100, elapsed=95, epochs_done=5, loop_seconds=90, final_seconds=0)  # 95 + 18 > 110
+    assert not overruns(100, elapsed=80, epochs_done=4, loop_seconds=76, final_seconds=0)  # 80 + 19 = 99
+    assert overruns(100, elapsed=80, epochs_done=4, loop_seconds=76, final_seconds=12)  # the final evaluation counts
+    assert not overruns(100, elapsed=500, epochs_done=0, loop_seconds=0, final_seconds=0)
+
+
+# ------------------------------------------------------------------ the engine
+
+
+@pytest.mark.parametrize("case", ["plain", "modern", "fused"])
+def test_a_budgeted_run_trains_exactly_as_the_same_run_with_its_epochs(case, data, tmp_path):
+    """The probe (real, timed on this machine) leaves no trace: weights, BatchNorm statistics, optimizer
+    state (SGD momentum, Adam, a fused group's MemberAdam), the EMA and every generator are put back."""
+    options = {"plain": {"model": "tuned-cnn"},
+               "modern": {"recipe": "modern", "model": "resnet9", "model_params": {"width": 8}, "batch_size": 32,
+                          "ema": 0.9, "mixup": 0.2},
+               "fused": {}}[case]
+    plain = build_config({**BASE, **options, "data": str(data), "epochs": 2})
+    budgeted = build_config({**BASE, **options, "data": str(data), "epochs": 2, "time_budget": "1h"})
+    if case == "fused":
+        train_members_fused(plain, [3, 4], [tmp_path / "a0", tmp_path / "a1"])
+        results = train_members_fused(budgeted, [3, 4], [tmp_path / "b0", tmp_path / "b1"], budget=Budget(3600))
+        pairs = [(tmp_path / "a0", tmp_path / "b0"), (tmp_path / "a1", tmp_path / "b1")]
+    else:
+        fit(plain, tmp_path / "a")
+        results = [fit(budgeted, tmp_path / "b")]
+        pairs = [(tmp_path / "a", tmp_path / "b")]
+    for (a, b), metrics in zip(pairs, results):
+        assert metrics["chosen_epochs"] == 2 and "raise epochs" in metrics["budget_note"]  # capped by epochs
+        assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]  # the probe's checkpoint is gone
+        assert metrics["probe_seconds_per_epoch"] > 0 and metrics["time_budget_seconds"] == 3600
+        assert history(a) == history(b)
+        for name in ("logits.safetensors", "model.safetensors"):
+            want, got = load_file(a / name), load_file(b / name)
+            assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), name
+
+
+def test_the_chosen_total_is_the_schedules_total(data, tmp_path, clock, speed):
+    """Budget 100 s, the probe says 20 s per epoch: 5 epochs of the 40 allowed, and one-cycle spans 5."""
+    probes = speed(20.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert probes and metrics["chosen_epochs"] == 5 and metrics["epochs_done"] == 5
+    assert metrics["budget_predicted_seconds"] == 100 and metrics["budget_note"] is None
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["epochs"] == 5 and stored["time_budget"] == 100.0
+    lrs = [float(row["lr"]) for row in history(tmp_path / "run")]
+    assert lrs == pytest.approx([lr_at("one-cycle", e * STEPS, 5 * STEPS, config.lr) for e in range(5)], rel=1e-12)
+    assert lrs != pytest.approx([lr_at("one-cycle", e * STEPS, 40 * STEPS, config.lr) for e in range(5)], rel=1e-3)
+
+
+@pytest.mark.parametrize("every, epochs", [(1, 3), (2, 4), (0, 6)])
+def test_checkpoints_count_as_part_of_an_epoch(every, epochs, data, tmp_path, clock, speed):
+    """60 s; an epoch 10 s and a checkpoint 10 s, written every `every` epochs (0: never)."""
+    speed(10.0, checkpoint_seconds=10.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "time_budget": 60, "checkpoint_every": every})
+    assert fit(config, tmp_path / "run")["chosen_epochs"] == epochs
+
+
+def test_a_resumed_budgeted_run_continues_to_its_chosen_total(data, tmp_path, clock, speed, monkeypatch):
+    speed(20.0)
+    options = dict(BASE, epochs=40, lr_schedule="cosine", warmup_epochs=8, time_budget=100, progress=False,
+                   out=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(data), callbacks=[interrupt_at(3)], **options)
+    (run,) = tmp_path.iterdir()
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["epochs"] == 5 and stored["warmup_epochs"] == 5  # the warm-up is cut to the chosen epochs
+
+    def no_probe(setup):
+        raise AssertionError("a resume probes nothing: it continues to the stored epochs")
+
+    monkeypatch.setattr(throughput, "measure", no_probe)
+    resumed = cnnlab.train(resume=run, progress=False)
+    assert resumed.metrics["epochs_done"] == 5 and resumed.metrics["chosen_epochs"] == 5
+    assert resumed.metrics["time_budget_seconds"] == 100 and len(resumed.history) == 5
+
+
+def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, speed):
+    """4 runs, 100 s, 10 s per epoch (as probed and as spent): each run gets an equal part of what is left."""
+    speed(10.0)
+    result = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", report=False, progress=False,
+                          say=lambda text: None, callbacks=[ticking(clock, 10.0)],
+                          **dict(SETTINGS, epochs=10, time_budget=100))
+    metrics = [run.metrics for run in result["runs"]]
+    assert [m["time_budget_seconds"] for m in metrics] == pytest.approx([25, 80 / 3, 30, 30])
+    assert [m["chosen_epochs"] for m in metrics] == [2, 2, 3, 3]
+    assert sum(m["budget_seconds_used"] for m in metrics) == pytest.approx(100)
+    assert [run.config["epochs"] for run in result["runs"]] == [2, 2, 3, 3]
+
+
+def test_an_ensemble_shares_its_budget_and_starts_nothing_once_it_is_spent(data, tmp_path, clock, speed):
+    """The probe says 10 s per epoch, epochs take 30: the guard stops the first member after one epoch
+    (a second would end past 110% of its 20 s), the second gets half of what is left, then time is up."""
+    speed(10.0)
+    said = []
+    manifest = cnnlab.ensemble("cnn1", members=3, threshold=0.0, data=str(data), out=tmp_path / "ens", fuse=1,
+                               progress=False, say=said.append, callbacks=[ticking(clock, 30.0)],
+                               **dict(SETTINGS, epochs=10, time_budget=60))
+    assert manifest["attempts"] == 2 and any("time budget spent" in line for line in said)
+    first, second = (cnnlab.Run(tmp_path / "ens" / "members" / f"member-{a:03d}").metrics for a in (0, 1))
+    assert first["time_budget_seconds"] == 20 and first["chosen_epochs"] == 2 and first["epochs_done"] == 1
+    assert first["stop_reason"].startswith("time budget")
+    assert second["time_budget_seconds"] == 15 and second["chosen_epochs"] == 1
+
+
+def test_ray_with_a_study_or_ensemble_budget_is_refused_in_one_line(data, tmp_path):
+    from cnnlab.ensembles import train_ensemble
+    from cnnlab.studies import run_study
+
+    config = build_config({**BASE, "data": str(data), "time_budget": 60})
+    with pytest.raises(UserError, match=r"^time_budget: a study's budget .* not available with --ray"):
+        run_study(config, ["cnn1"], 1, tmp_path / "s", ray=True, budget=Budget(60))
+    with pytest.raises(UserError, match=r"^time_budget: an ensemble's budget .* not available with --ray"):
+        train_ensemble(config, tmp_path / "e", 2, 0.0, ray=True, budget=Budget(60))
+
+
+# ------------------------------------------------------------------ what the API and the CLI record
+
+
+def test_the_api_records_the_budget_and_the_chosen_epochs(data, tmp_path):
+    run = cnnlab.train(data=str(data), time_budget="2m", out=tmp_path, progress=False, **dict(BASE, epochs=3))
+    metrics, config = run.metrics, run.config
+    assert config["time_budget"] == 120.0 and config["epochs"] == metrics["chosen_epochs"]
+    assert 1 <= metrics["chosen_epochs"] <= 3 and metrics["budget_max_epochs"] == 3
+    assert metrics["time_budget_seconds"] == 120.0 and metrics["probe_seconds_per_epoch"] > 0
+    assert 0 < metrics["budget_spent_seconds"] < metrics["budget_seconds_used"]
+    assert budgets.summary(metrics)["seconds_used"] == metrics["budget_seconds_used"]
+
+
+def test_the_cli_records_the_budget_and_the_chosen_epochs(cli, data, tmp_path):
+    code, out, err = cli("train", "cnn1", "--data", data, "--time-budget", "2s", "--epochs", "50", "--device", "cpu",
+                         "--batch-size", "32", "--out", tmp_path)
+    assert code == 0, err
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    config, metrics = (json.loads((run / name).read_text()) for name in ("config.json", "metrics.json"))
+    assert config["time_budget"] == 2.0 and config["epochs"] == metrics["chosen_epochs"]
+    assert 1 <= metrics["chosen_epochs"] <= 50 and metrics["epochs_done"] <= metrics["chosen_epochs"]
+    assert metrics["time_budget_seconds"] == 2.0 and metrics["probe_seconds_per_epoch"] > 0
+    assert "time budget 2.0 s:" in out and "epochs chosen" in out
+
+
+def test_the_cpu_budget_recipe_is_a_budget():
+    recipe = build_config({"recipe": "cpu-budget"})
+    assert recipe.time_budget == 900 and recipe.epochs == 200 and recipe.lr_schedule == "one-cycle"
+    assert build_config({"recipe": "cpu-budget", "time_budget": "5m"}).time_budget == 300
+    assert build_config({"recipe": "cpu-budget", "time_budget": 0, "epochs": 32}).time_budget == 0  # fixed epochs
+    assert build_config({}).time_budget == 0  # the report's recipe has none
+
+
+# ------------------------------------------------------------------ search
+
+
+def test_tune_timeout_and_time_budget_are_one_setting(cli, data, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run_tune(config, directory, trials, budget, *args):
+        seen.append((config.time_budget, budget.seconds))
+        return {"complete": 0, "pruned": 0, "failed": 0, "seconds_saved_by_pruning": 0.0}
+
+    monkeypatch.setattr(cnnlab.api, "run_tune", fake_run_tune)
+    common = ["tune", "cnn1", "--data", data, "--trials", "1", "--out", tmp_path]
+    assert cli(*common, "--timeout", "90")[0] == 0
+    assert cli(*common, "--time-budget", "1.5m")[0] == 0
+    assert cli(*common, "--timeout", "90", "--time-budget", "90s")[0] == 0
+    assert seen == [(90.0, 90.0)] * 3
+    code, _, err = cli(*common, "--timeout", "90", "--time-budget", "2m")
+    assert code == 2 and "timeout: is another name of time_budget; give one of them" in err
+    code, _, err = cli(*common, "--timeout", "soon")
+    assert code == 2 and err.strip().startswith("cnnlab: error: timeout: must be a number of seconds")
+
+
+def test_a_search_starts_no_trial_that_would_not_fit(data, tmp_path, clock):
+    """250 s, trials of 100 s: the third would not fit in the 50 s left. Trials keep their epochs, unbudgeted."""
+    from cnnlab.search import run_tune
+
+    config = build_config({**BASE, "data": str(data), "epochs": 1, "time_budget": 250, "precision": "fp32"})
+    said = []
+    space = {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}
+    summary = run_tune(config, tmp_path / "t", trials=5, space=space, pruner="none", say=said.append,
+                       callbacks=[ticking(clock, 100.0)])
+    assert summary["complete"] == 2 and any("less than a trial takes here" in line for line in said)
+    trial = json.loads((tmp_path / "t" / "trials" / "trial-0000" / "config.json").read_text())
+    assert trial["time_budget"] == 0.0 and trial["epochs"] == 1
