@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cnnlab import budget as budgets
@@ -324,8 +325,6 @@ class ModelSummary:
 
     @property
     def frame(self):
-        import pandas as pd
-
         return pd.DataFrame([{"layer": r.name, "type": r.kind, "output_shape": keras_shape(r.output_shape),
                               "params": r.params} for r in self.rows])
 

@@ -10,6 +10,7 @@ import io
 import re
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import matplotlib
 import numpy as np
@@ -21,6 +22,7 @@ from cnnlab.data.prepared import load_data
 from cnnlab.errors import UserError
 from cnnlab.evaluation import validation_sample
 from cnnlab.metrics import softmax
+from cnnlab.report import group_runs, load_run, tables
 from cnnlab.runs import RunDir
 from cnnlab.text import visible
 
@@ -279,8 +281,6 @@ class StudyResult(dict):
         return dict, (dict(self),)
 
     def _repr_html_(self) -> str:
-        from cnnlab.report import group_runs, load_run, tables
-
         dirs = [r.path if hasattr(r, "path") else Path(r) for r in self.get("runs", [])]
         finished = [d for d in dirs if RunDir(d).is_finished()]
         parts = [f"<div><b>Study</b>: {len(dirs)} runs"
@@ -306,8 +306,6 @@ def report_figures(markdown: str | Path | None) -> list[tuple[str, Path]]:
     """(caption, PNG path) of a study report's figures, read from its Markdown version."""
     if not markdown or not Path(markdown).is_file():
         return []
-    from urllib.parse import unquote
-
     out = []
     for alt, target in re.findall(r"^!\[(.*)\]\(([^)]+)\)$", Path(markdown).read_text(), re.M):
         path = Path(markdown).parent / unquote(target)

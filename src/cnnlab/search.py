@@ -33,6 +33,7 @@ from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispat
 from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.models import model_info
+from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.report import CSS, html_table
 from cnnlab.runs import RunDir
 
@@ -130,17 +131,8 @@ def open_storage(storage: str | None, directory: Path):
         raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
 
 
-def mask_url(url: str) -> str:
-    """A database URL with its credentials masked (postgresql://user:***@host/db?password=***), for every message and file."""
-    from cnnlab.redact import mask_url as mask
-
-    return mask(url)
-
-
 def hide_secret(text: str, url: str) -> str:
     """`text` with the URL and its credentials masked wherever a library repeated them (decoded ones included)."""
-    from cnnlab.redact import mask_secrets
-
     return mask_secrets(text, url)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 from cnnlab.errors import UserError
 
@@ -237,8 +238,6 @@ def load_unlabeled(path: str | Path, keep_rgb: bool = False) -> Split:
 
 def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Splits:
     """The report's split: stratified by class, seeded, so every run and member sees the same one."""
-    from sklearn.model_selection import train_test_split
-
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
     labels = dataset.train.labels.numpy()

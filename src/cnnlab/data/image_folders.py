@@ -14,10 +14,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cnnlab.errors import UserError
 
 from .common import RawSplit, is_os_level, notice, one_line, os_error, shorten
+from .idx import find_idx_pair
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "test")
@@ -69,8 +71,6 @@ def ignored_beside(root: Path) -> str | None:
 
 
 def _read_image(file: Path, mode: str) -> np.ndarray:
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": extra lines on stderr, the image still reads
@@ -142,8 +142,6 @@ def read_image_folder(folder: Path, keep_rgb: bool = False, *, train_classes: li
 def image_folder_notes(path: Path) -> list[str]:
     """What `cnnlab data info` says of an image-folder dataset beyond counts: folders ignored beside train/
     and test/, and how many images were found in subfolders of class folders."""
-    from .idx import find_idx_pair
-
     if not path.is_dir() or find_idx_pair(path, "train"):
         return []
     notes, splits = [], [path]
