@@ -143,6 +143,6 @@ def test_report_names_the_best_model_and_warns_on_degenerate_runs(study, tmp_pat
     assert "a loss is NaN or infinite" in text and "Warning:" in md_path.read_text()
     assert "± n/a" in text and "± 0.00" not in text
     learned = [d for d in run_dirs if json.loads((Path(d) / "metrics.json").read_text())["val_accuracy"] > 0.8]
-    assert learned  # on this tiny data a short run can get stuck on one class (any seed, either dropout); those warn
+    assert len(learned) >= 1  # on this tiny data a short run can get stuck on one class (either dropout); those warn
     clean, _ = build_report(learned, tmp_path / "clean.html")
     assert "class='warning'" not in clean.read_text(), re.findall(r"class='warning'[^>]*>([^<]*)", clean.read_text())
