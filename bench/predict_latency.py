@@ -11,7 +11,6 @@ rounds so both see the same machine load; prints medians and the Markdown line f
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -21,16 +20,7 @@ import numpy as np
 import torch
 
 import cnnlab
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from run import cpu_name  # bench/run.py, beside this script
 
 
 def timed(call, calls: int) -> float:

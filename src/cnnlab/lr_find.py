@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from cnnlab.engine.setup import Setup  # noqa: E402
-from cnnlab.engine.step import apply_learning_rates, make_batch, train_step  # noqa: E402
-from cnnlab.runs import atomic_target  # noqa: E402
+from cnnlab.engine.step import apply_learning_rates, make_batch, restore_rng, rng_snapshot, train_step  # noqa: E402
+from cnnlab.plots import save_figure  # noqa: E402
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
 SMOOTHING = 0.98  # fastai's beta: an exponential moving average of the loss, debiased
@@ -72,8 +72,7 @@ def sweep(setup: Setup, start_lr: float = START_LR, end_lr: float = END_LR, step
     saved_model = copy.deepcopy(setup.model.state_dict())
     saved_opt = copy.deepcopy(setup.optimizer.state_dict())
     saved_ema = copy.deepcopy(setup.ema.module.state_dict()) if setup.ema is not None else None
-    rng, gens = torch.get_rng_state(), [g.get_state() for g in setup.generators]
-    cuda_rng = torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None
+    randomness = rng_snapshot(setup)
     result = LRFind()
     try:
         setup.step_model.train()
@@ -105,11 +104,7 @@ def sweep(setup: Setup, start_lr: float = START_LR, end_lr: float = END_LR, step
         setup.optimizer.load_state_dict(saved_opt)
         if saved_ema is not None:
             setup.ema.module.load_state_dict(saved_ema)
-        torch.set_rng_state(rng)
-        for g, state in zip(setup.generators, gens):
-            g.set_state(state)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        restore_rng(setup, randomness)
         apply_learning_rates(setup, [setup.config.lr])
     result.suggestion = suggest(result.lrs, result.smoothed, steps)
     return result
@@ -138,9 +133,4 @@ def plot(result: LRFind, path: str | Path) -> Path:
         ax.axvline(result.suggestion, color="red", alpha=0.3)
         ax.legend()
     ax.set_title(f"lr finder: {result.model}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -24,7 +24,7 @@ def shown_safely(fig):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     shown_safely(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def preview_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str],
                 ax.axis("off")
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Examples per class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ figures of one run
@@ -79,11 +79,11 @@ def accuracy_loss_plot(history: list[dict], name: str, path: Path) -> Path:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_plot(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "Confusion matrix") -> Path:
-    return _save(confusion_figure(matrix, class_names, title), path)
+    return save_figure(confusion_figure(matrix, class_names, title), path)
 
 
 def confusion_figure(matrix, class_names: list[str], title: str = "Confusion matrix"):
@@ -111,7 +111,7 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, cla
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
-    return _save(mistakes_figure(images, labels, probs, class_names, order), path)
+    return save_figure(mistakes_figure(images, labels, probs, class_names, order), path)
 
 
 def mistakes_figure(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
@@ -144,7 +144,7 @@ def ensemble_growth_plot(growth: dict[str, list[float]], path: Path, title: str)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ figures across models (the study report)
@@ -169,7 +169,7 @@ def comparison_plot(groups: dict[str, dict[str, list[float]]], path: Path) -> Pa
     ax.set_title("Accuracy over repeats (points: runs; bars: mean ± std)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_time_plot(points: dict[str, tuple[float, float, float, float]], path: Path) -> Path:
@@ -183,7 +183,7 @@ def accuracy_time_plot(points: dict[str, tuple[float, float, float, float]], pat
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy against training time")
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
@@ -199,7 +199,7 @@ def validation_curves_plot(curves: dict[str, list[dict]], path: Path) -> Path:
     ax.set_title("Validation accuracy of every model")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves_plot(curves: dict[str, tuple[list[dict], list[list[dict]]]], path: Path) -> Path:
@@ -234,7 +234,7 @@ def training_curves_plot(curves: dict[str, tuple[list[dict], list[list[dict]]]],
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Training (dashed) and validation (solid), median run; shaded: range over repeats")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path,
@@ -253,4 +253,4 @@ def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], clas
                                                 text_kw={"fontsize": 7})
         ax.set_title(f"{split}: {'share of each true class' if norm else 'counts'}", fontsize=10)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

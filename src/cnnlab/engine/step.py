@@ -258,13 +258,27 @@ def evaluate(setup: Setup, data: DeviceData) -> tuple[list[float], list[float], 
     return losses.tolist(), accuracy.tolist(), seconds, logits
 
 
+def rng_snapshot(setup: Setup) -> tuple:
+    """Every random state a step draws from: torch's CPU generator, each member's, and CUDA's."""
+    cuda = torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None
+    return torch.get_rng_state(), [g.get_state() for g in setup.generators], cuda
+
+
+def restore_rng(setup: Setup, snapshot: tuple) -> None:
+    cpu, members, cuda = snapshot
+    torch.set_rng_state(cpu)
+    for g, state in zip(setup.generators, members):
+        g.set_state(state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def warm_up(setup: Setup) -> float:
     """Run the shapes training will see once (compilation, cuDNN autotuning), then undo every effect.
     The fp16 gradient scaler is not used here (no optimizer step), so its state stays as it was."""
     cfg = setup.config
     model_state = copy.deepcopy(setup.model.state_dict())
-    rng, gens = torch.get_rng_state(), [g.get_state() for g in setup.generators]
-    cuda_rng = torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None
+    randomness = rng_snapshot(setup)
     synchronize(setup.device)
     start = time.perf_counter()
     n = len(setup.train)
@@ -283,9 +297,5 @@ def warm_up(setup: Setup) -> float:
     synchronize(setup.device)
     seconds = time.perf_counter() - start
     setup.model.load_state_dict(model_state)
-    torch.set_rng_state(rng)
-    for g, state in zip(setup.generators, gens):
-        g.set_state(state)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
+    restore_rng(setup, randomness)
     return seconds

@@ -26,7 +26,7 @@ from cnnlab.runs import RunDir
 
 from .checkpoint import save_checkpoints
 from .setup import Setup
-from .step import apply_learning_rates, learning_rates, make_batch, split_logits, train_step
+from .step import apply_learning_rates, learning_rates, make_batch, restore_rng, rng_snapshot, split_logits, train_step
 
 PROBE_STEPS = (5, 20)  # timed steps: 5% of an epoch, within these bounds (never more than an epoch)
 
@@ -90,8 +90,7 @@ def measure(setup: Setup) -> Throughput:
     optimizer_state = save_optimizer(setup.optimizer)
     ema_state = setup.ema.state_dict() if setup.ema is not None else None
     scaler_state = setup.scaler.state_dict() if setup.scaler is not None else None  # fp16: the probe's steps move it
-    rng, gens = torch.get_rng_state(), [g.get_state() for g in setup.generators]
-    cuda_rng = torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None
+    randomness = rng_snapshot(setup)
     n, batch = len(setup.train), min(setup.batch_size, len(setup.train))
     steps = probe_steps(setup.steps_per_epoch)
     idx = torch.arange(batch, device=setup.device).expand(setup.members, -1)
@@ -120,11 +119,7 @@ def measure(setup: Setup) -> Throughput:
         setup.ema.load_state_dict(ema_state)
     if scaler_state is not None:
         setup.scaler.load_state_dict(scaler_state)
-    torch.set_rng_state(rng)
-    for g, state in zip(setup.generators, gens):
-        g.set_state(state)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
+    restore_rng(setup, randomness)
     val = len(setup.val) if setup.val is not None else 0
     test = len(setup.test) if setup.test is not None else 0
     return Throughput(train_seconds + per_image * val, per_image * (val + test), steps)
