@@ -66,3 +66,92 @@ def test_a_module_is_reinitialised_per_seed():
 def test_the_name_custom_alone_is_refused(data, tmp_path):
     with pytest.raises(cnnlab.UserError, match="model custom: a model of your own"):
         cnnlab.train("custom", str(data), out=tmp_path, **SETTINGS)
+
+
+def wide_net(*, num_classes, in_chans, image_size):
+    """A factory: called per seed with num_classes, in_chans and image_size."""
+    return nn.Sequential(nn.Conv2d(in_chans, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                         nn.Linear(6 * 9, num_classes))
+
+
+QUIET = dict(say=lambda s: None, **SETTINGS)
+
+
+def test_export_needs_the_model_and_then_works(data, tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra")
+    run = cnnlab.train(TinyNet, str(data), out=tmp_path, **SETTINGS)
+    with pytest.raises(cnnlab.UserError, match=r"model of your own \(.*TinyNet\); pass it") as refused:
+        cnnlab.export(run.path, tmp_path / "refused.onnx")
+    assert len(str(refused.value).splitlines()) == 1 and not (tmp_path / "refused.onnx").exists()
+    given = cnnlab.export(run.path, tmp_path / "given.onnx", model=TinyNet)
+    assert given["argmax_agreement"] == 1.0 and (tmp_path / "given.onnx").is_file()
+    loaded = cnnlab.export(cnnlab.load_run(run.path, model=TinyNet), tmp_path / "loaded.onnx")  # the Run carries it
+    assert loaded["disagreements_outside_near_ties"] == 0
+    assert run.export(tmp_path / "method.onnx")["images_checked"] > 0  # the Run train returned carries it too
+    images, _ = make_images(8, 12)
+    from cnnlab.deploy import onnx_predict_logits
+    assert np.array_equal(onnx_predict_logits(tmp_path / "given.onnx", images[:, None]).argmax(1), run.predict(images))
+
+
+def test_evaluate_a_custom_run_with_or_without_the_model(data, tmp_path):
+    run = cnnlab.train(wide_net, str(data), out=tmp_path, **SETTINGS)
+    for reloaded in (cnnlab.load_run(run.path), cnnlab.load_run(run.path, model=wide_net), run):
+        assert reloaded.evaluate("test")["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+    assert cnnlab.evaluate(run, "val")["accuracy"] == pytest.approx(run.metrics["val_accuracy"])
+
+
+def test_a_study_compares_modules_and_factories_with_built_in_models(data, tmp_path):
+    net = TinyNet(num_classes=3)
+    result = cnnlab.study([net, wide_net, "cnn1"], 2, str(data), out=tmp_path / "s", **QUIET)
+    names = sorted(r.path.name for r in result["runs"])
+    assert names == ["TinyNet-seed0", "TinyNet-seed1", "cnn1-seed0", "cnn1-seed1", "wide_net-seed0", "wide_net-seed1"]
+    first, second = (cnnlab.load_run(tmp_path / "s" / "runs" / f"TinyNet-seed{s}", model=TinyNet) for s in (0, 1))
+    assert not torch.equal(first.model.body[0].weight, second.model.body[0].weight)  # re-initialised per seed
+    settings = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert settings["custom_models"] == {"TinyNet": f"{__name__}.TinyNet", "wide_net": f"{__name__}.wide_net"}
+    markdown = (tmp_path / "s" / "report.md").read_text()
+    assert "| TinyNet" in markdown and "| wide_net" in markdown and "| custom" not in markdown
+    images, _ = make_images(4, 12)
+    assert cnnlab.load_run(tmp_path / "s" / "runs" / "wide_net-seed1", model=wide_net).predict(images).shape == (4,)
+    # continuing: the models passed again reuse the finished runs; by name alone it refuses in one line
+    said = []
+    again = cnnlab.study([net, wide_net, "cnn1"], 2, str(data), out=tmp_path / "s", report=False,
+                         **{**QUIET, "say": said.append})
+    assert len(again["runs"]) == 6 and all("reused" in s for s in said if s.startswith("["))
+    with pytest.raises(cnnlab.UserError, match=r"TinyNet is a model of your own \(.*TinyNet\).*pass it") as refused:
+        cnnlab.study(["TinyNet"], 2, str(data), out=tmp_path / "s", **QUIET)
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_a_study_refuses_two_models_of_one_name(data, tmp_path):
+    with pytest.raises(cnnlab.UserError, match="TinyNet.*twice"):
+        cnnlab.study([TinyNet(), TinyNet], 1, str(data), out=tmp_path / "s", **QUIET)
+
+
+@pytest.mark.parametrize("kind", ["factory", "module"])
+def test_an_ensemble_of_a_model_of_your_own(data, tmp_path, kind):
+    given = wide_net if kind == "factory" else TinyNet(num_classes=3)
+    manifest = cnnlab.ensemble(given, 2, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
+    assert manifest["qualified"] == 2 and manifest["model"] == ("wide_net" if kind == "factory" else "TinyNet")
+    settings = json.loads((tmp_path / "e" / "ensemble_settings.json").read_text())
+    assert settings["custom_model"] == f"{__name__}.{manifest['model']}"
+    images, _ = make_images(6, 12)
+    builder = wide_net if kind == "factory" else TinyNet
+    with pytest.raises(cnnlab.UserError, match="model of your own"):
+        cnnlab.load_run(tmp_path / "e").predict(images)
+    ensemble = cnnlab.load_run(tmp_path / "e", model=builder)
+    assert ensemble.predict(images).shape == (6,)
+    assert ensemble.evaluate("val")["accuracy"] == pytest.approx(manifest["val_accuracy"])
+    # continuing needs the model again: by name alone (or another model) it refuses
+    with pytest.raises(cnnlab.UserError, match="model of your own.*pass it"):
+        cnnlab.ensemble(manifest["model"], 3, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
+    more = cnnlab.ensemble(given, 3, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
+    assert more["qualified"] == 2  # the settings were fixed by the first invocation (members 2)
+
+
+def test_a_custom_ensemble_exports(data, tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra")
+    cnnlab.ensemble(TinyNet, 2, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
+    with pytest.raises(cnnlab.UserError, match="model of your own"):
+        cnnlab.export(tmp_path / "e")
+    assert cnnlab.export(tmp_path / "e", model=TinyNet)["members"] == 2

@@ -230,6 +230,10 @@ class Run:
         with .per_class, .confusion_matrix(_normalized), .plot_confusion_matrix() and .plot_top_losses()."""
         return Evaluation(evaluate_run(self.path, split), self.path, split)
 
+    def export(self, output: str | Path | None = None, format: str = "onnx", *, check_images=None) -> dict:
+        """cnnlab.export of this run, with the model of your own it was loaded (or trained) with."""
+        return export(self, output, format, check_images=check_images)
+
     def plot(self) -> list[Path]:
         """Write the run's figures into its directory and return their paths; in a notebook, show them too."""
         paths = plot_run(self.path)
@@ -385,13 +389,17 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     return run, cfg, dataset
 
 
-def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx", *, check_images=None) -> dict:
+def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx", *, check_images=None,
+           model=None) -> dict:
     """Write the run's (or ensemble's) model as ONNX, checked against PyTorch; returns the parity figures.
     check_images: uint8 images (N x C x H x W, or N x H x W) to check on; default the run's validation images
-    (for a run on in-memory arrays, the sample of them it keeps)."""
+    (for a run on in-memory arrays, the sample of them it keeps). model: the nn.Module or factory of a run of
+    a model of your own (default: the one a Run was loaded or trained with)."""
     if format != "onnx":
         raise UserError(f"format: must be onnx, got {format!r}")
-    return export_onnx(run.path if isinstance(run, Run) else run, output, check_images=check_images)
+    if model is None and isinstance(run, Run):
+        model = run._builder
+    return export_onnx(run.path if isinstance(run, Run) else run, output, check_images=check_images, model=model)
 
 
 def evaluate(run: str | Path | Run, split: str = "val") -> dict:

@@ -138,18 +138,19 @@ class VoteModel(nn.Module):
 # ------------------------------------------------------------------ loading what to export
 
 
-def _load_source(run_dir: Path) -> dict:
-    """The model(s) of a finished run or ensemble directory, on the CPU in fp32, in eval mode."""
+def _load_source(run_dir: Path, model=None) -> dict:
+    """The model(s) of a finished run or ensemble directory, on the CPU in fp32, in eval mode. `model`: the
+    nn.Module or factory of a model of the user's own (inference.load_model)."""
     run_dir = Path(run_dir)
     meta = RunDir(run_dir).require_finished().read_model_meta()
     if meta.get("ensemble"):
         paths = [run_dir / p for p in meta.get("members", [])]
         if not paths:
             raise UserError(f"{run_dir}: an ensemble without members ({runs.MODEL})")
-        members = [_with_tta(*load_model(p, "cpu")).float().eval() for p in paths]
+        members = [_with_tta(*load_model(p, "cpu", model)).float().eval() for p in paths]
         return {"meta": meta, "members": members, "member_dirs": paths, "vote": meta.get("vote", "hard"),
                 "module": VoteModel(members, meta.get("vote", "hard")).eval(), "data_dir": paths[0]}
-    model, meta = load_model(run_dir, "cpu")
+    model, meta = load_model(run_dir, "cpu", model)
     model = _with_tta(model.float().eval(), meta)
     return {"meta": meta, "members": [model], "member_dirs": [run_dir], "vote": None,
             "module": PixelModel(model).eval(), "data_dir": run_dir}
@@ -320,13 +321,14 @@ def _compare(onnx_out: np.ndarray, source: dict, images: np.ndarray, tolerance: 
 
 
 def export_onnx(run_dir: str | Path, output: str | Path | None = None, *, opset: int | None = None,
-                check_images=None, tolerance: float | None = None) -> dict:
+                check_images=None, tolerance: float | None = None, model=None) -> dict:
     """Export a finished run or ensemble directory to ONNX, check it with onnxruntime, then put it in place.
 
     output: default RUN_DIR/model.onnx. opset: the ONNX opset (default: torch.onnx's).
     check_images: uint8 N x C x H x W (or N x H x W for one channel) to check on; default the first
     CHECK_IMAGES of the run's validation images. tolerance: relative to the logit scale (see module
-    docstring); default DEFAULT_TOLERANCE = 1000 float32 epsilons.
+    docstring); default DEFAULT_TOLERANCE = 1000 float32 epsilons. model: the nn.Module or factory a run (or
+    the members) of a model of the user's own trained with; without it such a directory is refused.
     Returns the check's figures and the file's path, size, exporter and opset:
         output, bytes, exporter ('dynamo', or 'torchscript' with dynamo_failure saying why), opset, ensemble
         (+ vote, members), images_checked, max_abs_diff, max_rel_diff (per value; values below atol count as
@@ -342,7 +344,7 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, *, opset:
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
     if not tolerance >= 0:
         raise UserError(f"tolerance must be 0 or more, got {tolerance}")
-    source = _load_source(run_dir)
+    source = _load_source(run_dir, model)
     images = _reference_images(source, check_images)
     output_name = "scores" if source["vote"] else "logits"
     example = torch.from_numpy(images[:2]).clone()

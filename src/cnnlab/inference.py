@@ -66,7 +66,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", model=No
         if name == CUSTOM_MODEL:
             if builder is None:
                 raise UserError(f"{run_dir}: holds a model of your own ({spec.get('class')}); pass it, e.g. "
-                                f"cnnlab.load_run(path, model=MyNet) (evaluate reads stored logits and works without)")
+                                f"cnnlab.load_run(path, model=MyNet) or cnnlab.export(path, model=MyNet) (a run "
+                                f"directory never causes code to be imported; evaluate reads stored logits and works without)")
             spec.pop("class", None)
             model = build_custom(builder, **spec)
         else:

@@ -1,22 +1,73 @@
 """Models of the user's own: an nn.Module instance (copied, each layer re-initialised with its
 `reset_parameters` under the run's seed) or a callable building one from num_classes, in_chans and
 image_size. A run records the class's import path in model.json but never imports it: reloading takes
-the module or factory explicitly (cnnlab.load_run(path, model=MyNet))."""
+the module or factory explicitly (cnnlab.load_run(path, model=MyNet)). Studies and ensembles name such
+a model by its class's (or factory's) name and record its import path; continuing them takes it again."""
 
 from __future__ import annotations
 
 import copy
+import functools
+import re
 
 from torch import nn
 
 from cnnlab.errors import UserError
 
 CUSTOM_MODEL = "custom"  # the model name config.json records for a model of the user's own
+PASS_AGAIN = "a directory never causes code to be imported"
+
+
+def is_custom(model) -> bool:
+    """An nn.Module instance or a factory (a class or a function), not a model name."""
+    return isinstance(model, nn.Module) or (callable(model) and not isinstance(model, str))
+
+
+def _target(builder):
+    """What names a builder: an instance's class, a partial's function, else the callable itself."""
+    if isinstance(builder, nn.Module):
+        return type(builder)
+    if isinstance(builder, functools.partial):
+        return _target(builder.func)
+    return builder if hasattr(builder, "__qualname__") else type(builder)
 
 
 def class_path(obj) -> str:
-    cls = obj if isinstance(obj, type) else type(obj) if isinstance(obj, nn.Module) else obj
-    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', getattr(cls, '__name__', '?'))}"
+    target = _target(obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', getattr(target, '__name__', '?'))}"
+
+
+def display_name(path: str) -> str:
+    """A model of the user's own as reports, study run directories and ensemble manifests name it: the last
+    part of its import path (the class's or the factory's name), safe as a file name ("<lambda>" -> "lambda")."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", str(path).rsplit(".", 1)[-1]) or CUSTOM_MODEL
+
+
+def model_name(builder) -> str:
+    return display_name(class_path(builder))
+
+
+def spec_label(model: str, spec: dict) -> str:
+    """The model's name for display from config.json's model and model.json's spec."""
+    return display_name(spec["class"]) if model == CUSTOM_MODEL and isinstance(spec.get("class"), str) else model
+
+
+def require_importable(builder, fix: str = "or train without Ray") -> None:
+    """Ray workers import a model of the user's own by its import path: refuse (one line) a lambda, a nested
+    function or class, or one defined in __main__ (a script run directly, a notebook)."""
+    target = _target(builder)
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        where = "a lambda or a nested definition" if "<" in qualname else "defined in __main__ (a script or a notebook)"
+        raise UserError(f"model {model_name(builder)}: {where}, which Ray workers cannot import; define it at the top "
+                        f"level of an importable module, or register it with cnnlab.register_model, {fix}")
+
+
+def refuse_by_name(directory, what: str, path: str) -> UserError:
+    """The one line for a group directory of a model of the user's own continued without the model."""
+    name = display_name(path)
+    return UserError(f"{directory}: {name} is a model of your own ({path}); pass it again, e.g. "
+                     f"cnnlab.{what}(MyNet, ..., out='{directory}') ({PASS_AGAIN})")
 
 
 def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | None, **options) -> nn.Module:
