@@ -33,7 +33,7 @@ from cnnlab.display import Evaluation, StudyResult, run_html, run_text, show_fil
 from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare
 from cnnlab.ensembles import combine as combine_members
-from cnnlab.ensembles import parse_member_range, train_ensemble
+from cnnlab.ensembles import parse_member_range, require_builder, train_ensemble
 from cnnlab.errors import UserError
 from cnnlab.evaluation import evaluate_run, plot_run
 from cnnlab.inference import Predictor
@@ -42,12 +42,12 @@ from cnnlab.lr_find import plot as plot_lr_find
 from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
-from cnnlab.models.custom import CUSTOM_MODEL
+from cnnlab.models.custom import CUSTOM_MODEL, is_custom, model_name
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
 from cnnlab.search import read_space_file, run_tune
-from cnnlab.studies import run_study
+from cnnlab.studies import require_models, run_study
 
 
 # ------------------------------------------------------------------ configuration and data
@@ -262,7 +262,7 @@ def load_run(path: str | Path, model=None) -> Run:
 
 def custom_model(model) -> tuple[object, object]:
     """(builder, model name): an nn.Module or a factory becomes model "custom" with the object beside it."""
-    if isinstance(model, torch.nn.Module) or (callable(model) and not isinstance(model, (str, _Default))):
+    if is_custom(model) and not isinstance(model, _Default):
         return model, CUSTOM_MODEL
     return None, model
 
@@ -421,14 +421,15 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     (a dict that shows its comparison tables and figures in a notebook). `time_budget` covers every run of
     the study (from this call to the report, which it does not count)."""
     started = budgets.clock()
-    names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
-    names = [n for n in names if n]
-    cfg, dataset = make_config(names[0] if names else DEFAULT, data, config, params, **options)
+    names, builders = study_models(models)
+    require_models(Path(out), names, builders)  # a directory's models of your own come again, by name alone it refuses
+    first = (CUSTOM_MODEL if names[0] in builders else names[0]) if names else DEFAULT
+    cfg, dataset = make_config(first, data, config, params, **options)
     group = Grouped(mlflow, Path(out), f"study {Path(out).name}", {"models": ",".join(names), "repeats": repeats,
                                                                     **{k: v for k, v in cfg.to_dict().items() if k != "model"}})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
     dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + tracked + _progress(progress, quiet=True), say,
-                     dataset, ray, ray_address, budgets.Budget.starting(cfg.time_budget, started))
+                     dataset, ray, ray_address, budgets.Budget.starting(cfg.time_budget, started), builders)
     if ray:
         group.log_dirs(dirs)
     result = StudyResult(runs=[Run(d) for d in dirs], report=None, markdown=None)
@@ -438,7 +439,25 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     return result
 
 
-def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str | None = None, data=None, *,
+def study_models(models) -> tuple[list[str], dict]:
+    """(names, name -> builder): model names (a list, or one string separated by commas), nn.Modules and
+    factories, each of the user's own named by its class or factory."""
+    entries = models.split(",") if isinstance(models, str) else [models] if is_custom(models) else list(models)
+    names, builders = [], {}
+    for entry in entries:
+        name = model_name(entry) if is_custom(entry) else str(entry).strip()
+        if not name:
+            continue
+        if name in names and (is_custom(entry) or name in builders):
+            raise UserError(f"models: {name} is named twice (a model of your own is named by its class or factory); "
+                            "give each model its own name, e.g. a subclass or a factory function")
+        names.append(name)
+        if is_custom(entry):
+            builders[name] = entry
+    return names, builders
+
+
+def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote: str | None = None, data=None, *,
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
              ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
@@ -447,6 +466,8 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT").
     `time_budget` covers every member (divided among those still wanted); no attempt starts once it is spent."""
     started = budgets.clock()
+    builder, model = custom_model(model)
+    require_builder(Path(out), builder)  # an ensemble of a model of your own continues with it passed again
     cfg, dataset = make_config(model, data, config, params, **options)
     vote = vote or ("hard" if cfg.recipe == "report" else "soft")  # the report voted by majority; modern members by probability
     group = Grouped(mlflow, Path(out), f"ensemble {Path(out).name}", {"members": members, "threshold": threshold,
@@ -454,7 +475,7 @@ def ensemble(model: str = "tuned-cnn", members: int = 30, threshold: float = 0.9
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
     manifest = train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
                               fuse, list(callbacks) + tracked + _progress(progress, quiet=True), say, dataset, ray,
-                              ray_address, budgets.Budget.starting(cfg.time_budget, started))
+                              ray_address, budgets.Budget.starting(cfg.time_budget, started), builder)
     if ray:
         group.log_dirs([Path(out) / m["path"] for m in manifest["members"] + manifest["discarded"]])
     group.close({f"vote_{k}": manifest[k] for k in ("val_accuracy", "test_accuracy") if k in manifest})

@@ -22,6 +22,7 @@ from cnnlab.data.prepared import load_data
 from cnnlab.errors import UserError
 from cnnlab.evaluation import validation_sample
 from cnnlab.metrics import softmax
+from cnnlab.models.custom import spec_label
 from cnnlab.report import group_runs, load_run, tables
 from cnnlab.runs import RunDir
 from cnnlab.text import visible
@@ -146,7 +147,7 @@ def run_summary(run_dir: str | Path) -> dict:
                     logits, labels = run.logits(split)
                     metrics[f"{split}_accuracy"] = float((logits.argmax(1) == labels).mean())
         else:
-            out.update(params=meta.get("trainable_params"))
+            out.update(params=meta.get("trainable_params"), model=spec_label(out.get("model"), meta.get("spec", {})))
         for key in ("val_accuracy", "test_accuracy", "val_loss", "test_loss", "epochs_done", "weights_epoch",
                     "train_seconds_total", "device", "precision", "stop_reason"):
             if metrics.get(key) is not None:

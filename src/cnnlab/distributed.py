@@ -120,22 +120,24 @@ def cpu_slots(ray) -> int:
 # ------------------------------------------------------------------ training tasks
 
 
-def train_task(config: dict, seeds: list[int], dataset) -> list[dict[str, bytes]]:
+def train_task(config: dict, seeds: list[int], dataset, builder=None) -> list[dict[str, bytes]]:
     """Runs on a Ray worker: train len(seeds) members (fused when more than one) in a temporary folder and
-    return each run directory's files. The dataset comes from the object store, not from a path."""
+    return each run directory's files. The dataset comes from the object store, not from a path; `builder`
+    (a model of the user's own) reaches the worker pickled by reference, so its module must be importable there."""
     cfg = build_config(config)
     with tempfile.TemporaryDirectory(prefix="cnnlab-ray-") as tmp:
         dirs = [RunDir(Path(tmp) / f"member-{i}") for i in range(len(seeds))]
         if len(seeds) > 1:
             train_members_fused(cfg, seeds, dirs, dataset=dataset)
         else:
-            fit(replace(cfg, seed=seeds[0]), dirs[0], dataset=dataset)
+            fit(replace(cfg, seed=seeds[0]), dirs[0], dataset=dataset, builder=builder)
         return [run.read_files() for run in dirs]
 
 
-def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir]]], gpus: float, dataset_ref,
+def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir], object]], gpus: float, dataset_ref,
               on_done=None, max_in_flight: int | None = None) -> None:
-    """Submit (key, config, seeds, run_dirs) jobs; write each job's run directories as its task finishes.
+    """Submit (key, config, seeds, run_dirs, builder) jobs; write each job's run directories as its task
+    finishes. builder: None, or the nn.Module or factory of a model of the user's own (one member per job).
 
     The caller owns the run directories (RunDir owner lock) while their task is in flight."""
     task = ray.remote(train_task).options(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES, name="cnnlab-train")
@@ -144,8 +146,8 @@ def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir]]], gpu
     def next_job(in_flight: int):
         if not waiting:
             return None
-        key, config, seeds, dirs = waiting.pop(0)
-        return (key, dirs), (config, seeds, dataset_ref)
+        key, config, seeds, dirs, builder = waiting.pop(0)
+        return (key, dirs), (config, seeds, dataset_ref, builder)
 
     def on_result(job, results) -> None:
         key, dirs = job

@@ -10,6 +10,9 @@ can be trained by several processes or machines into one directory and combined 
     DIR/groups.json            which attempts trained together in one fused network
     DIR/members/member-007/    attempt 7 (seed = seed + 7): a normal run directory
     DIR/model.json, logits.safetensors, growth.png   the vote, usable by evaluate and predict
+
+A model of the user's own (an nn.Module or a factory: `builder`) is named by its class or factory in the
+manifest; the settings record its import path, and continuing the ensemble takes the model again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from cnnlab.errors import UserError
 from cnnlab.fused import can_fuse_config, train_members_fused
 from cnnlab.groups import GroupDir
 from cnnlab.metrics import classification_metrics
+from cnnlab.models.custom import CUSTOM_MODEL, class_path, display_name, refuse_by_name, require_importable
 from cnnlab.plots import ensemble_growth_plot
 from cnnlab.runs import RunDir
 from cnnlab.voting import scores_to_logits, vote  # noqa: F401  (vote: importable from here too)
@@ -106,6 +110,20 @@ def resumable_groups(directory: Path, claimed: list[tuple[int, RunDir]]) -> tupl
     return whole, singles, fresh
 
 
+def require_builder(directory: Path, builder=None) -> None:
+    """An ensemble directory of a model of the user's own is continued with that model passed again (one line
+    otherwise), and one of a registered model is not continued with a model of the user's own."""
+    group = ensemble_dir(directory)
+    if not group.has_settings():
+        return
+    stored = group.read_settings().get("custom_model")
+    if stored is not None and builder is None:
+        raise refuse_by_name(directory, "ensemble", stored)
+    if builder is not None and stored != class_path(builder):
+        raise UserError(f"{directory}: holds an ensemble of {stored or 'a registered model'}, not of your "
+                        f"{class_path(builder)}; use another output folder or the same model")
+
+
 def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict:
     """The first invocation fixes the settings; later ones (other workers, restarts) must agree."""
     def agree(stored: dict, wanted: dict) -> dict:
@@ -163,8 +181,9 @@ def training_path(config: TrainConfig, fuse: int) -> tuple[int, str]:
 def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, threshold: float = 0.91,
                    method: str = "hard", max_attempts: int | None = None, only: range | None = None,
                    fuse: int = 0, callbacks=(), say=print, dataset=None, ray: bool = False,
-                   ray_address: str | None = None, budget: Budget | None = None) -> dict:
-    """Train attempts until `members` pass the threshold (or attempts run out), then combine.
+                   ray_address: str | None = None, budget: Budget | None = None, builder=None) -> dict:
+    """Train attempts until `members` pass the threshold (or attempts run out), then combine. builder: the
+    nn.Module or factory of a model of the user's own (config.model "custom"), copied or called per member.
 
     Rerunning continues: finished members are kept, interrupted ones resume from their checkpoints
     (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed).
@@ -180,12 +199,15 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     max_attempts = max_attempts or members * 3
     group, text = training_path(config, fuse)
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
+    require_builder(directory, builder)
+    custom = {"custom_model": class_path(builder)} if builder is not None else {}
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
-                                                  "max_attempts": max_attempts})
+                                                  "max_attempts": max_attempts, **custom})
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
     candidates = [a for a in range(settings["max_attempts"]) if only is None or a in only]
     if ray:
-        train_members_on_ray(config, directory, members, threshold, candidates, fuse, say, dataset, ray_address)
+        train_members_on_ray(config, directory, members, threshold, candidates, fuse, say, dataset, ray_address,
+                             builder)
         return combine(directory)
     say(f"training path: {text}")
     while True:
@@ -230,7 +252,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
                                                   budget=share)
                 else:
                     member_config = config_for_member(config, dirs[0], seeds[0], resume)
-                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset, budget=share)]
+                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset, builder=builder,
+                                   budget=share)]
                 for attempt, result in zip(attempts, results):
                     verdict = "kept" if result["val_accuracy"] >= threshold else "discarded"
                     qualified += verdict == "kept"
@@ -245,9 +268,11 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
 
 
 def train_members_on_ray(config: TrainConfig, directory: Path, members: int, threshold: float, candidates: list[int],
-                        fuse: int, say, dataset, address: str | None) -> None:
+                        fuse: int, say, dataset, address: str | None, builder=None) -> None:
     """Members as Ray tasks: one per member, or per fused group where the cluster has GPUs. Submits attempts
     until enough members qualify (counting those in flight), writing each member's directory from its task."""
+    if builder is not None:
+        require_importable(builder, "or train the ensemble without ray")
     with ray_cluster(address) as ray:
         gpus = cluster_has_gpus(ray)
         fusable, why = can_fuse_config(config)
@@ -280,7 +305,8 @@ def train_members_on_ray(config: TrainConfig, directory: Path, members: int, thr
                 attempts = [a for a, _ in part]
                 if len(part) > 1:
                     ensemble_dir(directory).record_group(attempts)
-                jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part]))
+                jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part],
+                             builder))
             say(f"attempts {', '.join(str(a) for a, _ in owned)} on Ray; {state['qualified']}/{members} qualified so far")
             try:
                 run_tasks(ray, jobs, 1.0 if group > 1 else (0.25 if gpus else 0), data_ref, on_done)
@@ -305,7 +331,10 @@ def combine(directory: Path) -> dict:
     with ensemble_dir(directory).locked():
         done = finished_members(directory)
         qualified = [m for m in done if m["val_accuracy"] >= settings["threshold"]][: settings["members"]]
-        manifest = {"model": settings["train"]["model"], "vote": settings["vote"], "threshold": settings["threshold"],
+        model = settings["train"]["model"]
+        if model == CUSTOM_MODEL and "custom_model" in settings:  # by its class's (or factory's) name
+            model = display_name(settings["custom_model"])
+        manifest = {"model": model, "vote": settings["vote"], "threshold": settings["threshold"],
                     "threshold_split": "val", "members_wanted": settings["members"], "attempts": len(done),
                     "qualified": len(qualified), "members": qualified, "discarded": [m for m in done if m not in qualified]}
         if not qualified:

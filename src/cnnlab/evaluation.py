@@ -12,6 +12,7 @@ from cnnlab.data import train_val_split
 from cnnlab.data.prepared import load_data
 from cnnlab.errors import UserError
 from cnnlab.metrics import classification_metrics, softmax
+from cnnlab.models.custom import spec_label
 from cnnlab.runs import RunDir
 
 FIGURES = {"curves": "acc_loss.png", "confusion": "confusion_val.png", "mistakes": "mistakes_val.png"}
@@ -44,7 +45,7 @@ def _plot(run: RunDir, mistakes: bool) -> list[Path]:
     run_dir = run.path
     meta = run.read_model_meta()
     names = meta["class_names"]
-    name = meta["spec"]["name"]
+    name = spec_label(meta["spec"]["name"], meta["spec"])
     out = [plots.accuracy_loss_plot(run.history(), name, run.file(FIGURES["curves"]))]
     if not run.has_logits("val"):
         return out  # trained without a validation split (val_fraction = 0)

@@ -26,6 +26,7 @@ from cnnlab.engine.loop import default_callbacks, fit_setup
 from cnnlab.engine.setup import Setup, TrainState, make_plateaus, model_options
 from cnnlab.engine.step import member_losses  # noqa: F401  (the loss of K members, importable from here too)
 from cnnlab.models import create_architecture, create_model
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.runs import RunDir
 
 _ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.Identity)
@@ -190,6 +191,8 @@ def can_fuse_config(config) -> tuple[bool, str]:
     Fused: the report's sequential CNNs (layer types above), Adam (MemberAdam is Adam per member)
     without weight decay, no early stopping (members would stop at different epochs), and none of
     the per-run extras the fused network does not implement per member."""
+    if config.model == CUSTOM_MODEL:
+        return False, "a model of your own trains one member after another"
     if not can_fuse(create_architecture(config.model, num_classes=2, **config.model_params)):
         return False, f"{config.model} is not a plain sequential CNN"
     reasons = [why for why, bad in (

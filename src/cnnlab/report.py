@@ -19,6 +19,7 @@ from cnnlab.errors import UserError
 from cnnlab.evaluation import evaluate_run, history, validation_sample
 from cnnlab.metrics import softmax
 from cnnlab.models import create_architecture, keras_shape, summarize
+from cnnlab.models.custom import CUSTOM_MODEL, spec_label
 from cnnlab.runs import RunDir
 from cnnlab.text import visible
 
@@ -71,16 +72,21 @@ def group_runs(loaded: list[Run]) -> list[Group]:
     groups: dict[str, Group] = {}
     settings: dict[str, dict] = {}
     for run in loaded:
-        setup = {k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}
+        # a model of the user's own by its class's (or factory's) name: config.json says "custom" for all of them
+        setup = {**{k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}, "model": model_label(run)}
         key = json.dumps(setup, sort_keys=True, default=str)
         settings[key] = setup
-        groups.setdefault(key, Group(run.config["model"])).runs.append(run)
+        groups.setdefault(key, Group(setup["model"])).runs.append(run)
     varying = differing(list(settings.values()))
     for key, group in groups.items():
         extra = [f"{k}={_short(settings[key].get(k))}" for k in varying if k != "model"]
         if extra:
             group.label = f"{group.label} ({', '.join(extra)})"
     return list(groups.values())
+
+
+def model_label(run: Run) -> str:
+    return spec_label(run.config["model"], run.model.get("spec", {}))
 
 
 def differing(settings: list[dict]) -> list[str]:
@@ -170,7 +176,7 @@ def degenerate_warnings(loaded: list[Run]) -> list[str]:
     largest class's share) or a non-finite loss in the history or the final metrics."""
     out = []
     for run in loaded:
-        name = f"{run.config['model']} seed {run.config['seed']} ({run.path.name})"
+        name = f"{model_label(run)} seed {run.config['seed']} ({run.path.name})"
         logits, labels = RunDir(run.path).logits("val")
         predicted = logits.argmax(1)
         chance = max(float((labels == c).mean()) for c in range(logits.shape[1])) if len(labels) else 0.0
@@ -255,6 +261,11 @@ def layer_summaries(groups: list[Group]) -> dict[str, tuple[list[str], list[list
     for g in groups:
         meta = g.runs[0].model
         spec = dict(meta["spec"])
+        if spec.get("name") == CUSTOM_MODEL:  # its code is never imported from a directory: parameters only
+            out[f"{g.label} layers"] = (["Layer (type)", "Output Shape", "Param #"], [
+                [f"a model of your own ({spec.get('class')}): its layers are not rebuilt from a run directory", "",
+                 f"{meta.get('trainable_params', 0):,} trainable"]])
+            continue
         s = summarize(create_architecture(spec.pop("name"), **spec), tuple(meta["input_shape"]))
         rows = [[f"{r.name} ({r.kind})", keras_shape(r.output_shape), f"{r.params:,}"] for r in s.rows]
         rows.append(["Total / trainable / non-trainable", "", f"{s.total:,} / {s.trainable:,} / {s.non_trainable:,}"])

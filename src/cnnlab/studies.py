@@ -5,6 +5,10 @@ MODEL-seedS. Finished runs are reused, interrupted ones resumed from their check
 picks up where it stopped. Several processes may work on one study directory: each run is owned by
 one process at a time (RunDir's owner lock), the others move on and wait for it at the end, so
 every run is trained once. Tables and figures come from `cnnlab.report`, which reads directories.
+
+A model of the user's own (an nn.Module or a factory, `builders` below) joins under its class's or
+factory's name (runs NAME-seedS); study.json records its import path, and continuing the study takes the
+model again: a directory never causes code to be imported.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.groups import GroupDir
 from cnnlab.models import model_info
+from cnnlab.models.custom import CUSTOM_MODEL, class_path, refuse_by_name, require_importable
 from cnnlab.runs import RunDir
 
 SETTINGS_FILE = "study.json"
@@ -31,21 +36,50 @@ def study_dir(directory: Path) -> GroupDir:
     return GroupDir(directory, SETTINGS_FILE, "runs")
 
 
-def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path) -> list[tuple[TrainConfig, RunDir]]:
+def require_models(directory: Path, models: list[str], builders: dict | None = None) -> None:
+    """A study directory holding models of the user's own is continued with those models passed again (by name
+    alone it refuses in one line), and a name keeps meaning the model it meant."""
+    builders = builders or {}
+    group = study_dir(directory)
+    stored = group.read_settings() if group.has_settings() else {}
+    custom = stored.get("custom_models", {})
+    for name in models:
+        if name in builders:
+            path = class_path(builders[name])
+            if name in custom and custom[name] != path:
+                raise UserError(f"{directory}: {name} in this study is {custom[name]}, not {path}; use another output "
+                                "folder or give the model another name")
+            if name not in custom and name in stored.get("models", []):
+                raise UserError(f"{directory}: {name} in this study is a registered model, not your {path}; use "
+                                "another output folder or give the model another name")
+        elif name in custom:
+            raise refuse_by_name(directory, "study", custom[name])
+
+
+def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path,
+         builders: dict | None = None) -> list[tuple[TrainConfig, RunDir, object]]:
+    """(config, run directory, builder or None) per run. builders: name -> the nn.Module or factory of a model
+    of the user's own (config.model "custom"; config.model_params belong to the first model given)."""
+    builders = builders or {}
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise UserError(f"repeats: must be a positive integer, got {repeats!r}")
     if not models:
         raise UserError("models: name at least one model (see `cnnlab models`)")
+    require_models(directory, models, builders)
     for name in models:
-        model_info(name)  # unknown names fail before anything trains
+        if name not in builders:
+            model_info(name)  # unknown names fail before anything trains
     base = config.to_dict()
     group = study_dir(directory)
     jobs = []
     for name in models:
+        model = CUSTOM_MODEL if name in builders else name
+        same = model == config.model and (name not in builders or name == models[0])
         # each model gets the recipe's settings with its own model options
-        cfg = build_config({**base, "model": name, "model_params": {}}) if name != config.model else config
+        cfg = config if same else build_config({**base, "model": model, "model_params": {}})
         for r in range(repeats):
-            jobs.append((replace(cfg, seed=config.seed + r), group.run(f"{name}-seed{config.seed + r}")))
+            jobs.append((replace(cfg, seed=config.seed + r), group.run(f"{name}-seed{config.seed + r}"),
+                         builders.get(name)))
     return jobs
 
 
@@ -58,14 +92,18 @@ def merge_settings(directory: Path, config: TrainConfig):
             raise UserError(f"{directory}: holds a study with other training options ({', '.join(diff)}); "
                             "use another output folder or the same options")
         require_same_files(stored.get("data_files"), config.data, config.data_dir, f"continuing the study in {directory}")
+        custom = {**stored.get("custom_models", {}), **wanted.get("custom_models", {})}
         return {**wanted, "models": list(dict.fromkeys(stored.get("models", []) + wanted["models"])),
-                "repeats": max(stored.get("repeats", 0), wanted["repeats"])}
+                "repeats": max(stored.get("repeats", 0), wanted["repeats"]), **({"custom_models": custom} if custom else {})}
     return merge
 
 
-def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: str | None) -> None:
+def run_on_ray(jobs: list[tuple[TrainConfig, RunDir, object]], say, dataset, address: str | None) -> None:
     """Every unfinished run as a Ray task; the driver writes each run directory from what its task returns."""
-    todo = [(cfg, run) for cfg, run in jobs if run.status() != runs.FINISHED and run.try_own()]
+    for _, _, builder in jobs:
+        if builder is not None:
+            require_importable(builder, "or run the study without ray")
+    todo = [(cfg, run, builder) for cfg, run, builder in jobs if run.status() != runs.FINISHED and run.try_own()]
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished earlier (or owned by another process); "
         f"{len(todo)} to train on Ray")
     if not todo:
@@ -82,16 +120,18 @@ def run_on_ray(jobs: list[tuple[TrainConfig, RunDir]], say, dataset, address: st
         with ray_cluster(address) as ray:
             data_ref = put_dataset(ray, dataset)
             gpus = 0.25 if cluster_has_gpus(ray) else 0
-            run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run]) for cfg, run in todo], gpus, data_ref, on_done)
+            run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run], builder) for cfg, run, builder in todo],
+                      gpus, data_ref, on_done)
     finally:
-        for _, run in todo:
+        for _, run, _ in todo:
             run.release()
 
 
 def run_study(config: TrainConfig, models: list[str], repeats: int, directory: Path, callbacks=(),
               say=print, dataset=None, ray: bool = False, ray_address: str | None = None,
-              budget: Budget | None = None) -> list[Path]:
+              budget: Budget | None = None, builders: dict | None = None) -> list[Path]:
     """Train what is missing; return every run directory of the study. ray: runs train as Ray tasks.
+    builders: name (in `models`) -> the nn.Module or factory of a model of the user's own.
     budget: the study's time (default: config.time_budget from now), divided among the runs still to train as
     they come (re-divided as they finish)."""
     directory = Path(directory)
@@ -100,18 +140,21 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     if budget is not None and ray:
         raise UserError("time_budget: a study's budget is divided among runs trained one after another; "
                         "not available with --ray (give --epochs instead)")
-    jobs = plan(config, models, repeats, directory)
+    builders = builders or {}
+    jobs = plan(config, models, repeats, directory, builders)
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     files = files_fingerprint(config.data, config.data_dir)
+    custom = {name: class_path(builder) for name, builder in builders.items() if name in models}
     study_dir(directory).fix_settings({"models": models, "repeats": repeats, "train": config.to_dict(),
+                                       **({"custom_models": custom} if custom else {}),
                                        **({"data_files": files} if files is not None else {})},
                                       merge_settings(directory, config))
     if ray:
         run_on_ray(jobs, say, dataset, ray_address)
-        return [run.path for _, run in jobs]
+        return [run.path for _, run, _ in jobs]
     deferred = []
 
-    def train_owned(i: int, cfg: TrainConfig, run: RunDir) -> None:
+    def train_owned(i: int, cfg: TrainConfig, run: RunDir, builder) -> None:
         status = run.status()
         if status == runs.FINISHED:
             say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
@@ -119,33 +162,33 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         resume = run.resumable()
         share = None
         if budget is not None:  # this run and every later or deferred one still unfinished
-            left = {r.path: r for r in [r for _, r in jobs[i - 1:]] + [r for _, _, r in deferred]}
+            left = {r.path: r for r in [r for _, r, _ in jobs[i - 1:]] + [r for _, _, r, _ in deferred]}
             share = budget.share(sum(r.status() != runs.FINISHED for r in left.values()))
         say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}"
             + (f" ({format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left)"
                if share is not None and not resume else ""))
-        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, budget=share)
+        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, builder=builder, budget=share)
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
                                                        if "test_accuracy" in metrics else "")
             + (f"; {metrics['chosen_epochs']} epochs chosen" if metrics.get("chosen_epochs") and not resume else "")
             + (f" ({metrics['budget_note']})" if metrics.get("budget_note") and not resume else ""))
 
-    for i, (cfg, run) in enumerate(jobs, 1):
+    for i, (cfg, run, builder) in enumerate(jobs, 1):
         if run.status() == runs.FINISHED:
             say(f"[{i}/{len(jobs)}] {run.path.name}: finished earlier, reused")
             continue
         if not run.try_own():
             say(f"[{i}/{len(jobs)}] {run.path.name}: another process is training it; coming back to it later")
-            deferred.append((i, cfg, run))
+            deferred.append((i, cfg, run, builder))
             continue
         try:
-            train_owned(i, cfg, run)
+            train_owned(i, cfg, run, builder)
         finally:
             run.release()
-    for i, cfg, run in deferred:  # wait for the other process; train it here if it stopped unfinished
+    for i, cfg, run, builder in deferred:  # wait for the other process; train it here if it stopped unfinished
         run.wait_own()
         try:
-            train_owned(i, cfg, run)
+            train_owned(i, cfg, run, builder)
         finally:
             run.release()
-    return [run.path for _, run in jobs]
+    return [run.path for _, run, _ in jobs]
