@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -155,3 +156,100 @@ def test_a_custom_ensemble_exports(data, tmp_path):
     with pytest.raises(cnnlab.UserError, match="model of your own"):
         cnnlab.export(tmp_path / "e")
     assert cnnlab.export(tmp_path / "e", model=TinyNet)["members"] == 2
+
+
+def test_ray_refuses_a_model_its_workers_cannot_import_in_one_line(data, tmp_path):
+    def nested(*, num_classes, in_chans, image_size):
+        return TinyNet(num_classes, in_chans, image_size)
+
+    in_main = type("MainNet", (TinyNet,), {"__module__": "__main__"})  # as a class defined in a notebook
+    for given, why in ((lambda **kw: TinyNet(**kw), "a lambda"), (nested, "nested"), (in_main(), "__main__")):
+        for call in (lambda: cnnlab.study([given], 1, str(data), out=tmp_path / "s", ray=True, **QUIET),
+                     lambda: cnnlab.ensemble(given, 2, 0.0, data=str(data), out=tmp_path / "e", ray=True, **QUIET)):
+            with pytest.raises(cnnlab.UserError, match=f"{why}.*Ray workers cannot import.*register_model.*without ray") \
+                    as refused:
+                call()
+            assert len(str(refused.value).splitlines()) == 1
+    assert not (tmp_path / "s").exists() and not (tmp_path / "e").exists()  # refused before anything was written
+
+
+NET_MODULE = '''
+from torch import nn
+
+
+class {name}(nn.Module):
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+@pytest.mark.slow
+def test_on_ray_an_importable_model_trains_and_one_the_workers_lack_is_one_line(data, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'cnnlab[ray]')")
+    from cnnlab.distributed import loopback_only
+
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already running; this test starts its own with the module on its path")
+    shared, driver_only = tmp_path / "shared", tmp_path / "driver_only"
+    for folder, name in ((shared, "RayNet"), (driver_only, "HiddenNet")):
+        folder.mkdir()
+        (folder / f"{name.lower()}_module.py").write_text(NET_MODULE.format(name=name))
+        monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shared), os.environ.get("PYTHONPATH", "")]))  # workers'
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    import hiddennet_module
+    import raynet_module
+
+    loopback_only()
+    ray.init(_node_ip_address="127.0.0.1", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="WARNING")
+    try:
+        result = cnnlab.study([raynet_module.RayNet, "cnn1"], 1, str(data), out=tmp_path / "s", ray=True,
+                              report=False, **QUIET)
+        assert sorted(r.path.name for r in result["runs"]) == ["RayNet-seed0", "cnn1-seed0"]
+        manifest = cnnlab.ensemble(raynet_module.RayNet(), 2, 0.0, data=str(data), out=tmp_path / "e", ray=True,
+                                   **QUIET)
+        assert manifest["qualified"] == 2 and manifest["model"] == "RayNet"
+        images, _ = make_images(4, 12)
+        assert cnnlab.load_run(tmp_path / "e", model=raynet_module.RayNet).predict(images).shape == (4,)
+        with pytest.raises(cnnlab.UserError, match=r"HiddenNet: the Ray workers cannot load it \(.*No module named "
+                                                   r"'hiddennet_module'\)") as refused:
+            cnnlab.study([hiddennet_module.HiddenNet], 1, str(data), out=tmp_path / "h", ray=True, **QUIET)
+        assert len(str(refused.value).splitlines()) == 1
+    finally:
+        ray.shutdown()
+
+
+def test_resuming_a_run_or_a_study_of_a_model_of_your_own_takes_it_again(data, tmp_path):
+    from conftest import interrupt_at
+
+    options = {**SETTINGS, "checkpoint_every": 1}
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(TinyNet, str(data), out=tmp_path / "r", callbacks=[interrupt_at(2)], **options)
+    (run,) = (tmp_path / "r").iterdir()
+    with pytest.raises(cnnlab.UserError, match=r"holds a model of your own; pass it again") as refused:
+        cnnlab.train(resume=run, progress=False)
+    assert len(str(refused.value).splitlines()) == 1
+    resumed = cnnlab.train(TinyNet, resume=run, progress=False)
+    assert resumed.metrics["epochs_done"] == 2 and resumed.predict(make_images(3, 12)[0]).shape == (3,)
+
+    net = TinyNet(num_classes=3)
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.study([net], 1, str(data), out=tmp_path / "s", callbacks=[interrupt_at(2)], **{**QUIET, **options})
+    said = []
+    result = cnnlab.study([net], 1, str(data), out=tmp_path / "s", report=False, **{**QUIET, **options, "say": said.append})
+    assert any("TinyNet-seed0: resuming" in s for s in said) and result["runs"][0].metrics["epochs_done"] == 2
+
+
+def test_lr_find_takes_a_model_of_your_own_and_a_search_refuses_one_in_one_line(data, tmp_path):
+    options = {k: v for k, v in SETTINGS.items() if k != "progress"}
+    found = cnnlab.lr_find(TinyNet, str(data), plot=tmp_path / "lr.png", steps=6, **options)
+    assert found.model == "TinyNet" and (tmp_path / "lr.png").is_file()
+    with pytest.raises(cnnlab.UserError, match="model TinyNet: a search takes a registered model") as refused:
+        cnnlab.tune(TinyNet(), 2, str(data), out=tmp_path / "t")
+    assert len(str(refused.value).splitlines()) == 1

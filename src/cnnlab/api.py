@@ -42,7 +42,7 @@ from cnnlab.lr_find import plot as plot_lr_find
 from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
-from cnnlab.models.custom import CUSTOM_MODEL, is_custom, model_name
+from cnnlab.models.custom import CUSTOM_MODEL, PASS_AGAIN, is_custom, model_name
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
@@ -271,7 +271,8 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
           resume: str | Path | None = None, callbacks=(), progress: bool = True, quiet: bool = False,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> Run:
     """Train one model; returns the finished Run. `resume=RUN_DIR` continues an interrupted (or extends a
-    finished) run: only `epochs` and `device` may change then (in-memory data must be passed again).
+    finished) run: only `epochs` and `device` may change then (in-memory data and a model of your own must be
+    passed again).
     `time_budget` (seconds or "15m") counts from this call; a resume continues to the epochs it chose."""
     started = budgets.clock()
     with torchrun.session(options.get("device") or "auto") as dist:  # torchrun: rank 0 names the run, reports
@@ -279,11 +280,16 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
         extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
                                    if lead else [])
         extra += _progress(progress and lead, quiet)
-        if resume is not None:
-            run, cfg, dataset = resume_setting(resume, model=model, data=data, config=config, params=params, **options)
-            fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset)
-            return Run(run.path)
         builder, model = custom_model(model)
+        if resume is not None:
+            run, cfg, dataset = resume_setting(resume, model=model if builder is None else DEFAULT, data=data,
+                                               config=config, params=params, **options)
+            if (cfg.model == CUSTOM_MODEL) != (builder is not None):
+                raise UserError(f"{resume}: holds a model of your own; pass it again: cnnlab.train(MyNet, resume=path) "
+                                f"({PASS_AGAIN})" if builder is None else
+                                f"{resume}: holds model {cfg.model}, not one of your own; resume without a model")
+            fit(cfg, run, extra, resume=run.has_checkpoint(), dataset=dataset, builder=builder)
+            return Run(run.path, builder)
         cfg, dataset = make_config(model, data, config, params, **options)
         dataset = preflight(cfg, dataset)  # bad data fails before a directory is made; loaded once
         run = RunDir.create(out, cfg.model) if lead else None
@@ -307,10 +313,11 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
     permanently and writes no run directory."""
     if not (0 < start_lr < end_lr) or steps < 2:
         raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps >= 2, got {start_lr:g}, {end_lr:g}, {steps}")
+    builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
-    setup = prepare(cfg, preflight(cfg, dataset))
+    setup = prepare(cfg, preflight(cfg, dataset), builder=builder)
     result = lr_sweep(setup, start_lr, end_lr, steps)
-    result.model = cfg.model
+    result.model = model_name(builder) if builder is not None else cfg.model
     if result.suggestion is None:
         raise UserError(f"lr_find: the loss was not finite from the first step at lr {start_lr:g}; check the data "
                         "or lower start_lr")
@@ -419,7 +426,8 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> StudyResult:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}
     (a dict that shows its comparison tables and figures in a notebook). `time_budget` covers every run of
-    the study (from this call to the report, which it does not count)."""
+    the study (from this call to the report, which it does not count). `models`: names, and nn.Modules or
+    factories of your own (named by class or factory; copied or called per seed; passed again to continue)."""
     started = budgets.clock()
     names, builders = study_models(models)
     require_models(Path(out), names, builders)  # a directory's models of your own come again, by name alone it refuses
@@ -462,7 +470,8 @@ def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
              ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
              **options) -> dict:
-    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth).
+    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth). `model`: a
+    name, or an nn.Module or factory of your own (copied or called per member; passed again to continue).
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT").
     `time_budget` covers every member (divided among those still wanted); no attempt starts once it is spent."""
     started = budgets.clock()
@@ -497,6 +506,9 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
     `time_budget` (or its alias `timeout`, seconds or "15m") is this worker's time: no trial starts once it
     is spent or when a trial like the finished ones would not fit in what is left; trials keep their epochs."""
     started = budgets.clock()
+    if is_custom(model):
+        raise UserError(f"model {model_name(model)}: a search takes a registered model; decorate its builder with "
+                        "@cnnlab.register_model('mynet') and give the name")
     if data is not None and not isinstance(data, (str, Path)):
         raise UserError("data: a search reloads its data in every trial; give a dataset name or path")
     if timeout is not None:  # the same setting under its older name

@@ -26,6 +26,7 @@ from cnnlab.config import build_config
 from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
+from cnnlab.models.custom import model_name
 from cnnlab.runs import RunDir
 
 TASK_RETRIES = 3  # a worker (or node) dying mid-task: Ray runs the task again, at most this often
@@ -147,10 +148,10 @@ def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir], objec
         if not waiting:
             return None
         key, config, seeds, dirs, builder = waiting.pop(0)
-        return (key, dirs), (config, seeds, dataset_ref, builder)
+        return (key, dirs, builder), (config, seeds, dataset_ref, builder)
 
     def on_result(job, results) -> None:
-        key, dirs = job
+        key, dirs, _ = job
         for run, files in zip(dirs, results):
             run.write_files(files)
         if on_done:
@@ -158,12 +159,24 @@ def run_tasks(ray, jobs: list[tuple[object, dict, list[int], list[RunDir], objec
 
     def on_error(job, exc) -> None:  # the training itself failed (e.g. diverged): report, go on
         cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+        if job[2] is not None and isinstance(cause, (ImportError, AttributeError, ray.exceptions.RaySystemError)):
+            raise worker_import_error(job[2], exc) from None
         if not isinstance(cause, UserError):
             raise exc
         if on_done:
             on_done(job[0], None, str(cause))
 
     dispatch(ray, task, next_job, on_result, max_in_flight or cpu_slots(ray), on_error)
+
+
+def worker_import_error(builder, exc) -> UserError:
+    """A model of the user's own the driver imports but a Ray worker cannot (its module is not on the workers'
+    path): one line naming the model and the worker's error instead of Ray's traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in reversed(lines) if "Error:" in line), lines[-1] if lines else type(exc).__name__)
+    return UserError(f"model {model_name(builder)}: the Ray workers cannot load it ({detail}); make its module "
+                     "importable there (installed, or on their PYTHONPATH), register it with cnnlab.register_model, "
+                     "or train without ray")
 
 
 def put_dataset(ray, dataset):

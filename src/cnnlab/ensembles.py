@@ -200,6 +200,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     group, text = training_path(config, fuse)
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     require_builder(directory, builder)
+    if ray and builder is not None:  # before anything is written
+        require_importable(builder, "or train the ensemble without ray")
     custom = {"custom_model": class_path(builder)} if builder is not None else {}
     settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
                                                   "max_attempts": max_attempts, **custom})
@@ -271,8 +273,6 @@ def train_members_on_ray(config: TrainConfig, directory: Path, members: int, thr
                         fuse: int, say, dataset, address: str | None, builder=None) -> None:
     """Members as Ray tasks: one per member, or per fused group where the cluster has GPUs. Submits attempts
     until enough members qualify (counting those in flight), writing each member's directory from its task."""
-    if builder is not None:
-        require_importable(builder, "or train the ensemble without ray")
     with ray_cluster(address) as ray:
         gpus = cluster_has_gpus(ray)
         fusable, why = can_fuse_config(config)

@@ -100,9 +100,6 @@ def merge_settings(directory: Path, config: TrainConfig):
 
 def run_on_ray(jobs: list[tuple[TrainConfig, RunDir, object]], say, dataset, address: str | None) -> None:
     """Every unfinished run as a Ray task; the driver writes each run directory from what its task returns."""
-    for _, _, builder in jobs:
-        if builder is not None:
-            require_importable(builder, "or run the study without ray")
     todo = [(cfg, run, builder) for cfg, run, builder in jobs if run.status() != runs.FINISHED and run.try_own()]
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished earlier (or owned by another process); "
         f"{len(todo)} to train on Ray")
@@ -142,6 +139,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
                         "not available with --ray (give --epochs instead)")
     builders = builders or {}
     jobs = plan(config, models, repeats, directory, builders)
+    for builder in builders.values() if ray else ():  # before anything is written
+        require_importable(builder, "or run the study without ray")
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     files = files_fingerprint(config.data, config.data_dir)
     custom = {name: class_path(builder) for name, builder in builders.items() if name in models}
