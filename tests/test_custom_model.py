@@ -114,6 +114,7 @@ def test_a_study_compares_modules_and_factories_with_built_in_models(data, tmp_p
     assert "| TinyNet" in markdown and "| wide\\_net" in markdown and "| custom" not in markdown
     images, _ = make_images(4, 12)
     assert cnnlab.load_run(tmp_path / "s" / "runs" / "wide_net-seed1", model=wide_net).predict(images).shape == (4,)
+    assert all(r.predict(images).shape == (4,) for r in result["runs"])  # the study's Runs come with their models
     # continuing: the models passed again reuse the finished runs; by name alone it refuses in one line
     said = []
     again = cnnlab.study([net, wide_net, "cnn1"], 2, str(data), out=tmp_path / "s", report=False,

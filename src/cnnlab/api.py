@@ -440,7 +440,9 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
                      dataset, ray, ray_address, budgets.Budget.starting(cfg.time_budget, started), builders)
     if ray:
         group.log_dirs(dirs)
-    result = StudyResult(runs=[Run(d) for d in dirs], report=None, markdown=None)
+    # runs are named MODEL-seedS: a run of a model of your own comes with it, so it predicts and exports
+    result = StudyResult(runs=[Run(d, builders.get(Path(d).name.rsplit("-seed", 1)[0])) for d in dirs], report=None,
+                         markdown=None)
     group.close({})
     if report:
         result["report"], result["markdown"] = build_report(dirs, Path(out) / "report.html")
