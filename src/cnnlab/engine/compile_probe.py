@@ -57,15 +57,17 @@ def compile_model(module: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------ the rules (pure)
 
 
-def could_pay(eager_seconds: float, compile_seconds: float = TYPICAL_COMPILE_SECONDS,
-              speedup: float = BEST_SPEEDUP) -> bool:
-    """Whether `eager_seconds` of eager training, run `speedup` times faster, saves more than a compile."""
-    return eager_seconds * (1 - 1 / speedup) > compile_seconds
+def could_pay(eager_seconds: float, compile_seconds: float | None = None, speedup: float | None = None) -> bool:
+    """Whether `eager_seconds` of eager training, run `speedup` (BEST_SPEEDUP) times faster, saves more than a
+    compile of `compile_seconds` (TYPICAL_COMPILE_SECONDS)."""
+    compile_seconds = TYPICAL_COMPILE_SECONDS if compile_seconds is None else compile_seconds
+    return eager_seconds * (1 - 1 / (speedup or BEST_SPEEDUP)) > compile_seconds
 
 
 def choose(eager_step: float, compiled_step: float, compile_seconds: float, steps: int,
-           margin: float = MARGIN) -> tuple[str, str]:
+           margin: float | None = None) -> tuple[str, str]:
     """(decision, why) from the probe's seconds per step and of the compile, for a run of `steps` steps."""
+    margin = MARGIN if margin is None else margin
     ms = f"compiled {1000 * compiled_step:.1f} ms a step against eager {1000 * eager_step:.1f} ms"
     if compiled_step > (1 - margin) * eager_step:
         return EAGER, f"{ms}: not {margin:.0%} faster"
