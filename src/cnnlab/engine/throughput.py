@@ -1,9 +1,9 @@
 """A budgeted run's speed, measured on this machine after warm-up, and the epochs chosen from it.
 
 `measure` times a few real training steps (full batches, augmentation included) and a slice of
-validation, then undoes every effect as warm_up does: weights and BatchNorm statistics, the
-optimizer's state (in place, so a captured CUDA graph keeps its tensors), the EMA, every random
-generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
+validation, then undoes every effect as warm_up does (`undone`, which the compile probe uses too):
+weights and BatchNorm statistics, the optimizer's state (in place, so a captured CUDA graph keeps its
+tensors), the EMA, fp16's gradient scaler, every random generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
 chosen count. `checkpoint_seconds` times one checkpoint of every member, written as temporary files
 beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen total on
 the config before the first step, so one-cycle and cosine schedules lay out that total.
