@@ -443,7 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bench/results/<hardware class>-<date>.json (what `make bench` does)")
     parser.add_argument("--peak-size", type=int, default=4096, help="matmul size of the peak (default 4096; "
                         "smaller is faster but understates the peak: quick checks only)")
-    parser.add_argument("--compile", action="store_true", help="also time cnnlab with torch.compile (not the default)")
+    parser.add_argument("--compile", action="store_true", help="also time cnnlab with compile = true (the default, auto, "
+                        "compiles only where a probe finds it pays)")
     parser.add_argument("--graphs", action="store_true", help="also time the CUDA-graph step (CUDA only, not the default)")
     args = parser.parse_args(argv)
     if args.rounds < 1:

@@ -132,3 +132,13 @@ def mounted_tmpfs(folder: Path, options: str):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture(autouse=True)
+def compile_probe_cache(tmp_path_factory, monkeypatch):
+    """compile = "auto" keeps its probe's figures per machine (engine.compile_probe): in the tests, in a folder of
+    their own, never in the user's ~/.cache."""
+    folder = tmp_path_factory.getbasetemp() / "compile-probe-cache"
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(folder))
+    return folder
+

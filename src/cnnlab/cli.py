@@ -194,7 +194,7 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 where native: CUDA 8.0+ and "
                                               "AMX/AVX512-BF16 CPUs; fp16 on CUDA 7.x; else fp32), fp32, bf16, fp16 "
                                               "or fp64.")),
-    "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile, or not (default: a probe decides).")),
     "sync_batchnorm": (Optional[bool], typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="torchrun on "
                                                     "CUDA: BatchNorm statistics over every process's batch.")),
     "cuda_graphs": (Optional[bool], typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole "

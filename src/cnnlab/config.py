@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = 0  # drives init, shuffling, augmentation and dropout
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (device.precision_policy; $CNNLAB_AUTO_PRECISION) | fp32 | bf16 | fp16 | fp64 (checks)
-    compile: bool = False  # torch.compile the model
+    compile: bool | str = "auto"  # torch.compile: "auto" (measured per model and machine: engine.compile_probe) | true | false
     sync_batchnorm: bool = False  # torchrun on CUDA: BatchNorm statistics over all processes' batches
     cuda_graphs: bool = False  # CUDA only: capture the whole training step in one CUDA graph (fast, not bit-exact on resume)
     image_size: int | None = None  # model input size; None = the data's size (transfer models resize inside)
@@ -133,7 +133,9 @@ class TrainConfig:
             raise UserError(f"class_weights: a list needs one finite number >= 0 per class, got {self.class_weights!r}")
         if self.clip_grad_norm and self.cuda_graphs:
             raise UserError("clip_grad_norm and cuda_graphs: the captured step does not clip; turn one off")
-        if self.cuda_graphs and self.compile:
+        if self.compile not in (True, False, "auto"):
+            raise UserError(f"compile: must be true, false or \"auto\" (measure, the default), got {shorten(repr(self.compile))}")
+        if self.cuda_graphs and self.compile is True:
             raise UserError("cuda_graphs and compile: choose one (each captures the step its own way)")
         if self.cuda_graphs and self.precision == "fp16":
             raise UserError("precision fp16: not available with cuda_graphs (the gradient scaler's skipped steps); "

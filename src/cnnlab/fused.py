@@ -306,7 +306,7 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
                   group=group)
     setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
     setup.precision_reason = reason
-    if config.compile:  # one compiled graph for all K members: the fused network is what runs
+    if config.compile is True:  # one compiled graph for all K members: the fused network is what runs
         setup.step_model = torch.compile(net)
     return setup
 

@@ -13,6 +13,7 @@ own learning rate and its own run directory.
     engine.step        learning rates, member losses, batches, the train step and its CUDA graph,
                        train_one_epoch, evaluate, warm_up
     engine.throughput  a budgeted run's speed probe (undone like warm_up) and chosen epochs (cnnlab.budget)
+    engine.compile_probe  compile = "auto": compiled or eager, by a timed probe (undone too), cached per machine
     engine.checkpoint  optimizer tensors, checkpoints saved and loaded, final weights
     engine.loop        Context, fit, the epoch, finish, default callbacks
 
@@ -30,6 +31,7 @@ from cnnlab.torchrun import Distributed, distributed_from_env, shard
 
 from .checkpoint import (checkpoint_of, config_for_resume, final_weights, load_checkpoints, load_member_weights,
                          optimizer_state, optimizer_tensors, save_checkpoints, stored_precision, with_prefix)
+from .compile_probe import settle
 from .loop import Context, NonFiniteLoss, default_callbacks, finish, fit, fit_setup, model_metadata, ordered, run_epoch
 from .setup import (Setup, TrainState, cache_features, class_weight_tensor, make_plateaus, model_options,
                     modern_augment, prepare)

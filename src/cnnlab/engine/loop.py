@@ -23,6 +23,7 @@ from cnnlab.runs import RunDir
 from cnnlab.samples import store_validation_sample
 
 from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
+from .compile_probe import settle
 from .setup import Setup, TrainState, prepare
 from .step import GraphedStep, evaluate, learning_rates, train_one_epoch, warm_up
 from .throughput import Guard, plan
@@ -125,7 +126,8 @@ def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume:
 def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: bool = False,
               budget: Budget | None = None) -> list[dict]:
     """The loop over epochs for a prepared setup (one member per run directory, all owned by the caller).
-    With a `budget` (not on resume), a probe after warm-up fixes the epochs (engine.throughput)."""
+    After warm-up, compile = "auto" is decided (engine.compile_probe); with a `budget` (not on resume), a probe
+    then fixes the epochs (engine.throughput)."""
     callbacks = ordered(callbacks)
     ctx = Context(setup, run_dirs, callbacks)
     stored = None
@@ -148,6 +150,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         if stored is not None:
             cb.load_state_dict(stored)
     ctx.warmup_seconds = warm_up(setup)
+    # compiled or eager (compile = "auto": measured), before the budget's probe, so that measures the chosen path
+    ctx.warmup_seconds += settle(setup, budget, resume, run_dirs[0].read_env().get("compile") if resume else None)
     if setup.config.cuda_graphs and setup.graph is None:
         start = time.perf_counter()
         setup.graph = GraphedStep(setup)
@@ -157,6 +161,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     if budget is not None and not resume:  # the chosen epochs go into config.json: a resume continues to them
         guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()))
         ctx.config = setup.config
+    if not resume:  # env.json records the compile decision (a resume takes it again), config.json the epochs
+        env["compile"] = setup.compile
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)
 

@@ -78,6 +78,8 @@ class Setup:
     states: list[TrainState] = field(default_factory=list)  # per member (one member: [state])
     precision_reason: str = ""  # why this precision (env.json): device.choose_precision
     scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scaler (its state is in the checkpoint)
+    step_seconds: float | None = None  # warm-up's full-batch forward and backward (a first call: an upper bound)
+    compile: dict | None = None  # compiled or eager, why, and the probe's figures (engine.compile_probe; env.json)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -204,7 +206,7 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
                 raise UserError("sync_batchnorm: SyncBatchNorm needs CUDA; turn it off on the CPU")
             setup.model = setup.step_model = nn.SyncBatchNorm.convert_sync_batchnorm(setup.model)
         setup.step_model = DistributedDataParallel(setup.step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
+    if config.compile is True:  # "auto" is decided after warm-up, by measurement (engine.compile_probe)
         setup.step_model = torch.compile(setup.step_model)
     return setup
 

@@ -291,6 +291,9 @@ def warm_up(setup: Setup) -> float:
         with setup.autocast():
             logits = forward(setup, x)
         member_losses(logits, y, cfg.label_smoothing, setup.class_weights).sum().backward()
+        if size == max(sizes):  # a full batch's first forward and backward: what compile = "auto" estimates from
+            synchronize(setup.device)
+            setup.step_seconds = time.perf_counter() - start
     setup.optimizer.zero_grad()
     if setup.val is not None:
         split_logits(setup, setup.val.images[: cfg.eval_batch_size])

@@ -1,9 +1,9 @@
 """A budgeted run's speed, measured on this machine after warm-up, and the epochs chosen from it.
 
 `measure` times a few real training steps (full batches, augmentation included) and a slice of
-validation, then undoes every effect as warm_up does: weights and BatchNorm statistics, the
-optimizer's state (in place, so a captured CUDA graph keeps its tensors), the EMA, every random
-generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
+validation, then undoes every effect as warm_up does (`undone`, which the compile probe uses too):
+weights and BatchNorm statistics, the optimizer's state (in place, so a captured CUDA graph keeps its
+tensors), the EMA, fp16's gradient scaler, every random generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
 chosen count. `checkpoint_seconds` times one checkpoint of every member, written as temporary files
 beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen total on
 the config before the first step, so one-cycle and cosine schedules lay out that total.
@@ -11,11 +11,13 @@ the config before the first step, so one-cycle and cosine schedules lay out that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
 import time
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import torch
 
@@ -82,44 +84,55 @@ def restore_optimizer(optimizer, saved, keep_tensors: bool) -> None:
                 group["lr"] = rate
 
 
-def measure(setup: Setup) -> Throughput:
-    """Seconds per epoch (training and validation) and of the final evaluation, from a short timed probe
-    after warm-up; every effect on the model, optimizer, EMA and random generators is undone."""
+@contextlib.contextmanager
+def undone(setup: Setup) -> Iterator[None]:
+    """Whatever training steps the block takes are undone afterwards (also when it fails): weights and
+    BatchNorm statistics, the optimizer's state, the EMA, fp16's gradient scaler and every random
+    generator. The budget's probe and the compile probe (engine.compile_probe) both run inside one."""
     with torch.no_grad():
         model_state = {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
     optimizer_state = save_optimizer(setup.optimizer)
     ema_state = setup.ema.state_dict() if setup.ema is not None else None
     scaler_state = setup.scaler.state_dict() if setup.scaler is not None else None  # fp16: the probe's steps move it
     randomness = rng_snapshot(setup)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            setup.model.load_state_dict(model_state)
+        restore_optimizer(setup.optimizer, optimizer_state, keep_tensors=setup.graph is not None)
+        if ema_state is not None:
+            setup.ema.load_state_dict(ema_state)
+        if scaler_state is not None:
+            setup.scaler.load_state_dict(scaler_state)
+        restore_rng(setup, randomness)
+
+
+def measure(setup: Setup) -> Throughput:
+    """Seconds per epoch (training and validation) and of the final evaluation, from a short timed probe
+    after warm-up; every effect on the model, optimizer, EMA and random generators is undone."""
     n, batch = len(setup.train), min(setup.batch_size, len(setup.train))
     steps = probe_steps(setup.steps_per_epoch)
     idx = torch.arange(batch, device=setup.device).expand(setup.members, -1)
-    setup.step_model.train()
-    apply_learning_rates(setup, learning_rates(setup, 0))
-    train_step(setup, *make_batch(setup, idx))  # untimed: an optimizer's first step allocates its state
-    synchronize(setup.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(setup, *make_batch(setup, idx))
-    synchronize(setup.device)
-    train_seconds = (time.perf_counter() - start) / steps * n / batch
-    per_image = 0.0
-    split = setup.val if setup.val is not None else setup.test
-    if split is not None and len(split):
-        images = split.images[: 2 * setup.config.eval_batch_size]
+    with undone(setup):
+        setup.step_model.train()
+        apply_learning_rates(setup, learning_rates(setup, 0))
+        train_step(setup, *make_batch(setup, idx))  # untimed: an optimizer's first step allocates its state
         synchronize(setup.device)
         start = time.perf_counter()
-        split_logits(setup, images)
+        for _ in range(steps):
+            train_step(setup, *make_batch(setup, idx))
         synchronize(setup.device)
-        per_image = (time.perf_counter() - start) / len(images)
-    with torch.no_grad():
-        setup.model.load_state_dict(model_state)
-    restore_optimizer(setup.optimizer, optimizer_state, keep_tensors=setup.graph is not None)
-    if ema_state is not None:
-        setup.ema.load_state_dict(ema_state)
-    if scaler_state is not None:
-        setup.scaler.load_state_dict(scaler_state)
-    restore_rng(setup, randomness)
+        train_seconds = (time.perf_counter() - start) / steps * n / batch
+        per_image = 0.0
+        split = setup.val if setup.val is not None else setup.test
+        if split is not None and len(split):
+            images = split.images[: 2 * setup.config.eval_batch_size]
+            synchronize(setup.device)
+            start = time.perf_counter()
+            split_logits(setup, images)
+            synchronize(setup.device)
+            per_image = (time.perf_counter() - start) / len(images)
     val = len(setup.val) if setup.val is not None else 0
     test = len(setup.test) if setup.test is not None else 0
     return Throughput(train_seconds + per_image * val, per_image * (val + test), steps)
