@@ -201,8 +201,8 @@ def lean_model(model: nn.Module, input_shape: list[int], tolerance: float) -> nn
 
     tuned-cnn, one 28x28 image, one thread, interleaved with a 1-thread onnxruntime session on the same
     run (process CPU time, shared 2-core AVX2-only AMD EPYC; ratios to onnxruntime's time): the eager model
-    2.64x, torch functions instead of modules 2.03x, BatchNorm folded into the next linear layer 1.89x
-    (-8% in a second comparison), of which conv1's NCHW weight -3%. Not kept: NCHW everywhere (max-pooling
+    2.64x, torch functions instead of modules 2.03x (conv1's NCHW weight included: -3% in a comparison of
+    its own), BatchNorm folded into the next linear layer 1.89x (-8% in a second comparison). Not kept: NCHW everywhere (max-pooling
     at batch 1 is 10x slower in NCHW than channels_last: 166 us against 16, the forward 20% slower),
     torch.jit.optimize_for_inference (2.40x), torch.jit.freeze (1.92x; of this copy 1.82x, but torch.jit
     is deprecated in torch 2.14: FutureWarning), oneDNN's prepacked _convolution_pointwise with the ReLU
