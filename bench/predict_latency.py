@@ -3,9 +3,12 @@ onnxruntime session on the same run exported with `cnnlab.export`.
 
 Trains a small run on generated arrays (1 epoch, in a temporary folder), exports it, then times
 `run.predict(image)` and `session.run(None, {"images": image})` on one 28x28 image, interleaved in
-rounds so both see the same machine load; prints medians and the Markdown line for bench/README.md.
+rounds so both see the same machine load (the ratio is taken within each round); prints medians and
+the Markdown line for bench/README.md. --tta trains with flip test-time augmentation, so both score
+the image and its mirror (the export carries the TTA); --ort-threads 1 gives onnxruntime the one
+thread Run.predict uses for a single image.
 
-    python bench/predict_latency.py [--model tuned-cnn] [--calls 200] [--rounds 5]
+    python bench/predict_latency.py [--model tuned-cnn] [--calls 200] [--rounds 5] [--tta] [--ort-threads 1]
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> None:
     parser.add_argument("--model", default="tuned-cnn")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tta", action="store_true", help="train with flip TTA (predict then runs it)")
+    parser.add_argument("--ort-threads", type=int, default=0,
+                        help="onnxruntime's intra-op threads (default 0: its own choice, one per core)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -45,10 +51,13 @@ def main() -> None:
     y = np.arange(600) % 10
     x = rng.integers(0, 255, size=(600, 28, 28)).astype(np.uint8)
     with tempfile.TemporaryDirectory() as folder:
-        run = cnnlab.train(args.model, (x, y), epochs=1, device="cpu", out=folder, progress=False)
+        run = cnnlab.train(args.model, (x, y), epochs=1, device="cpu", out=folder, progress=False,
+                           tta=args.tta)
         onnx_path = Path(folder) / "model.onnx"
         cnnlab.export(run, onnx_path)
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = args.ort_threads
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         image = x[:1]
         feed = {"images": image[:, None]}
         run.predict(image), session.run(None, feed)  # first calls: loading, kernel selection
@@ -58,11 +67,17 @@ def main() -> None:
             for name, call in (pair if r % 2 == 0 else pair[::-1]):
                 (cnnlab_s if name == "cnnlab" else ort_s).append(timed(call, args.calls))
     a, b = statistics.median(cnnlab_s) * 1e3, statistics.median(ort_s) * 1e3
-    print(f"{args.model}, 1 image 1x28x28, CPU {cpu_name()}, {torch.get_num_threads()} torch threads, "
+    ratios = [c / o for c, o in zip(cnnlab_s, ort_s)]
+    ratio = statistics.median(ratios)
+    name = f"{args.model}{' (tta)' if args.tta else ''}"
+    print(f"{name}, 1 image 1x28x28, CPU {cpu_name()}, {torch.get_num_threads()} torch threads (Run.predict: 1 up to 32 images), onnxruntime "
+          f"{args.ort_threads or 'default'} threads, "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     print(f"Run.predict   median {a:.3f} ms  (rounds: {', '.join(f'{1e3 * s:.3f}' for s in cnnlab_s)})")
     print(f"onnxruntime   median {b:.3f} ms  (rounds: {', '.join(f'{1e3 * s:.3f}' for s in ort_s)})")
-    print(f"| {args.model} | {a:.2f} ms | {b:.2f} ms | {a / b:.1f}x | {cpu_name()} | {time.strftime('%Y-%m-%d')} |")
+    print(f"ratio         median {ratio:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"| {name} | {a:.2f} ms | {b:.2f} ms | {ratio:.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) | {cpu_name()} "
+          f"| {time.strftime('%Y-%m-%d')} |")
 
 
 if __name__ == "__main__":

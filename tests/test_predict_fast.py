@@ -1,0 +1,161 @@
+"""Run.predict's fast path for a handful of images (issue 21): the lean copy of the model (BatchNorm folded,
+dropout gone, torch functions instead of modules) gives today's scores within fp32 rounding, big batches
+keep the eager path (the stored logits exactly), and a resumed run is picked up."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab import inference
+from cnnlab.metrics import softmax
+from cnnlab.models import create_architecture
+
+from conftest import make_images
+
+FAST = dict(batch_size=32, device="cpu", precision="fp32", progress=False)
+CPU = torch.device("cpu")
+# fp32 rounding: folding BatchNorm into a layer reorders a few products and sums per logit
+RTOL = 64 * torch.finfo(torch.float32).eps
+
+
+def close(a, b) -> bool:
+    scale = max(1.0, float(np.abs(b).max()))
+    return np.allclose(a, b, rtol=RTOL, atol=RTOL * scale)
+
+
+def with_batchnorm_statistics(model: nn.Module, negative: bool = False) -> nn.Module:
+    """Running statistics and affine weights far from the identity, so folding them is not a no-op."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                if negative:  # a negative scale must not be moved across max-pooling
+                    module.weight[::2].neg_()
+                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.to(memory_format=torch.channels_last).eval()
+
+
+def images(n: int, size: int = 16, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["tuned-cnn", "cnn2", "resnet9"])
+@pytest.mark.parametrize("negative", [False, True])
+def test_the_lean_model_gives_the_eager_scores(name, negative):
+    model = with_batchnorm_statistics(create_architecture(name, num_classes=5, image_size=16), negative)
+    lean = inference.lean_model(model, [1, 16, 16], 1000 * torch.finfo(torch.float32).eps)
+    assert lean is not None
+    calls = {node.op for node in lean.graph.nodes}
+    assert "call_module" not in calls or name == "resnet9"  # resnet9's adaptive pooling stays a module
+    if name == "tuned-cnn" and not negative:  # its three BatchNorms folded into the linear layers after them
+        assert torch.batch_norm not in {node.target for node in lean.graph.nodes}
+    for n in (1, 2, 32):
+        x = images(n)
+        for tta in (False, True):
+            expected = inference.predict_logits(model, x, tta=tta).numpy()
+            got = inference.lean_logits(lean, x, tta).numpy()
+            assert close(got, expected), (n, tta, np.abs(got - expected).max())
+            assert close(softmax(got), softmax(expected)) and (got.argmax(1) == expected.argmax(1)).all()
+
+
+class Branchy(nn.Module):
+    """A model of the user's own that torch.fx cannot trace: data-dependent control flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16 * 16, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+class Noisy(nn.Dropout):
+    """A dropout subclass that is no identity in eval mode: it must stay what it is."""
+
+    def forward(self, x):
+        return x * 2
+
+
+class Shared(nn.Module):
+    """One linear layer called twice, once after a BatchNorm: folding it there would change the other call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.out = nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(self.fc(self.bn(self.fc(x.flatten(1)[:, :8]))))
+
+
+@pytest.mark.parametrize("model, lean", [(Branchy(), False), (nn.Sequential(nn.Flatten(), nn.Linear(256, 3), Noisy()), True),
+                                         (Shared(), False)], ids=["untraceable", "dropout-subclass", "shared-layer"])
+def test_models_of_ones_own_get_their_own_scores(model, lean):
+    """What fx cannot trace, or traces into something else (torch's fuse folds a BatchNorm into a layer that
+    is also called elsewhere), is caught by lean_model's probe batch and scored eagerly."""
+    model = with_batchnorm_statistics(model)
+    member = inference._Member(model, contextlib.nullcontext, False, [1, 16, 16])
+    x = images(4)
+    assert close(member.logits(x, CPU, 1024).numpy(), inference.predict_logits(model, x).numpy())
+    assert (member.lean is not None) == lean
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    x, y = make_images(240, 16, classes=3)
+    xt, yt = make_images(60, 16, classes=3, seed=7)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def run(arrays, tmp_path_factory):
+    x, y, xt, yt = arrays
+    return cnnlab.train("tuned-cnn", (x, y, xt, yt), epochs=1, out=tmp_path_factory.mktemp("runs"), **FAST)
+
+
+def uncached(run, x) -> np.ndarray:
+    """The scores as run_scores computes them: the model loaded afresh, eager, no cache."""
+    return inference.run_scores(run.path, torch.from_numpy(x[:, None].copy()), CPU)
+
+
+def test_one_image_and_a_big_batch_match_the_uncached_path(run, arrays):
+    xt = arrays[2]
+    fresh = cnnlab.load_run(run.path)
+    for n in (1, 5):
+        assert close(fresh.logits(xt[:n]), uncached(run, xt[:n]))
+        assert close(fresh.predict_proba(xt[:n]), softmax(uncached(run, xt[:n])))
+        assert (fresh.predict(xt[:n]) == uncached(run, xt[:n]).argmax(1)).all()
+    member = fresh._predictor._loaded[1][0]
+    assert isinstance(member.lean, nn.Module)  # the small batches did take the lean path
+    assert np.array_equal(fresh.logits(xt), uncached(run, xt))  # 60 images: the eager path, bit for bit
+    assert np.array_equal(fresh.logits(xt), run.dir.logits("test")[0])
+
+
+def test_a_resumed_run_is_reloaded(arrays, tmp_path):
+    x, y, xt, _ = arrays
+    run = cnnlab.train("tuned-cnn", (x, y), epochs=1, out=tmp_path, **FAST)
+    before = run.logits(xt[:1])
+    lean = run._predictor._loaded[1][0].lean
+    cnnlab.train(data=(x, y), resume=run.path, epochs=2, progress=False)
+    after = run.logits(xt[:1])  # the same Run object: its cache sees the new weights
+    assert run._predictor._loaded[1][0].lean is not lean
+    assert not np.allclose(after, before) and close(after, uncached(run, xt[:1]))
+
+
+def test_flip_tta_goes_through_one_forward_with_the_same_scores(arrays, tmp_path):
+    x, y, xt, _ = arrays
+    run = cnnlab.train("tuned-cnn", (x, y), epochs=1, tta=True, out=tmp_path, **FAST)
+    assert run._predictor.refresh(CPU) and run._predictor._loaded[1][0].tta
+    for n in (1, 3):
+        assert close(run.logits(xt[:n]), uncached(run, xt[:n]))
