@@ -1,11 +1,19 @@
-"""Accuracy per minute on this machine: a recipe over several seeds, with the report's tuned model beside it.
+"""Accuracy against time on this machine: a recipe over several seeds, with the report's tuned model beside it.
 
-For each run, test accuracy is recorded after every epoch *for this benchmark only* (a callback; never
-used to choose anything) against the cumulative training seconds, giving the accuracy-versus-time
-curve; the final test accuracy is reported as mean ± std over seeds. Nothing else should run on the
-machine meanwhile.
+Two modes, both on the test split, which is never used to choose anything (mean ± std over seeds):
+
+- fixed epochs (the default): test accuracy is recorded after every epoch *for this benchmark only* (a
+  callback) against the cumulative training seconds, giving the accuracy-versus-time curve;
+- `--budgets 5m,10m,25m`: the frontier. For each budget and seed the recipe runs under
+  `time_budget`, as a user's `cnnlab train --recipe cpu-budget --time-budget 10m` does (the budget
+  counts everything after the call: data, warm-up, the speed probe, training and evaluation); no
+  per-epoch test curve there, since its evaluations would eat the budget. Each row gives the budget,
+  the seconds actually used, the width and epochs the recipe chose, and the test accuracy.
+
+Nothing else should run on the machine meanwhile.
 
     python bench/accuracy.py --recipe cpu-budget --seeds 0,1,2 --val-fraction 0 --peer-epochs 40
+    python bench/accuracy.py --recipe cpu-budget --budgets 10m,25m --seeds 0,1,2 --val-fraction 0 --peer-seeds ""
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import cnnlab  # noqa: E402
 from cnnlab.callbacks import Callback  # noqa: E402
+from cnnlab.budget import parse_duration  # noqa: E402
 from cnnlab.engine import device_name, evaluate, resolve_device  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import cpu_class, git_commit  # noqa: E402  bench/run.py, beside this script
 
 
 class TestCurve(Callback):
@@ -40,14 +52,34 @@ class TestCurve(Callback):
                   f"test {acc[0]:.4f}", flush=True)
 
 
-def run(label: str, out: Path, **settings) -> dict:
-    curve = TestCurve(label)
+def run(label: str, out: Path, curve: bool = True, **settings) -> dict:
+    callbacks = [TestCurve(label)] if curve else []
     start = time.perf_counter()
-    result = cnnlab.train(out=out, callbacks=[curve], progress=False, **settings)
+    result = cnnlab.train(out=out, callbacks=callbacks, progress=False, **settings)
     metrics = result.metrics
-    return {"label": label, "settings": settings, "test_accuracy": metrics["test_accuracy"],
-            "train_seconds": metrics["train_seconds_total"], "wall_seconds": time.perf_counter() - start,
-            "precision": metrics["precision"], "curve": curve.points}
+    row = {"label": label, "settings": settings, "test_accuracy": metrics["test_accuracy"],
+           "train_seconds": metrics["train_seconds_total"], "wall_seconds": time.perf_counter() - start,
+           "precision": metrics["precision"], "curve": callbacks[0].points if curve else None,
+           "model_params": result.config.get("model_params"), "epochs_done": metrics.get("epochs_done")}
+    for key in ("time_budget_seconds", "budget_seconds_used", "chosen_epochs", "probe_seconds_per_epoch"):
+        row[key] = metrics.get(key)
+    if not curve:
+        print(f"  {label}: test {row['test_accuracy']:.4f}, {row['epochs_done']} epochs, width "
+              f"{(row['model_params'] or {}).get('width')}, {row['budget_seconds_used']:.0f} s used of "
+              f"{row['time_budget_seconds']:.0f}", flush=True)
+    return row
+
+
+def frontier_row(budget: float, results: list[dict], date: str, commit: str) -> str:
+    """A Markdown row of bench/README.md's frontier table."""
+    accs = [100 * r["test_accuracy"] for r in results]
+    spread = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "n/a"
+    used = [r["budget_seconds_used"] for r in results]
+    widths = sorted({(r["model_params"] or {}).get("width") for r in results}, key=str)
+    epochs = sorted({r["epochs_done"] for r in results})
+    return (f"| {budget / 60:g} min | {statistics.mean(accs):.2f}% ± {spread} ({', '.join(f'{a:.2f}' for a in accs)}) "
+            f"| {len(accs)} | {', '.join(map(str, widths))} | {', '.join(map(str, epochs))} "
+            f"| {min(used) / 60:.1f}-{max(used) / 60:.1f} min | {date} | {commit} |")
 
 
 def summary(results: list[dict]) -> str:
@@ -70,12 +102,33 @@ def main() -> None:
     parser.add_argument("--peer-seeds", default="0")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    parser.add_argument("--budgets", default="", help="time budgets, e.g. 10m,25m: the accuracy-against-time frontier")
     args = parser.parse_args()
-    print(f"device: {device_name(resolve_device(args.device))}; Fashion-MNIST, 10 classes, test split", flush=True)
+    device = resolve_device(args.device)
+    hardware = cpu_class() if device.type == "cpu" else device_name(device)
+    commit, dirty = git_commit()
+    print(f"device: {device_name(device)} ({hardware}); commit {commit}{' (modified)' if dirty else ''}; "
+          "Fashion-MNIST, 10 classes, test split", flush=True)
     out = Path(tempfile.mkdtemp(prefix="cnnlab-bench-acc-"))
-    ours = [run(f"{args.recipe} seed {s}", out, recipe=args.recipe, seed=int(s), val_fraction=args.val_fraction,
-                epochs=args.epochs, device=args.device) for s in args.seeds.split(",")]
-    print(summary(ours), flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.budgets:
+        rows, frontier = [], {}
+        for text in args.budgets.split(","):
+            budget = parse_duration(text, "--budgets")
+            frontier[budget] = [run(f"{args.recipe} {text} seed {s}", out, curve=False, recipe=args.recipe, seed=s,
+                                    val_fraction=args.val_fraction, time_budget=budget, device=args.device)
+                                for s in seeds]
+            rows.append(frontier_row(budget, frontier[budget], time.strftime("%Y-%m-%d"), commit or "-"))
+            print(rows[-1], flush=True)
+        print(f"\n{device_name(device)} ({hardware}), `{args.recipe}`, val_fraction {args.val_fraction}:")
+        print("| time budget | test accuracy (mean ± std) | seeds | width | epochs | time used | date | commit |")
+        print("|---|---:|---:|---:|---:|---:|---|---|")
+        print("\n".join(rows), flush=True)
+        ours = [r for results in frontier.values() for r in results]
+    else:
+        ours = [run(f"{args.recipe} seed {s}", out, recipe=args.recipe, seed=s, val_fraction=args.val_fraction,
+                    epochs=args.epochs, device=args.device) for s in seeds]
+        print(summary(ours), flush=True)
     peers = [run(f"{args.peer} (report recipe) seed {s}", out, model=args.peer, seed=int(s), epochs=args.peer_epochs,
                  device=args.device) for s in args.peer_seeds.split(",") if s]
     if peers:
