@@ -230,6 +230,8 @@ def test_compiled_when_it_pays_and_a_resume_takes_the_same_path(data, tmp_path, 
 
 
 def test_an_eager_decision_is_kept_on_resume(data, tmp_path, cache, fake_compile, monkeypatch):
+    # the decision is pinned: the stand-in compile runs eager's code, so a timed probe picks either by noise
+    monkeypatch.setattr(cp, "choose", lambda *args: ("eager", "slower (test)"))
     cfg = config(data, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "run", [interrupt_at(2)])
