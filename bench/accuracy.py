@@ -70,7 +70,7 @@ def run(label: str, out: Path, curve: bool = True, **settings) -> dict:
     return row
 
 
-def frontier_row(budget: float, results: list[dict], date: str, commit: str) -> str:
+def frontier_row(budget: float, results: list[dict], hardware: str, date: str, commit: str) -> str:
     """A Markdown row of bench/README.md's frontier table."""
     accs = [100 * r["test_accuracy"] for r in results]
     spread = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "n/a"
@@ -79,7 +79,7 @@ def frontier_row(budget: float, results: list[dict], date: str, commit: str) -> 
     epochs = sorted({r["epochs_done"] for r in results})
     return (f"| {budget / 60:g} min | {statistics.mean(accs):.2f}% ± {spread} ({', '.join(f'{a:.2f}' for a in accs)}) "
             f"| {len(accs)} | {', '.join(map(str, widths))} | {', '.join(map(str, epochs))} "
-            f"| {min(used) / 60:.1f}-{max(used) / 60:.1f} min | {date} | {commit} |")
+            f"| {min(used) / 60:.1f}-{max(used) / 60:.1f} min | {hardware} | {date} | {commit} |")
 
 
 def summary(results: list[dict]) -> str:
@@ -118,11 +118,12 @@ def main() -> None:
             frontier[budget] = [run(f"{args.recipe} {text} seed {s}", out, curve=False, recipe=args.recipe, seed=s,
                                     val_fraction=args.val_fraction, time_budget=budget, device=args.device)
                                 for s in seeds]
-            rows.append(frontier_row(budget, frontier[budget], time.strftime("%Y-%m-%d"), commit or "-"))
+            rows.append(frontier_row(budget, frontier[budget], f"{device_name(device)} ({hardware})",
+                                     time.strftime("%Y-%m-%d"), commit or "-"))
             print(rows[-1], flush=True)
         print(f"\n{device_name(device)} ({hardware}), `{args.recipe}`, val_fraction {args.val_fraction}:")
-        print("| time budget | test accuracy (mean ± std) | seeds | width | epochs | time used | date | commit |")
-        print("|---|---:|---:|---:|---:|---:|---|---|")
+        print("| time budget | test accuracy (mean ± std) | seeds | width | epochs | time used | CPU | date | commit |")
+        print("|---|---:|---:|---:|---:|---:|---|---|---|")
         print("\n".join(rows), flush=True)
         ours = [r for results in frontier.values() for r in results]
     else:
