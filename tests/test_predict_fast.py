@@ -5,6 +5,7 @@ keep the eager path (the stored logits exactly), and a resumed run is picked up.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
@@ -159,3 +160,75 @@ def test_flip_tta_goes_through_one_forward_with_the_same_scores(arrays, tmp_path
     assert run._predictor.refresh(CPU) and run._predictor._loaded[1][0].tta
     for n in (1, 3):
         assert close(run.logits(xt[:n]), uncached(run, xt[:n]))
+
+
+class FakeClock:
+    """Time that moves only by what a call costs, so the thread choice is tested without timing anything."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_the_thread_choice_keeps_the_faster_count_and_restores_the_pool(two_threads, faster):
+    clock = FakeClock()
+    choice = inference.ThreadChoice(clock)
+    used = []
+    for _ in range(2 * choice.BLOCK + 5):
+        with choice.use(CPU, 1):
+            used.append(torch.get_num_threads())
+            clock.now += 1e-3 if torch.get_num_threads() == faster else 3e-3
+        assert torch.get_num_threads() == 2  # the caller's setting is back after every call
+    assert sorted(set(used[:2 * choice.BLOCK])) == [1, 2]  # both were tried
+    assert choice.chosen == faster and set(used[2 * choice.BLOCK:]) == {faster}
+    with choice.use(CPU, inference.SMALL_BATCH + 1):  # a big batch keeps every thread
+        assert torch.get_num_threads() == 2
+
+
+def test_the_thread_choice_is_made_again_after_recheck_calls(two_threads):
+    clock = FakeClock()
+    choice = inference.ThreadChoice(clock)
+    choice.RECHECK = 3 * choice.BLOCK
+    faster = 2
+    for call in range(choice.RECHECK + 2 * choice.BLOCK):
+        if call == choice.RECHECK:
+            assert choice.chosen == 2
+            faster = 1  # the machine got busy: one thread is now the faster
+        with choice.use(CPU, 1):
+            clock.now += 1e-3 if torch.get_num_threads() == faster else 5e-2
+    assert choice.chosen == 1
+
+
+def test_the_pool_is_restored_when_the_call_fails(two_threads):
+    choice = inference.ThreadChoice(FakeClock())
+    choice.chosen = 1
+    with pytest.raises(RuntimeError), choice.use(CPU, 1):
+        raise RuntimeError("a failing forward")
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 1, 16, 16), (3, 16, 16, 1)])
+def test_uint8_images_in_the_models_shape_take_the_short_check_with_the_same_result(shape):
+    from cnnlab.api import as_images
+    from cnnlab.data.common import validate_arrays
+    x = np.random.default_rng(0).integers(0, 256, size=shape).astype(np.uint8)
+    readonly = np.frombuffer(x.tobytes(), dtype=np.uint8).reshape(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warns on a read-only array
+        got = as_images(readonly, [1, 16, 16])
+    assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), validate_arrays(x, None, "x")[0])
+    with pytest.raises(cnnlab.UserError, match="every pixel is 0 or 1"):
+        as_images((x > 127).astype(np.uint8), [1, 16, 16])
+    with pytest.raises(cnnlab.UserError, match="trained on 1x12x12"):
+        as_images(x, [1, 12, 12])

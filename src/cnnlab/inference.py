@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -258,25 +260,56 @@ def _stat(path: str) -> tuple:
     return stat.st_mtime_ns, stat.st_size
 
 
-FEW_THREADS = 32  # up to this many images on the CPU: one intra-op thread (_few_threads)
 # up to this many images on the CPU: the lean model (tuned-cnn, 32 images: 16.6 ms of CPU time against the
-# eager model's 18.3-19.2; 1024 images, the eager path as before: 560-590 ms)
+# eager model's 18.3-19.2; 1024 images, the eager path as before: 560-590 ms), and the thread count by timing
 SMALL_BATCH = 32
 
 
-@contextlib.contextmanager
-def _few_threads(device: torch.device, n: int):
-    """One CPU thread for a handful of images: the thread pool's hand-off costs more than the work (cnn1, one
-    16x16 image, busy 2-core AMD EPYC: 48 ms with 2 threads, 0.15 ms with 1). Restored afterwards."""
-    if device.type != "cpu" or n > FEW_THREADS or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+class ThreadChoice:
+    """The intra-op thread count for small CPU batches, chosen by timing the calls themselves: a block of
+    BLOCK calls with all threads, then one with a single thread (blocks, not alternation: a pool woken for
+    every other call pays the wake-up each time), the faster median wins, and after RECHECK calls the trial
+    runs again, since the machine's load changes. All threads win on a quiet machine (tuned-cnn, one
+    image, quiet 2-core AVX2-only AMD EPYC: Run.predict 0.82 ms with 2 threads against 1.00 with 1); one
+    thread on a busy one, where handing work to the pool costs more than the work (cnn1, one 16x16 image,
+    busy 2-core AVX2-only EPYC: 48 ms with 2 threads, 0.15 ms with 1)."""
+
+    BLOCK = 6
+    RECHECK = 2000
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.calls = 0  # small CPU calls since the last trial began
+        self.times: dict[int, list[float]] = {}
+        self.chosen: int | None = None
+
+    def _threads(self, most: int) -> int:
+        if self.calls >= self.RECHECK:  # the load may have changed since the last trial
+            self.calls, self.chosen, self.times = 0, None, {}
+        if self.chosen is not None:
+            return self.chosen
+        return most if self.calls < self.BLOCK else 1
+
+    @contextlib.contextmanager
+    def use(self, device: torch.device, n: int):
+        threads = torch.get_num_threads()
+        if device.type != "cpu" or n > SMALL_BATCH or threads == 1:
+            yield
+            return
+        chosen = self._threads(threads)
+        self.calls += 1
+        if chosen != threads:
+            torch.set_num_threads(chosen)
+        start = self.clock()
+        try:
+            yield
+        finally:
+            if self.chosen is None:
+                self.times.setdefault(chosen, []).append(self.clock() - start)
+                if self.calls == 2 * self.BLOCK:  # each block's first call is left out: a switch, a first build
+                    self.chosen = min(self.times, key=lambda t: statistics.median(self.times[t][1:]))
+            if chosen != threads:
+                torch.set_num_threads(threads)
 
 
 @dataclass
@@ -324,6 +357,7 @@ class Predictor:
         self._watched: list[str] = []  # the members' model.json and weights, besides the head (model.json)
         self._key = None
         self._loaded = None  # (meta, [_Member], vote method or None)
+        self.threads = ThreadChoice()
 
     def _signature(self) -> tuple:
         head = _stat(self._head)
@@ -361,7 +395,7 @@ class Predictor:
             self.refresh(device)
         _, members, method = self._loaded
         images = images.to(device)
-        with _few_threads(device, len(images)):
+        with self.threads.use(device, len(images)):
             stacked = [member.logits(images, device, batch_size).cpu().numpy() for member in members]
         scores = vote(np.stack(stacked), method) if method else stacked[0]
         if not np.isfinite(scores).all():
