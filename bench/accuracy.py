@@ -61,12 +61,15 @@ def run(label: str, out: Path, curve: bool = True, **settings) -> dict:
            "train_seconds": metrics["train_seconds_total"], "wall_seconds": time.perf_counter() - start,
            "precision": metrics["precision"], "curve": callbacks[0].points if curve else None,
            "model_params": result.config.get("model_params"), "epochs_done": metrics.get("epochs_done")}
-    for key in ("time_budget_seconds", "budget_seconds_used", "chosen_epochs", "probe_seconds_per_epoch"):
+    for key in ("time_budget_seconds", "budget_seconds_used", "chosen_epochs", "probe_seconds_per_epoch",
+                "replanned_epochs", "replan_seconds_per_epoch"):
         row[key] = metrics.get(key)
     if not curve:
         print(f"  {label}: test {row['test_accuracy']:.4f}, {row['epochs_done']} epochs, width "
               f"{(row['model_params'] or {}).get('width')}, {row['budget_seconds_used']:.0f} s used of "
-              f"{row['time_budget_seconds']:.0f}", flush=True)
+              f"{row['time_budget_seconds']:.0f} ({row['budget_seconds_used'] / row['time_budget_seconds']:.0%}); "
+              f"probe {row['probe_seconds_per_epoch']:.1f} s an epoch -> {row['chosen_epochs']} epochs, first epoch "
+              f"{row['replan_seconds_per_epoch'] or 0:.1f} s -> {row['replanned_epochs']}", flush=True)
     return row
 
 
@@ -79,7 +82,7 @@ def frontier_row(budget: float, results: list[dict], hardware: str, date: str, c
     epochs = sorted({r["epochs_done"] for r in results})
     return (f"| {budget / 60:g} min | {statistics.mean(accs):.2f}% ± {spread} ({', '.join(f'{a:.2f}' for a in accs)}) "
             f"| {len(accs)} | {', '.join(map(str, widths))} | {', '.join(map(str, epochs))} "
-            f"| {min(used) / 60:.1f}-{max(used) / 60:.1f} min | {hardware} | {date} | {commit} |")
+            f"| {min(used) / 60:.1f}-{max(used) / 60:.1f} min ({min(used) / budget:.0%}-{max(used) / budget:.0%}) | {hardware} | {date} | {commit} |")
 
 
 def summary(results: list[dict]) -> str:

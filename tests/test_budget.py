@@ -18,7 +18,7 @@ from cnnlab import budget as budgets
 from cnnlab.budget import HIGH, LOW, Budget, choose_epochs, overruns, parse_duration, predicted_seconds
 from cnnlab.callbacks import LambdaCallback
 from cnnlab.config import build_config
-from cnnlab.engine import fit, throughput
+from cnnlab.engine import fit, loop, throughput
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
 from cnnlab.schedules import lr_at
@@ -50,13 +50,17 @@ def ticking(now: list, seconds_per_epoch: float) -> LambdaCallback:
 
 
 @pytest.fixture
-def speed(monkeypatch):
-    """speed(epoch_seconds, final_seconds, checkpoint_seconds): the probes run as always (and must leave no
-    trace) but report these figures."""
-    real, real_checkpoint = throughput.measure, throughput.checkpoint_seconds
+def speed(monkeypatch, clock):
+    """speed(epoch_seconds, final_seconds, checkpoint_seconds, epochs_take): the probes run as always (and
+    must leave no trace) but report these figures, and each epoch moves the test's clock by `epochs_take`
+    (default: as probed; a callable of the epoch number for a pace that changes)."""
+    real, real_checkpoint, real_epoch = throughput.measure, throughput.checkpoint_seconds, loop.run_epoch
     probes = []
 
-    def set_speed(epoch_seconds: float, final_seconds: float = 0.0, checkpoint_seconds: float = 0.0):
+    def set_speed(epoch_seconds: float, final_seconds: float = 0.0, checkpoint_seconds: float = 0.0,
+                  epochs_take=None):
+        take = epochs_take if callable(epochs_take) else lambda epoch: epoch_seconds if epochs_take is None else epochs_take
+
         def measure(setup):
             probes.append(real(setup))
             return throughput.Throughput(epoch_seconds, final_seconds, probes[-1].steps)
@@ -65,8 +69,13 @@ def speed(monkeypatch):
             real_checkpoint(*args)
             return checkpoint_seconds
 
+        def run_epoch(ctx, callbacks):
+            real_epoch(ctx, callbacks)
+            clock[0] += take(ctx.state.epoch)
+
         monkeypatch.setattr(throughput, "measure", measure)
         monkeypatch.setattr(throughput, "checkpoint_seconds", checkpoint)
+        monkeypatch.setattr(loop, "run_epoch", run_epoch)
         return probes
 
     return set_speed
@@ -235,7 +244,7 @@ def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, s
     """4 runs, 100 s, 10 s per epoch (as probed and as spent): each run gets an equal part of what is left."""
     speed(10.0)
     result = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", report=False, progress=False,
-                          say=lambda text: None, callbacks=[ticking(clock, 10.0)],
+                          say=lambda text: None,
                           **dict(SETTINGS, epochs=10, time_budget=100))
     metrics = [run.metrics for run in result["runs"]]
     assert [m["time_budget_seconds"] for m in metrics] == pytest.approx([25, 80 / 3, 30, 30])
@@ -245,18 +254,67 @@ def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, s
 
 
 def test_an_ensemble_shares_its_budget_and_starts_nothing_once_it_is_spent(data, tmp_path, clock, speed):
-    """The probe says 10 s per epoch, epochs take 30: the guard stops the first member after one epoch
-    (a second would end past 110% of its 20 s), the second gets half of what is left, then time is up."""
-    speed(10.0)
+    """The probe says 10 s per epoch, epochs take 30: the first member's 20 s hold 2 epochs by the probe, and
+    after its first epoch the re-plan ends it there (one epoch is the least); the second gets half of what
+    is left, then time is up."""
+    speed(10.0, epochs_take=30.0)
     said = []
     manifest = cnnlab.ensemble("cnn1", members=3, threshold=0.0, data=str(data), out=tmp_path / "ens", fuse=1,
-                               progress=False, say=said.append, callbacks=[ticking(clock, 30.0)],
-                               **dict(SETTINGS, epochs=10, time_budget=60))
+                               progress=False, say=said.append, **dict(SETTINGS, epochs=10, time_budget=60))
     assert manifest["attempts"] == 2 and any("time budget spent" in line for line in said)
     first, second = (cnnlab.Run(tmp_path / "ens" / "members" / f"member-{a:03d}").metrics for a in (0, 1))
     assert first["time_budget_seconds"] == 20 and first["chosen_epochs"] == 2 and first["epochs_done"] == 1
-    assert first["stop_reason"].startswith("time budget")
+    assert first["replanned_epochs"] == 1 and first["replan_seconds_per_epoch"] == 30
+    assert "training 1 epoch (the least)" in first["budget_note"] and not first.get("stop_reason")
     assert second["time_budget_seconds"] == 15 and second["chosen_epochs"] == 1
+
+
+def test_the_first_epochs_pace_chooses_the_epochs_again_and_the_schedule_follows(data, tmp_path, clock, speed):
+    """Budget 100 s; the probe says 25 s an epoch (4 epochs), the epochs take 10: after the first, 10 epochs,
+    and one-cycle spans 10 from epoch 2 on; config.json holds the new total."""
+    speed(25.0, epochs_take=10.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["chosen_epochs"] == 4 and metrics["replanned_epochs"] == 10 and metrics["epochs_done"] == 10
+    assert metrics["replan_seconds_per_epoch"] == 10 and metrics["budget_seconds_used"] == pytest.approx(100)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 10
+    lrs = [float(row["lr"]) for row in history(tmp_path / "run")]
+    assert lrs[0] == pytest.approx(lr_at("one-cycle", 0, 4 * STEPS, config.lr), rel=1e-12)
+    assert lrs[1:] == pytest.approx([lr_at("one-cycle", e * STEPS, 10 * STEPS, config.lr) for e in range(1, 10)],
+                                    rel=1e-12)
+
+
+def test_a_slow_first_epoch_shrinks_the_total_so_the_schedule_still_ends(data, tmp_path, clock, speed):
+    """The probe says 10 s (10 epochs of 100 s), the epochs take 24: 4 epochs (96 s), not a cut at 110%."""
+    speed(10.0, epochs_take=24.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "cosine", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["chosen_epochs"] == 10 and metrics["replanned_epochs"] == 4 and metrics["epochs_done"] == 4
+    assert not metrics.get("stop_reason") and metrics["budget_seconds_used"] == pytest.approx(96)
+    assert float(history(tmp_path / "run")[-1]["lr"]) == pytest.approx(lr_at("cosine", 3 * STEPS, 4 * STEPS, config.lr))
+
+
+def test_the_guard_stops_a_run_that_slows_down_after_the_re_plan(data, tmp_path, clock, speed):
+    """The first epoch takes 10 s as probed (10 epochs kept), then the machine slows to 40 s an epoch: after
+    epoch 3 (90 s), a fourth would end at 130 s, past 110% of 100, so the guard stops there."""
+    speed(10.0, epochs_take=lambda epoch: 10.0 if epoch == 1 else 40.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["replanned_epochs"] == 10 and metrics["epochs_done"] == 3
+    assert metrics["stop_reason"].startswith("time budget")
+
+
+def test_a_resume_after_the_re_plan_continues_to_the_new_total(data, tmp_path, clock, speed, monkeypatch):
+    speed(25.0, epochs_take=10.0)
+    options = dict(BASE, epochs=40, lr_schedule="one-cycle", time_budget=100, progress=False, out=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(data), callbacks=[interrupt_at(3)], **options)
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["epochs"] == 10
+    resumed = cnnlab.train(resume=run, progress=False)
+    assert resumed.metrics["epochs_done"] == 10 and resumed.metrics["replanned_epochs"] == 10
+    straight = cnnlab.train(data=str(data), **dict(options, out=tmp_path / "straight"))
+    assert history(run) == history(straight.path)
 
 
 def test_ray_with_a_study_or_ensemble_budget_is_refused_in_one_line(data, tmp_path):

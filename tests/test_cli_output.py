@@ -51,6 +51,17 @@ def test_epoch_lines_stay_whole_in_a_pipe(data, tmp_path):
                              for line in run_lines), lines
 
 
+def test_the_time_budget_lines_stay_whole_in_a_pipe(data, tmp_path):
+    done = cnnlab("train", "cnn1", "--data", data, "--epochs", "3", "--batch-size", "32", "--device", "cpu",
+                  "--precision", "fp32", "--time-budget", "1h", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    (chosen,) = [line for line in lines if line.startswith("time budget 1:00:00: ")]
+    (again,) = [line for line in lines if line.startswith("time budget: the first epoch took ")]
+    assert "epochs chosen (at most 3)" in chosen and "raise epochs" in chosen, lines
+    assert "3 epochs kept" in again and again.endswith("raise epochs to use the budget"), lines
+
+
 @pytest.mark.parametrize("command", [("train",), ("ensemble",), ("study",), ("tune",), ("data", "info"), ()])
 def test_help_shows_boolean_options_as_flags(command, data, tmp_path, cli):
     done = cnnlab(*command, "--help", columns=200)

@@ -7,7 +7,8 @@ training, evaluation), except writing a study's report. Each run gets an equal p
 among the runs still to train (`Budget.share`, re-divided as runs finish). A run measures its speed
 after warm-up (cnnlab.engine.throughput: a few real steps and a slice of validation, then undone) and
 fixes its number of epochs before the first step, so one-cycle and cosine schedules lay out the
-chosen total (`choose_epochs`). `epochs` is the most a budgeted run trains.
+chosen total (`choose_epochs`); after the first epoch the same rule chooses again from that epoch's real
+pace, and the schedule stretches or shrinks to the new total. `epochs` is the most a budgeted run trains.
 
 Pure: no torch, the clock is a parameter (`clock`, replaceable by tests), the speed is given.
 """
@@ -154,6 +155,13 @@ class Plan:
     chosen_epochs: int
     budget_predicted_seconds: float
     budget_note: str | None = None
+    replan_seconds_per_epoch: float | None = None  # the first epoch's measured pace (engine.throughput.Guard)
+    replanned_epochs: int | None = None  # the epochs chosen again from it
+
+    @property
+    def epochs(self) -> int:
+        """The total the run trains to, unless stopped: the re-planned one if any."""
+        return self.chosen_epochs if self.replanned_epochs is None else self.replanned_epochs
 
     @classmethod
     def choose(cls, seconds: float, spent: float, epoch_seconds: float, final_seconds: float,
@@ -171,6 +179,14 @@ class Plan:
                 f" per epoch measured, {self.chosen_epochs} epochs chosen (at most {self.budget_max_epochs}), "
                 f"about {format_seconds(self.budget_predicted_seconds)} in all")
         return text + (f"; {self.budget_note}" if self.budget_note else "")
+
+    def replan_line(self) -> str:
+        """One line for the console once the first epoch's pace has been measured."""
+        change = (f"{self.replanned_epochs} epochs instead of {self.chosen_epochs}"
+                  if self.replanned_epochs != self.chosen_epochs else f"{self.chosen_epochs} epochs kept")
+        return (f"time budget: the first epoch took {format_seconds(self.replan_seconds_per_epoch)} (the probe said "
+                f"{format_seconds(self.probe_seconds_per_epoch)}): {change}, about "
+                f"{format_seconds(self.budget_predicted_seconds)} in all" + (f"; {self.budget_note}" if self.budget_note else ""))
 
 
 def overruns(seconds: float, elapsed: float, epochs_done: int, loop_seconds: float, final_seconds: float) -> bool:
@@ -191,5 +207,6 @@ def summary(metrics: dict) -> dict | None:
     fraction = used / metrics["time_budget_seconds"] if used is not None and metrics["time_budget_seconds"] else None
     return {"time_budget_seconds": metrics["time_budget_seconds"], "seconds_used": used, "fraction_used": fraction,
             "within": fraction is not None and LOW <= fraction <= HIGH, "chosen_epochs": metrics.get("chosen_epochs"),
+            "replanned_epochs": metrics.get("replanned_epochs"),
             "epochs_done": metrics.get("epochs_done"), "probe_seconds_per_epoch": metrics.get("probe_seconds_per_epoch"),
             "note": metrics.get("budget_note")}

@@ -41,7 +41,7 @@ class ConsoleProgress(Callback):
 
     def on_train_start(self, ctx) -> None:
         setup = ctx.setup
-        self.epochs, self.epoch_seconds, self.budget_shown = ctx.config.epochs, [], False
+        self.epochs, self.epoch_seconds, self.budget_shown, self.replan_shown = ctx.config.epochs, [], False, False
         if self.quiet:
             return
         trainable, _ = count_parameters(setup.model)
@@ -55,8 +55,13 @@ class ConsoleProgress(Callback):
                            soft_wrap=self.soft_wrap)
 
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None:
-        if ctx.state.budget and not self.budget_shown and not self.quiet:  # chosen after on_train_start
-            self.console.print(escape(Plan(**ctx.state.budget).line()), highlight=False)
+        if ctx.state.budget and not self.quiet:  # chosen after on_train_start, chosen again after epoch 1
+            plan = Plan(**ctx.state.budget)
+            if not self.budget_shown:
+                self.console.print(escape(plan.line()), highlight=False, soft_wrap=self.soft_wrap)
+            elif plan.replanned_epochs is not None and not self.replan_shown:
+                self.console.print(escape(plan.replan_line()), highlight=False, soft_wrap=self.soft_wrap)
+                self.replan_shown = True
         self.budget_shown = True
         self.epochs = ctx.config.epochs
         self._t0 = self._last = time.perf_counter()

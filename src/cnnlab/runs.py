@@ -347,8 +347,11 @@ class RunDir:
     # -------------------------------------------------------------- writing
 
     def write_start(self, config: dict, env: dict) -> None:
-        write_json(self.file(CONFIG), config)
+        self.write_config(config)
         write_json(self.file(ENV), env)
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.file(CONFIG), config)
 
     def write_status(self, status: str, **extra) -> None:
         write_json(self.file(METRICS), {"status": status, **extra})

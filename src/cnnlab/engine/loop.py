@@ -159,7 +159,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         ctx.warmup_seconds += time.perf_counter() - start
     guard = None
     if budget is not None and not resume:  # the chosen epochs go into config.json: a resume continues to them
-        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()))
+        warmup_epochs = setup.config.warmup_epochs  # as asked: a re-plan may stretch the total past a cut
+        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()), warmup_epochs)
         ctx.config = setup.config
     if not resume:  # env.json records the compile decision (a resume takes it again), config.json the epochs
         env["compile"] = setup.compile
@@ -175,8 +176,11 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     try:
         while setup.state.epoch < setup.config.epochs and not ctx.stop_requested:
             run_epoch(ctx, callbacks)
-            if guard is not None and not ctx.stop_requested and guard.should_stop():
-                ctx.stop(guard.reason())
+            if guard is not None and not ctx.stop_requested:
+                if guard.replan(run_dirs):
+                    ctx.config = setup.config
+                if guard.should_stop():
+                    ctx.stop(guard.reason())
     except KeyboardInterrupt:
         status(runs.INTERRUPTED)
         raise

@@ -6,7 +6,8 @@ weights and BatchNorm statistics, the optimizer's state (in place, so a captured
 tensors), the EMA, fp16's gradient scaler, every random generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
 chosen count. `checkpoint_seconds` times one checkpoint of every member, written as temporary files
 beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen total on
-the config before the first step, so one-cycle and cosine schedules lay out that total.
+the config before the first step, so one-cycle and cosine schedules lay out that total; `Guard` chooses
+again from the first epoch's real pace, and stops a run that would overrun.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Iterator
 import torch
 
 from cnnlab import runs
-from cnnlab.budget import HIGH, Budget, Plan, overruns
+from cnnlab.budget import HIGH, Budget, Plan, choose_epochs, overruns, predicted_seconds
 from cnnlab.device import synchronize
 from cnnlab.runs import RunDir
 
@@ -182,24 +183,60 @@ def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list
                                                         budget.elapsed())
     epoch_seconds += saving  # the lead's, the others' being 0
     chosen = Plan.choose(budget.seconds, spent, epoch_seconds, final_seconds, setup.config.epochs)
-
-    def fixed(cfg):
-        return replace(cfg, epochs=chosen.chosen_epochs, warmup_epochs=min(cfg.warmup_epochs, chosen.chosen_epochs))
-
-    setup.config = fixed(setup.config)
-    if setup.group is not None:
-        setup.group.configs = [fixed(cfg) for cfg in setup.group.configs]
+    set_epochs(setup, chosen.chosen_epochs, setup.config.warmup_epochs)
     for state in setup.states:
         state.budget = chosen.metrics()
     return chosen
 
 
-class Guard:
-    """Stops a budgeted run after an epoch when one more would end it past 110% of its share."""
+def set_epochs(setup: Setup, epochs: int, warmup_epochs: float) -> None:
+    """A new total on the config(s), which one-cycle and cosine schedules lay out (a warm-up longer than the
+    total is cut to it: the schedule would cut it anyway)."""
+    def fixed(cfg):
+        return replace(cfg, epochs=epochs, warmup_epochs=min(warmup_epochs, epochs))
 
-    def __init__(self, setup: Setup, budget: Budget, plan: Plan):
-        self.setup, self.budget, self.plan = setup, budget, plan
+    setup.config = fixed(setup.config)
+    if setup.group is not None:
+        setup.group.configs = [fixed(cfg) for cfg in setup.group.configs]
+
+
+REPLAN_AFTER = 1  # epochs trained before the epochs are chosen again from their measured pace
+
+
+class Guard:
+    """Holds a budgeted run to its share, after each epoch. After the first, the epochs are chosen again
+    from that epoch's measured pace (checkpoints and callbacks included) instead of the probe's few steps,
+    and the schedule stretches or shrinks to the new total: the probe alone guessed 31.6 s an epoch where
+    cpu-budget's epochs took 23.8 (2-core AVX2-only AMD EPYC, 25-minute budget), which left 25% of the
+    budget unused. After that, it stops a run when one more epoch would end it past 110% of its share."""
+
+    def __init__(self, setup: Setup, budget: Budget, plan: Plan, warmup_epochs: float):
+        self.setup, self.budget, self.plan, self.warmup_epochs = setup, budget, plan, warmup_epochs
         self.start, self.epochs = budget.clock(), setup.state.epoch
+
+    def replan(self, run_dirs: list[RunDir]) -> bool:
+        """After REPLAN_AFTER epochs: choose the epochs again; True if the total changed (config.json too, so a
+        resume continues to the new total)."""
+        setup = self.setup
+        done = setup.state.epoch - self.epochs
+        if done != REPLAN_AFTER or setup.state.epoch >= setup.config.epochs and \
+                setup.config.epochs >= self.plan.budget_max_epochs:
+            return False
+        pace, before = agree(setup, (self.budget.clock() - self.start) / done, self.start - self.budget.start)
+        epochs, note = choose_epochs(self.budget.seconds, before, pace, self.plan.budget_final_seconds,
+                                     self.plan.budget_max_epochs)
+        epochs = max(epochs, setup.state.epoch)  # what is trained stays trained
+        for state in setup.states:
+            state.budget = {**(state.budget or {}), "replan_seconds_per_epoch": pace, "replanned_epochs": epochs,
+                            "budget_predicted_seconds": predicted_seconds(epochs, before, pace,
+                                                                          self.plan.budget_final_seconds),
+                            "budget_note": note}
+        if epochs == setup.config.epochs:
+            return False
+        set_epochs(setup, epochs, self.warmup_epochs)
+        for run_dir, cfg in zip(run_dirs, setup.member_configs):
+            run_dir.write_config(cfg.to_dict())
+        return True
 
     def should_stop(self) -> bool:
         done = self.setup.state.epoch - self.epochs
