@@ -295,13 +295,25 @@ def test_a_slow_first_epoch_shrinks_the_total_so_the_schedule_still_ends(data, t
 
 
 def test_the_guard_stops_a_run_that_slows_down_after_the_re_plan(data, tmp_path, clock, speed):
-    """The first epoch takes 10 s as probed (10 epochs kept), then the machine slows to 40 s an epoch: after
-    epoch 3 (90 s), a fourth would end at 130 s, past 110% of 100, so the guard stops there."""
-    speed(10.0, epochs_take=lambda epoch: 10.0 if epoch == 1 else 40.0)
+    """The first three epochs take 10 s as probed (10 epochs kept), then the machine slows to 40 s an epoch:
+    after epoch 5 (110 s), a sixth would end past 110% of 100 at the pace so far, so the guard stops there."""
+    speed(10.0, epochs_take=lambda epoch: 10.0 if epoch <= throughput.REPLANS else 40.0)
     config = build_config({**BASE, "data": str(data), "epochs": 40, "time_budget": 100})
     metrics = fit(config, tmp_path / "run")
-    assert metrics["replanned_epochs"] == 10 and metrics["epochs_done"] == 3
+    assert metrics["replanned_epochs"] == 10 and metrics["epochs_done"] == 5
     assert metrics["stop_reason"].startswith("time budget")
+
+
+def test_the_pace_leaves_the_first_epoch_out_once_there_are_more(data, tmp_path, clock, speed):
+    """The first epoch takes 30 s (one-off costs), the next 10: after epoch 1, 3 epochs (90 s); after
+    epoch 2 the pace is 10 s, so 30 + 10 * 7 = 100 s: 8 epochs."""
+    speed(20.0, epochs_take=lambda epoch: 30.0 if epoch == 1 else 10.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["chosen_epochs"] == 5 and metrics["replanned_epochs"] == 8 and metrics["epochs_done"] == 8
+    assert metrics["replan_seconds_per_epoch"] == 10 and metrics["budget_seconds_used"] == pytest.approx(100)
+    lrs = [float(row["lr"]) for row in history(tmp_path / "run")]
+    assert lrs[-1] == pytest.approx(lr_at("one-cycle", 7 * STEPS, 8 * STEPS, config.lr), rel=1e-12)
 
 
 def test_a_resume_after_the_re_plan_continues_to_the_new_total(data, tmp_path, clock, speed, monkeypatch):
