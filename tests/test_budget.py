@@ -294,14 +294,26 @@ def test_a_slow_first_epoch_shrinks_the_total_so_the_schedule_still_ends(data, t
     assert float(history(tmp_path / "run")[-1]["lr"]) == pytest.approx(lr_at("cosine", 3 * STEPS, 4 * STEPS, config.lr))
 
 
-def test_the_guard_stops_a_run_that_slows_down_after_the_re_plan(data, tmp_path, clock, speed):
+def test_a_run_that_slows_down_later_shrinks_its_total_and_ends_within_the_budget(data, tmp_path, clock, speed):
     """The first three epochs take 10 s as probed (10 epochs kept), then the machine slows to 40 s an epoch:
-    after epoch 5 (110 s), a sixth would end past 110% of 100 at the pace so far, so the guard stops there."""
+    after epoch 4 (70 s) the pace so far (20 s) leaves room for 5 in all, so the one-cycle schedule ends
+    at epoch 5 (110 s, 110%), annealed, where a cut would have stopped it at full rate."""
     speed(10.0, epochs_take=lambda epoch: 10.0 if epoch <= throughput.REPLANS else 40.0)
-    config = build_config({**BASE, "data": str(data), "epochs": 40, "time_budget": 100})
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
     metrics = fit(config, tmp_path / "run")
-    assert metrics["replanned_epochs"] == 10 and metrics["epochs_done"] == 5
-    assert metrics["stop_reason"].startswith("time budget")
+    assert metrics["chosen_epochs"] == 10 and metrics["replanned_epochs"] == 5 and metrics["epochs_done"] == 5
+    assert not metrics.get("stop_reason") and metrics["budget_seconds_used"] == pytest.approx(110)
+    lrs = [float(row["lr"]) for row in history(tmp_path / "run")]
+    assert lrs[-1] == pytest.approx(lr_at("one-cycle", 4 * STEPS, 5 * STEPS, config.lr), rel=1e-12)
+
+
+def test_past_the_first_epochs_the_total_never_grows(data, tmp_path, clock, speed):
+    """Epochs of 20 s as probed (5 of 100 s), then 5 s from epoch 4 on: the total stays 5 (a growing
+    one-cycle schedule would raise the rate again near its end)."""
+    speed(20.0, epochs_take=lambda epoch: 20.0 if epoch <= throughput.REPLANS else 5.0)
+    config = build_config({**BASE, "data": str(data), "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["chosen_epochs"] == 5 and metrics["epochs_done"] == 5 and metrics["replanned_epochs"] == 5
 
 
 def test_the_pace_leaves_the_first_epoch_out_once_there_are_more(data, tmp_path, clock, speed):

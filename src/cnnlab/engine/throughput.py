@@ -200,7 +200,7 @@ def set_epochs(setup: Setup, epochs: int, warmup_epochs: float) -> None:
         setup.group.configs = [fixed(cfg) for cfg in setup.group.configs]
 
 
-REPLANS = 3  # after each of the first 3 epochs the total is chosen again from their measured pace
+REPLANS = 3  # after each of the first 3 epochs the total may grow or shrink; after later ones, only shrink
 
 
 class Guard:
@@ -210,7 +210,11 @@ class Guard:
     epoch's until there is a second, then the mean of the epochs after the first, which carries one-off
     costs (cpu-budget, 2-core AVX2-only AMD EPYC: 27.5 s against 21.7-24.0 for the next ones). The probe
     alone guessed 31.6 s an epoch where the epochs took 23.8 (25-minute budget, same EPYC), which left
-    25% of the budget unused. Afterwards it stops a run when one more epoch would end it past 110%."""
+    25% of the budget unused. Later epochs may only shrink the total, when the pace so far says it would
+    end past the budget (a 10-minute cpu-budget run planned 599.6 s from epochs 2-3 at 20.5 s, then took
+    21-21.9 s an epoch and ended at 617 s, 103%): a shrinking one-cycle or cosine schedule anneals a little
+    sooner, where a growing one would raise the rate again. Last, it stops a run when one more epoch would
+    end it past 110% of its share (a total cannot shrink below the epochs done)."""
 
     def __init__(self, setup: Setup, budget: Budget, plan: Plan, warmup_epochs: float):
         self.setup, self.budget, self.plan, self.warmup_epochs = setup, budget, plan, warmup_epochs
@@ -218,12 +222,12 @@ class Guard:
         self.marks = [self.start]  # the clock at the first epoch's start and after each epoch
 
     def replan(self, run_dirs: list[RunDir]) -> bool:
-        """After each of the first REPLANS epochs: choose the epochs again; True if the total changed
-        (config.json too, so a resume continues to the new total)."""
+        """After an epoch: choose the epochs again (after the first REPLANS, only fewer); True if the total
+        changed (config.json too, so a resume continues to the new total)."""
         setup, now = self.setup, self.budget.clock()
         self.marks.append(now)
         done = len(self.marks) - 1
-        if done > REPLANS or setup.state.epoch >= setup.config.epochs >= self.plan.budget_max_epochs:
+        if setup.state.epoch >= setup.config.epochs and (done > REPLANS or setup.config.epochs >= self.plan.budget_max_epochs):
             return False
         laps = [b - a for a, b in zip(self.marks, self.marks[1:])]
         pace = laps[0] if done == 1 else sum(laps[1:]) / (done - 1)
@@ -234,6 +238,8 @@ class Guard:
         spent = max(0.0, elapsed - done * pace)
         epochs, note = choose_epochs(self.budget.seconds, spent, pace, final, self.plan.budget_max_epochs)
         epochs = max(epochs, setup.state.epoch)  # what is trained stays trained
+        if done > REPLANS and epochs >= setup.config.epochs:
+            return False  # past the first epochs the total only shrinks (the guard below still watches)
         for state in setup.states:
             state.budget = {**(state.budget or {}), "replan_seconds_per_epoch": pace, "replanned_epochs": epochs,
                             "budget_predicted_seconds": spent + epochs * pace + final, "budget_note": note}
