@@ -7,8 +7,9 @@ training, evaluation), except writing a study's report. Each run gets an equal p
 among the runs still to train (`Budget.share`, re-divided as runs finish). A run measures its speed
 after warm-up (cnnlab.engine.throughput: a few real steps and a slice of validation, then undone) and
 fixes its number of epochs before the first step, so one-cycle and cosine schedules lay out the
-chosen total (`choose_epochs`); after the first epoch the same rule chooses again from that epoch's real
-pace, and the schedule stretches or shrinks to the new total. `epochs` is the most a budgeted run trains.
+chosen total (`choose_epochs`); after each of its first epochs the same rule chooses again from their
+real pace (later, only fewer), and the schedule stretches or shrinks to the new total
+(engine.throughput.Guard). `epochs` is the most a budgeted run trains.
 
 Pure: no torch, the clock is a parameter (`clock`, replaceable by tests), the speed is given.
 """
@@ -155,13 +156,8 @@ class Plan:
     chosen_epochs: int
     budget_predicted_seconds: float
     budget_note: str | None = None
-    replan_seconds_per_epoch: float | None = None  # the first epoch's measured pace (engine.throughput.Guard)
+    replan_seconds_per_epoch: float | None = None  # the pace of the latest re-plan (engine.throughput.Guard)
     replanned_epochs: int | None = None  # the epochs chosen again from it
-
-    @property
-    def epochs(self) -> int:
-        """The total the run trains to, unless stopped: the re-planned one if any."""
-        return self.chosen_epochs if self.replanned_epochs is None else self.replanned_epochs
 
     @classmethod
     def choose(cls, seconds: float, spent: float, epoch_seconds: float, final_seconds: float,

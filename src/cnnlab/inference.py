@@ -270,7 +270,7 @@ class ThreadChoice:
     BLOCK calls with all threads, then one with a single thread (blocks, not alternation: a pool woken for
     every other call pays the wake-up each time), the faster median wins, and after RECHECK calls the trial
     runs again, since the machine's load changes. All threads win on a quiet machine (tuned-cnn, one
-    image, quiet 2-core AVX2-only AMD EPYC: Run.predict 0.82 ms with 2 threads against 1.00 with 1); one
+    image, quiet 2-core AVX2-only AMD EPYC: Run.predict 0.85 ms with 2 threads against 0.99 with 1); one
     thread on a busy one, where handing work to the pool costs more than the work (cnn1, one 16x16 image,
     busy 2-core AVX2-only EPYC: 48 ms with 2 threads, 0.15 ms with 1)."""
 
