@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import cnnlab
+from cnnlab import inference
 from run import cpu_name  # bench/run.py, beside this script
 
 
@@ -44,7 +45,12 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="train with flip TTA (predict then runs it)")
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="onnxruntime's intra-op threads (default 0: its own choice, one per core)")
+    parser.add_argument("--route", choices=["onnx", "torch"], default="onnx",
+                        help="Run.predict's small-batch route: onnx (after inference.ONNX_AFTER calls, the default) "
+                             "or torch (the lean PyTorch copy only)")
     args = parser.parse_args()
+    if args.route == "torch":
+        inference.ONNX_AFTER = 0
     import onnxruntime
 
     rng = np.random.default_rng(0)
@@ -60,7 +66,12 @@ def main() -> None:
         session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         image = x[:1]
         feed = {"images": image[:, None]}
-        run.predict(image), session.run(None, feed)  # first calls: loading, kernel selection
+        for _ in range(inference.ONNX_AFTER if args.route == "onnx" else 20):  # loading, kernel selection
+            run.predict(image)
+        member = run._predictor._loaded[1][0]
+        if args.route == "onnx" and member.onnx is None:
+            raise SystemExit(f"Run.predict did not move to an onnxruntime session: {member.onnx_failed or 'onnx missing?'}")
+        session.run(None, feed)
         cnnlab_s, ort_s = [], []
         for r in range(args.rounds):
             pair = [("cnnlab", lambda: run.predict(image)), ("onnxruntime", lambda: session.run(None, feed))]

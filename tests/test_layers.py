@@ -25,7 +25,7 @@ LAYERS = [
     "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
     "cnnlab.augment", "cnnlab.augment_modern",
     # below the engine: torchrun and inference
-    "cnnlab.torchrun", "cnnlab.inference",
+    "cnnlab.torchrun", "cnnlab.onnx_route", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
     "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint", "cnnlab.engine.throughput",
     "cnnlab.engine.compile_probe",
@@ -38,7 +38,7 @@ LAYERS = [
     "cnnlab.api", "cnnlab.cli", "cnnlab", "cnnlab.__main__",
 ]
 TRAINING = ("cnnlab.engine", "cnnlab.fused", "cnnlab.distributed", "cnnlab.studies", "cnnlab.ensembles", "cnnlab.search")
-READ_SIDE = ("cnnlab.samples", "cnnlab.display", "cnnlab.inference", "cnnlab.progress", "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
+READ_SIDE = ("cnnlab.samples", "cnnlab.display", "cnnlab.onnx_route", "cnnlab.inference", "cnnlab.progress", "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
              "cnnlab.report", "cnnlab.deploy", "cnnlab.submissions", "cnnlab.callbacks")
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import cnnlab
-from cnnlab import inference
+from cnnlab import inference, onnx_route
 from cnnlab.metrics import softmax
 from cnnlab.models import create_architecture
 
@@ -232,3 +232,103 @@ def test_uint8_images_in_the_models_shape_take_the_short_check_with_the_same_res
         as_images((x > 127).astype(np.uint8), [1, 16, 16])
     with pytest.raises(cnnlab.UserError, match="trained on 1x12x12"):
         as_images(x, [1, 12, 12])
+
+
+# ------------------------------------------------------------------ the onnxruntime route of a predict loop
+
+needs_onnx = pytest.mark.skipif(not onnx_route.available(), reason="the onnxruntime route needs onnx and onnxruntime "
+                                "(the export extra)")
+
+
+class Counting:
+    """The real onnxruntime session, counting its runs: proof that it, not a PyTorch path, answered."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+
+    def run(self, *args):
+        self.calls += 1
+        return self.session.run(*args)
+
+
+@needs_onnx
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_predict_loop_moves_to_an_onnxruntime_session_with_the_same_scores(arrays, tmp_path, monkeypatch, tta):
+    monkeypatch.setattr(inference, "ONNX_AFTER", 3)
+    x, y, xt, _ = arrays
+    run = cnnlab.train("tuned-cnn", (x, y), epochs=1, tta=tta, out=tmp_path, **FAST)
+    member = None
+    for _ in range(3):
+        run.predict(xt[:1])
+        member = member or run._predictor._loaded[1][0]
+        assert member.onnx is None or member.small_calls == 3  # built at the third call, not before
+    assert member.onnx is not None, member.onnx_failed
+    member.onnx = session = Counting(member.onnx)
+    for n in (1, 5):
+        assert close(run.logits(xt[:n]), uncached(run, xt[:n])), n
+        assert (run.predict(xt[:n]) == uncached(run, xt[:n]).argmax(1)).all()
+    assert session.calls == 4  # one run of the session a call, the mirror images in the same batch
+    assert np.array_equal(run.logits(xt), uncached(run, xt))  # 60 images: the eager path, bit for bit
+
+
+@needs_onnx
+@pytest.mark.parametrize("name", ["cnn1", "cnn2", "cnn3", "cnn4", "tuned-cnn", "inception", "resnet50", "resnet9", "wrn-16-4"])
+def test_every_built_in_models_lean_graph_becomes_a_session_with_its_scores(name):
+    model = with_batchnorm_statistics(create_architecture(name, num_classes=5, image_size=28))
+    lean = inference.lean_model(model, [1, 28, 28], 1000 * torch.finfo(torch.float32).eps)
+    session, why = onnx_route.session_for(lean, [1, 28, 28], 1000 * torch.finfo(torch.float32).eps, 1)
+    assert session is not None, why
+    for n, tta in ((1, False), (3, True)):
+        x = images(n, 28)
+        expected = inference.predict_logits(model, x, tta=tta).numpy()
+        assert close(onnx_route.session_logits(session, x, tta).numpy(), expected)
+
+
+class Gelu(nn.Module):
+    """A model of the user's own with an op the ONNX writer does not translate (GELU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(16 * 16, 3), nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.fc(torch.flatten(x, 1)))
+
+
+@needs_onnx
+def test_a_graph_the_writer_cannot_take_keeps_the_lean_copy_and_says_why(monkeypatch):
+    monkeypatch.setattr(inference, "ONNX_AFTER", 2)
+    model = Gelu().eval()
+    member = inference._Member(model, contextlib.nullcontext, False, [1, 16, 16])
+    x = images(2)
+    for _ in range(3):
+        got = member.logits(x, CPU, 1024)
+    assert member.onnx is None and "GELU" in member.onnx_failed and isinstance(member.lean, nn.Module)
+    assert close(got.numpy(), inference.predict_logits(model, x).numpy())
+
+
+def test_no_session_is_built_with_onnx_after_zero_or_before_the_count(monkeypatch):
+    model = with_batchnorm_statistics(create_architecture("tuned-cnn", num_classes=3, image_size=16))
+    member = inference._Member(model, contextlib.nullcontext, False, [1, 16, 16])
+    monkeypatch.setattr(inference, "ONNX_AFTER", 5)
+    for _ in range(4):
+        member.logits(images(1), CPU, 1024)
+    assert member.onnx is None  # a few calls are no loop
+    monkeypatch.setattr(inference, "ONNX_AFTER", 0)
+    for _ in range(4):
+        member.logits(images(1), CPU, 1024)
+    assert member.onnx is None
+
+
+def test_a_bf16_run_scores_small_cpu_batches_in_fp32(arrays, tmp_path):
+    """bf16 autocast is slower than fp32 at batch 1 on the CPU; a handful of images takes fp32 (the run's
+    weights are fp32), more keep the run's own precision and its stored logits."""
+    x, y, xt, yt = arrays
+    run = cnnlab.train("tuned-cnn", (x, y, xt, yt), epochs=1, out=tmp_path, **{**FAST, "precision": "bf16"})
+    model, _ = inference.load_model(run.path, CPU)
+    fp32 = inference.predict_logits(model, torch.from_numpy(xt[:3, None].copy())).numpy()
+    assert close(run.logits(xt[:3]), fp32)
+    assert np.array_equal(run.logits(xt), run.dir.logits("test")[0])  # 60 images: bf16, as stored
+    bf16 = run.dir.logits("test")[0][:3]
+    eps = torch.finfo(torch.bfloat16).eps  # the two precisions differ by bf16's rounding, no more
+    assert np.allclose(fp32, bf16, rtol=16 * eps, atol=16 * eps * max(1.0, float(np.abs(bf16).max())))

@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
-from cnnlab import runs
+from cnnlab import onnx_route, runs
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data.prepared import to_input
 from cnnlab.device import autocast_for
@@ -312,6 +312,14 @@ class ThreadChoice:
                 torch.set_num_threads(threads)
 
 
+# after this many small CPU calls of one model (a predict loop, not a few calls) its lean copy moves to an
+# onnxruntime session where onnx and onnxruntime are installed (onnx_route). That one call pays the build:
+# 0.9 s the first time in a process (2-core AMX Xeon: importing onnx, 0.85 s of it ml_dtypes' extension,
+# which holds the GIL, so a thread would not hide it), 30-110 ms after; each later call saves ~0.5 ms
+# (tuned-cnn), so the build pays for itself ~2,000 calls later. 0: never
+ONNX_AFTER = 200
+
+
 @dataclass
 class _Member:
     """One loaded model of a run or ensemble directory and how to score with it."""
@@ -320,9 +328,23 @@ class _Member:
     tta: bool
     input_shape: list[int]
     lean: nn.Module | None | bool = False  # lean_model's copy for small CPU batches; False: not built yet
+    small_calls: int = 0
+    onnx: object = None  # onnx_route's session, once ONNX_AFTER small calls were made
+    onnx_failed: str | None = None  # why there is none (a graph it cannot write, a mismatch)
 
     def logits(self, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
-        if device.type == "cpu" and len(images) <= SMALL_BATCH and self.autocast is contextlib.nullcontext:
+        # small CPU batches run in the weights' own dtype (fp32), also for a run trained in bf16 or fp16:
+        # autocast at batch 1 is slower there (tuned-cnn, one image, 2-core AMX Xeon: eager 0.85 ms in bf16
+        # against 0.61 in fp32), and an exported model is fp32 too; bigger batches keep the run's precision
+        if device.type == "cpu" and len(images) <= SMALL_BATCH:
+            if self.onnx is not None:
+                return onnx_route.session_logits(self.onnx, images, self.tta)
+            self.small_calls += 1
+            if self.small_calls == ONNX_AFTER and isinstance(self.lean, nn.Module) and self.lean.dtype == torch.float32 \
+                    and onnx_route.available():
+                self.onnx, self.onnx_failed = onnx_route.session_for(self.lean, self.input_shape,
+                                                                     1000 * torch.finfo(torch.float32).eps,
+                                                                     torch.get_num_threads())
             if self.lean is False:  # built on the first small batch, so big-batch users never pay for the copy
                 dtype = next(self.model.parameters(), torch.empty(0)).dtype
                 self.lean = lean_model(self.model, self.input_shape, 1000 * torch.finfo(dtype).eps)
@@ -395,7 +417,8 @@ class Predictor:
             self.refresh(device)
         _, members, method = self._loaded
         images = images.to(device)
-        with self.threads.use(device, len(images)):
+        on_onnx = all(member.onnx is not None for member in members)  # onnxruntime keeps threads of its own
+        with contextlib.nullcontext() if on_onnx else self.threads.use(device, len(images)):
             stacked = [member.logits(images, device, batch_size).cpu().numpy() for member in members]
         scores = vote(np.stack(stacked), method) if method else stacked[0]
         if not np.isfinite(scores).all():
