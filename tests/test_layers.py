@@ -22,7 +22,7 @@ LAYERS = [
     "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
     "cnnlab.samples",
     # small pure leaves
-    "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
+    "cnnlab.test_time", "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",
     "cnnlab.augment", "cnnlab.augment_modern",
     # below the engine: torchrun and inference
     "cnnlab.torchrun", "cnnlab.onnx_route", "cnnlab.inference",

@@ -183,6 +183,8 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "cutmix": (Optional[float], typer.Option(None, "--cutmix", help="CutMix Beta alpha (0 = off).")),
     "ema": (Optional[float], typer.Option(None, "--ema", help="Average the weights with this decay, e.g. 0.999.")),
     "tta": (Optional[bool], typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation.")),
+    "tta_translate": (Optional[bool], typer.Option(None, "--tta-translate/--no-tta-translate", help="With --tta, "
+                                                   "also the flip pair shifted one pixel along each diagonal (final evaluation, predict, export).")),
     "early_stopping": (Optional[int], typer.Option(None, "--early-stopping", help="Stop after N epochs without a "
                                                    "better validation loss (0 = off).")),
     "restore_best": (Optional[bool], typer.Option(None, "--restore-best/--no-restore-best", help="Keep the best "

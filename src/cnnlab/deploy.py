@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab import runs
+from cnnlab import runs, test_time
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.errors import UserError
 from cnnlab.evaluation import validation_sample
@@ -95,18 +95,19 @@ class PixelModel(nn.Module):
 
 
 class FlipTTA(nn.Module):
-    """A run trained with flip test-time augmentation predicts the mean of the plain and mirrored logits."""
+    """A run trained with flip test-time augmentation predicts the mean of the plain and mirrored logits
+    (and, with translate, of the shifted views: cnnlab.test_time)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, translate: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.translate = model, translate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) + self.model(x.flip(-1))) / 2
+        return test_time.mean([self.model(view) for view in test_time.views(x, self.translate)])
 
 
 def _with_tta(model: nn.Module, meta: dict) -> nn.Module:
-    return FlipTTA(model).eval() if meta.get("tta") else model
+    return FlipTTA(model, meta.get("tta_translate", False)).eval() if meta.get("tta") else model
 
 
 class VoteModel(nn.Module):

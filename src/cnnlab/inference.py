@@ -20,6 +20,7 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 from cnnlab import onnx_route, runs
+from cnnlab import test_time
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data.prepared import to_input
 from cnnlab.device import autocast_for
@@ -31,17 +32,21 @@ from cnnlab.runs import RunDir
 from cnnlab.voting import vote
 
 
-def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """float32 logits of `forward(x)`; with tta, the mean with the left-right mirror's (images only)."""
+def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: bool,
+             translate: bool = False) -> torch.Tensor:
+    """float32 logits of `forward(x)`; with tta, the mean with the left-right mirror's (images only), and
+    with translate also the shifted views' (cnnlab.tta)."""
     logits = forward(x).float()
     if tta and x.dim() == 4:
-        logits = (logits + forward(x.flip(-1)).float()) / 2
+        if not translate:
+            return (logits + forward(x.flip(-1)).float()) / 2
+        logits = test_time.mean([logits] + [forward(view).float() for view in test_time.views(x, translate)[1:]])
     return logits
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
-                   autocast=contextlib.nullcontext, tta: bool = False) -> torch.Tensor:
+                   autocast=contextlib.nullcontext, tta: bool = False, translate: bool = False) -> torch.Tensor:
     """Logits (float32, on the images' device) for uint8 images, in eval mode; tta: mean with the mirror."""
     model.eval()
     dtype = next(model.parameters(), torch.empty(0)).dtype  # float64 for fp64 runs
@@ -49,7 +54,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVA
     for start in range(0, len(images), batch_size):
         x = to_input(images[start:start + batch_size], dtype)
         with autocast():
-            out.append(flip_tta(model, x, tta))
+            out.append(flip_tta(model, x, tta, translate))
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -109,8 +114,8 @@ def ensemble_logits(directory: Path, images: torch.Tensor, device, batch_size: i
     for path in meta["members"]:
         model, member_meta = load_model(Path(directory) / path, device)
         autocast = run_autocast(Path(directory) / path, device)
-        stacked.append(predict_logits(model, images.to(device), batch_size, autocast,
-                                      tta=member_meta.get("tta", False)).cpu().numpy())
+        stacked.append(predict_logits(model, images.to(device), batch_size, autocast, tta=member_meta.get("tta", False),
+                                      translate=member_meta.get("tta_translate", False)).cpu().numpy())
     return vote(np.stack(stacked), meta["vote"])
 
 
@@ -124,7 +129,7 @@ def run_scores(run_dir: Path, images: torch.Tensor, device: torch.device, batch_
     else:
         model, meta = load_model(run_dir, device, model)
         scores = predict_logits(model, images.to(device), batch_size, run_autocast(run_dir, device),
-                                tta=meta.get("tta", False)).cpu().numpy()
+                                tta=meta.get("tta", False), translate=meta.get("tta_translate", False)).cpu().numpy()
     if not np.isfinite(scores).all():
         raise UserError(f"{run_dir}: the model's outputs are NaN or infinite; the run diverged, retrain it")
     return scores
@@ -327,6 +332,7 @@ class _Member:
     autocast: Callable
     tta: bool
     input_shape: list[int]
+    translate: bool = False  # the shifted views too (cnnlab.tta), with tta
     lean: nn.Module | None | bool = False  # lean_model's copy for small CPU batches; False: not built yet
     small_calls: int = 0
     onnx: object = None  # onnx_route's session, once ONNX_AFTER small calls were made
@@ -338,7 +344,7 @@ class _Member:
         # against 0.61 in fp32), and an exported model is fp32 too; bigger batches keep the run's precision
         if device.type == "cpu" and len(images) <= SMALL_BATCH:
             if self.onnx is not None:
-                return onnx_route.session_logits(self.onnx, images, self.tta)
+                return onnx_route.session_logits(self.onnx, images, self.tta, self.translate)
             self.small_calls += 1
             if self.small_calls == ONNX_AFTER and isinstance(self.lean, nn.Module) and self.lean.dtype == torch.float32 \
                     and onnx_route.available():
@@ -349,28 +355,29 @@ class _Member:
                 dtype = next(self.model.parameters(), torch.empty(0)).dtype
                 self.lean = lean_model(self.model, self.input_shape, 1000 * torch.finfo(dtype).eps)
             if self.lean is not None:
-                return lean_logits(self.lean, images, self.tta)
-        return predict_logits(self.model, images, batch_size, self.autocast, tta=self.tta)
+                return lean_logits(self.lean, images, self.tta, self.translate)
+        return predict_logits(self.model, images, batch_size, self.autocast, tta=self.tta, translate=self.translate)
 
 
 @torch.inference_mode()
-def lean_logits(lean: nn.Module, images: torch.Tensor, tta: bool) -> torch.Tensor:
+def lean_logits(lean: nn.Module, images: torch.Tensor, tta: bool, translate: bool = False) -> torch.Tensor:
     """predict_logits for a batch small enough for one forward, through a model from lean_model. With tta
-    the mirror images go through the same forward: one call of batch 2 for one image, not two of batch 1
-    (tuned-cnn, one image, as in lean_model: 1.44 ms against 1.58, -9%; the eager path's TTA 2.2 ms)."""
+    the mirror images (and shifted views) go through the same forward: one call of batch 2 for one image,
+    not two of batch 1 (tuned-cnn, one image, as in lean_model: 1.44 ms against 1.58, -9%; the eager path's
+    TTA 2.2 ms)."""
     x = to_input(images, lean.dtype)
     if not (tta and x.dim() == 4):
         return lean(x).float()
-    both = lean(torch.cat([x, x.flip(-1)])).float()
-    return (both[:len(x)] + both[len(x):]) / 2
+    return test_time.batched(lambda batch: lean(batch).float(), x, translate)
 
 
 class Predictor:
     """Scores of a run or ensemble directory as `run_scores` computes them, with the model(s) loaded once per
     device and kept until the directory's files change (model.json and the weights of the run or of each
     member, by mtime and size): a single image costs two stat calls (a run) and one forward. Up to
-    SMALL_BATCH images on the CPU go through lean_model's copy of each model, made on the first such call;
-    changes made afterwards to the module that model() returns reach bigger batches only."""
+    SMALL_BATCH images on the CPU go in fp32 through lean_model's copy of each model, made on the first such
+    call, and from the ONNX_AFTER-th through an onnxruntime session of that copy (onnx_route); changes made
+    afterwards to the module that model() returns reach bigger batches only."""
 
     def __init__(self, run_dir: str | Path, model=None):
         self.run_dir = Path(run_dir)
@@ -401,7 +408,7 @@ class Predictor:
             for path in dirs:
                 model, member_meta = load_model(path, device, self.builder)
                 members.append(_Member(model, run_autocast(path, device), member_meta.get("tta", False),
-                                       member_meta["input_shape"]))
+                                       member_meta["input_shape"], member_meta.get("tta_translate", False)))
             self._loaded, self._key = (meta, members, meta["vote"] if meta.get("ensemble") else None), key
         return self._loaded[0]
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from cnnlab import test_time
 from cnnlab.data.prepared import to_input
 
 OPSET = 17
@@ -179,10 +180,8 @@ def session_for(lean: fx.GraphModule, input_shape: list[int], tolerance: float, 
     return session, None
 
 
-def session_logits(session, images: torch.Tensor, tta: bool) -> torch.Tensor:
-    """lean_logits through the session: with tta the mirror images go in the same batch."""
+def session_logits(session, images: torch.Tensor, tta: bool, translate: bool = False) -> torch.Tensor:
+    """lean_logits through the session: with tta the mirror images (and shifted views) go in the same batch."""
     x = to_input(images, torch.float32)
-    if tta and x.dim() == 4:
-        both = torch.from_numpy(session.run(None, {INPUT: torch.cat([x, x.flip(-1)]).numpy()})[0])
-        return (both[:len(x)] + both[len(x):]) / 2
-    return torch.from_numpy(session.run(None, {INPUT: x.contiguous().numpy()})[0])
+    run = lambda batch: torch.from_numpy(session.run(None, {INPUT: batch.contiguous().numpy()})[0])  # noqa: E731
+    return test_time.batched(run, x, translate) if tta and x.dim() == 4 else run(x)

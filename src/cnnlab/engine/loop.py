@@ -244,7 +244,7 @@ def model_metadata(setup: Setup, weights_epoch: int) -> dict:
     return {"spec": setup.spec, "num_classes": setup.dataset.num_classes, "class_names": setup.dataset.class_names,
             "class_ids": setup.dataset.class_ids, "input_shape": [c, h, w], "dataset": setup.dataset.name,
             "trainable_params": trainable, "frozen_params": frozen, "input_scale": "pixels / 255",
-            "weights_epoch": weights_epoch, "tta": setup.config.tta}
+            "weights_epoch": weights_epoch, "tta": setup.config.tta, "tta_translate": setup.config.tta_translate}
 
 
 def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
@@ -258,7 +258,7 @@ def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
                 member_weights[m] = best
         load_member_weights(setup, member_weights)
     splits = {"val": setup.val, "test": setup.test}
-    evaluated = {name: evaluate(setup, data) for name, data in splits.items() if data is not None}
+    evaluated = {name: evaluate(setup, data, final=True) for name, data in splits.items() if data is not None}
     weights = final_weights(setup)
     results = []
     for m, (run_dir, state) in enumerate(zip(ctx.run_dirs, setup.states)):

@@ -228,25 +228,28 @@ def train_one_epoch(setup: Setup, epoch: int, on_step: OnStep | None = None) -> 
 
 
 @torch.inference_mode()
-def split_logits(setup: Setup, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-    """N x K x classes float32 logits in eval mode (flip TTA as in inference: the mean with the mirror)."""
+def split_logits(setup: Setup, images: torch.Tensor, model: nn.Module | None = None, final: bool = False) -> torch.Tensor:
+    """N x K x classes float32 logits in eval mode (flip TTA as in inference: the mean with the mirror; the
+    shifted views of tta_translate only in the final evaluation)."""
     model = model or setup.eval_model
     model.eval()
     out = []
     for start in range(0, len(images), setup.config.eval_batch_size):
         x = member_input(setup, to_input(images[start:start + setup.config.eval_batch_size], setup.dtype))
         with setup.autocast():
-            out.append(flip_tta(lambda batch: forward(setup, batch, model), x, setup.config.tta))
+            out.append(flip_tta(lambda batch: forward(setup, batch, model), x, setup.config.tta,
+                                final and setup.config.tta_translate))
     if not out:
         return torch.empty(0, setup.members, setup.dataset.num_classes, device=setup.device)
     return torch.cat(out)
 
 
-def evaluate(setup: Setup, data: DeviceData) -> tuple[list[float], list[float], float, torch.Tensor]:
-    """(loss per member, accuracy per member, seconds, logits N x K x classes) on a labeled split."""
+def evaluate(setup: Setup, data: DeviceData, final: bool = False) -> tuple[list[float], list[float], float, torch.Tensor]:
+    """(loss per member, accuracy per member, seconds, logits N x K x classes) on a labeled split; final: the
+    evaluation whose logits are stored (tta_translate's shifted views too)."""
     synchronize(setup.device)
     start = time.perf_counter()
-    logits = split_logits(setup, data.images)
+    logits = split_logits(setup, data.images, final=final)
     synchronize(setup.device)
     seconds = time.perf_counter() - start
     k = setup.members

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from cnnlab import runs
+from cnnlab import runs, test_time
 from cnnlab.budget import HIGH, Budget, Plan, choose_epochs, overruns
 from cnnlab.device import synchronize
 from cnnlab.runs import RunDir
@@ -136,7 +136,10 @@ def measure(setup: Setup) -> Throughput:
             per_image = (time.perf_counter() - start) / len(images)
     val = len(setup.val) if setup.val is not None else 0
     test = len(setup.test) if setup.test is not None else 0
-    return Throughput(train_seconds + per_image * val, per_image * (val + test), steps)
+    final = per_image  # the final evaluation also scores the shifted views of tta_translate, which the probe did not
+    if setup.config.tta and setup.config.tta_translate:
+        final *= test_time.VIEWS[True] / test_time.VIEWS[False]
+    return Throughput(train_seconds + per_image * val, final * (val + test), steps)
 
 
 class ProbeDir(RunDir):
