@@ -54,7 +54,8 @@ def comparable(run: Path) -> tuple:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tiny, tmp_path):
-    """10 cycles: start a training, SIGKILL it at a random moment (while it loads, trains, writes a checkpoint,
+    """6 cycles (10 until session 6: ~17 s a cycle on a 2-core AMX Xeon, where CI then took 22 minutes): start
+    a training, SIGKILL it at a random moment (while it loads, trains, writes a checkpoint,
     the history or the final files), resume it to the end; every time, history, metrics (timings aside) and
     weights equal an uninterrupted run's, and no temporary file is left."""
     subprocess.run(cnnlab(*TRAIN, "--data", tiny, "--out", tmp_path / "reference"), env=ENV, check=True, timeout=300)
@@ -62,7 +63,7 @@ def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tiny,
     expected = comparable(reference)
     rng = random.Random(0)
     moments = []
-    for cycle in range(10):
+    for cycle in range(6):
         out = tmp_path / f"cycle-{cycle}"
         proc = subprocess.Popen(cnnlab(*TRAIN, "--data", tiny, "--out", out), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
