@@ -307,6 +307,28 @@ def test_a_graph_the_writer_cannot_take_keeps_the_lean_copy_and_says_why(monkeyp
     assert close(got.numpy(), inference.predict_logits(model, x).numpy())
 
 
+class ComputedWeight(nn.Module):
+    """A linear layer whose weight is computed in the forward: no constant for the ONNX writer to take."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(3, 16 * 16)), nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return nn.functional.linear(torch.flatten(x, 1), self.weight * 2, self.bias)
+
+
+@needs_onnx
+def test_a_computed_weight_is_not_translated_and_the_call_still_answers(monkeypatch):
+    monkeypatch.setattr(inference, "ONNX_AFTER", 2)
+    model = ComputedWeight().eval()
+    member = inference._Member(model, contextlib.nullcontext, False, [1, 16, 16])
+    for _ in range(2):
+        got = member.logits(images(2), CPU, 1024)
+    assert member.onnx is None and "computed weight" in member.onnx_failed
+    assert close(got.numpy(), inference.predict_logits(model, images(2)).numpy())
+
+
 def test_no_session_is_built_with_onnx_after_zero_or_before_the_count(monkeypatch):
     model = with_batchnorm_statistics(create_architecture("tuned-cnn", num_classes=3, image_size=16))
     member = inference._Member(model, contextlib.nullcontext, False, [1, 16, 16])

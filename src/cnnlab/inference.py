@@ -19,8 +19,7 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
-from cnnlab import onnx_route, runs
-from cnnlab import test_time
+from cnnlab import onnx_route, runs, test_time
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data.prepared import to_input
 from cnnlab.device import autocast_for
@@ -35,7 +34,7 @@ from cnnlab.voting import vote
 def flip_tta(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: bool,
              translate: bool = False) -> torch.Tensor:
     """float32 logits of `forward(x)`; with tta, the mean with the left-right mirror's (images only), and
-    with translate also the shifted views' (cnnlab.tta)."""
+    with translate also the shifted views' (cnnlab.test_time)."""
     logits = forward(x).float()
     if tta and x.dim() == 4:
         if not translate:
@@ -332,7 +331,7 @@ class _Member:
     autocast: Callable
     tta: bool
     input_shape: list[int]
-    translate: bool = False  # the shifted views too (cnnlab.tta), with tta
+    translate: bool = False  # the shifted views too (cnnlab.test_time), with tta
     lean: nn.Module | None | bool = False  # lean_model's copy for small CPU batches; False: not built yet
     small_calls: int = 0
     onnx: object = None  # onnx_route's session, once ONNX_AFTER small calls were made

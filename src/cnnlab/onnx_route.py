@@ -130,7 +130,12 @@ def onnx_model(graph_module: fx.GraphModule, input_shape: list[int]):
             raise Unsupported(f"argument {node!r}")
         return names[node]
 
-    name.tensor = lambda node: getattr(graph_module, node.target)  # a get_attr node's tensor
+    def tensor(node) -> torch.Tensor:  # a constant's value (a weight computed in the graph is not one)
+        if not isinstance(node, fx.Node) or node.op != "get_attr":
+            raise Unsupported(f"a computed weight ({node!r})")
+        return getattr(graph_module, node.target)
+
+    name.tensor = tensor
     for node in graph_module.graph.nodes:
         if node.op == "placeholder":
             if names:
@@ -162,6 +167,8 @@ def session_for(lean: fx.GraphModule, input_shape: list[int], tolerance: float, 
         model = onnx_model(lean, input_shape)
     except Unsupported as why:
         return None, f"not translated: {why}"
+    except Exception as error:  # noqa: BLE001 - a graph of the user's own shaped unlike ours: never the caller's failure
+        return None, f"not translated: {type(error).__name__}: {error}"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: a notebook cell is no place for its warnings
