@@ -10,7 +10,6 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from cnnlab.runs import atomic_target  # noqa: E402
 from cnnlab.text import visible  # noqa: E402
@@ -240,6 +239,8 @@ def training_curves_plot(curves: dict[str, tuple[list[dict], list[list[dict]]]],
 def confusion_panels(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], path: Path,
                      title: str) -> Path:
     """Counts and row-normalised confusion matrices (scikit-learn's ConfusionMatrixDisplay) for each split."""
+    from sklearn.metrics import ConfusionMatrixDisplay  # lazy, as in cnnlab.metrics
+
     k = len(class_names)
     panels = [(split, norm) for split in predictions for norm in (None, "true")]
     size = 1.2 + 0.55 * k

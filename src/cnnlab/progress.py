@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cnnlab.budget import Plan
 from cnnlab.callbacks import Callback
-from cnnlab.device import device_name
+from cnnlab.device import device_name, precision_note
 from cnnlab.models import count_parameters
 
 
@@ -53,6 +53,8 @@ class ConsoleProgress(Callback):
                            f"{escape(device_name(setup.device))}, {setup.precision}", soft_wrap=self.soft_wrap)
         self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False,
                            soft_wrap=self.soft_wrap)
+        if note := precision_note(setup.device, setup.precision):
+            self.console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=self.soft_wrap)
 
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None:
         if ctx.state.budget and not self.quiet:  # chosen after on_train_start, chosen again after epoch 1

@@ -26,7 +26,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import matplotlib
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from cnnlab.callbacks import Callback
 from cnnlab.errors import UserError
@@ -65,6 +64,8 @@ def epoch_values(row: dict, train_images: int | None = None) -> dict[str, float]
 
 def confusion_figure(run_dir: Path, split: str = "val"):
     """scikit-learn's ConfusionMatrixDisplay of a finished run's stored logits (None without that split)."""
+    from sklearn.metrics import ConfusionMatrixDisplay  # lazy, as in cnnlab.metrics
+
     run = RunDir(run_dir)
     try:
         logits, labels = run.logits(split)

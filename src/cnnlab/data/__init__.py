@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from cnnlab.errors import UserError
 
@@ -249,6 +248,8 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) 
         raise UserError(f"val_fraction {val_fraction:g} leaves {len(labels) - round(len(labels) * val_fraction)} of "
                         f"{len(labels)} images for training, fewer than the {dataset.num_classes} classes; "
                         "lower val_fraction (the report used 0.2)")
+    from sklearn.model_selection import train_test_split  # lazy, as in cnnlab.metrics
+
     train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction, random_state=seed,
                                           stratify=labels)
     train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import UserError
@@ -100,6 +99,8 @@ def training_splits(config: TrainConfig, dataset: Dataset) -> tuple[Split, Split
 
 def stratified_subset(dataset: Dataset, split: Split, size: int, seed: int) -> Split:
     """`size` images of the split, every class in its share (scikit-learn's stratified split, seeded)."""
+    from sklearn.model_selection import train_test_split  # lazy, as in cnnlab.metrics
+
     labels = split.labels.numpy()
     if size < dataset.num_classes:
         raise UserError(f"train_images: {size} images cannot hold one of each of the {dataset.num_classes} classes; "

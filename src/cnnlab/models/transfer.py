@@ -17,8 +17,6 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import Inception_V3_Weights, VGG19_Weights, inception_v3
-from torchvision.models.vgg import cfgs, make_layers
 
 from cnnlab.errors import UserError
 from cnnlab.runs import load_tensors
@@ -119,6 +117,9 @@ class FrozenBaseClassifier(nn.Module):
 def vgg19_transfer(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 150,
                    weights: str = "imagenet") -> nn.Module:
     """The report's recipe: stack to RGB, resize to 150x150, VGG19 conv base (frozen), Dense(classes)."""
+    from torchvision.models import VGG19_Weights  # torchvision's model zoo: 2.3 s of `import cnnlab` (AMX Xeon)
+    from torchvision.models.vgg import cfgs, make_layers
+
     base = make_layers(cfgs["E"], batch_norm=False)  # VGG19's convolutional part only
     state = load_pretrained_state("vgg19-transfer", VGG19_Weights, weights)
     if state is not None:
@@ -159,6 +160,8 @@ class PartlyFrozen(nn.Module):
 def inceptionv3_transfer(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 150,
                          trainable_layers: int = 10, weights: str = "imagenet") -> nn.Module:
     """A 'layer' is a module with its own parameters (conv, batchnorm, the new dense head), counted from the end."""
+    from torchvision.models import Inception_V3_Weights, inception_v3  # lazy: see vgg19_transfer
+
     net = inception_v3(weights=None, aux_logits=False, init_weights=state_is_random(weights), transform_input=False)
     state = load_pretrained_state("inceptionv3-transfer", Inception_V3_Weights, weights)
     if state is not None:
