@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import signal
 import statistics
@@ -108,7 +109,12 @@ def hardware(device: torch.device) -> dict:
         native = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # a torch without these probes
         native = False
-    return {"class": cpu_class(), "name": cpu_name(), "native_bf16": native,
+    cls, isa = cpu_class(), os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa.startswith(("AVX2", "SSE")) and cls in ("AMX", "AVX-512"):
+        # the AVX2 emulation (bench/README.md): oneDNN has no bf16 kernels then (a bf16 4096 x 4096 product took
+        # minutes on the 2-core AMX Xeon), and the figures belong to no real class
+        native, cls = False, f"{cls}, {isa} emulated"
+    return {"class": cls, "name": cpu_name(), "native_bf16": native,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 

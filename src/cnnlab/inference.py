@@ -184,7 +184,9 @@ def _fold_into_next(graph: fx.Graph, modules: dict) -> None:
             step = modules.get(user.target) if user.op == "call_module" else None
             if type(step) in _PASS_THROUGH or (type(step) is nn.MaxPool2d and not flat and bool((scale >= 0).all())):
                 continue
-            if type(step) is nn.Flatten and not flat and (step.start_dim, step.end_dim) == (1, -1):
+            flattens = (type(step) is nn.Flatten and (step.start_dim, step.end_dim) == (1, -1)) or \
+                (user.op == "call_function" and user.target is torch.flatten and tuple(user.args[1:]) == (1, -1))
+            if flattens and not flat:  # nn.Flatten, or models.layers.Flatten as fx traces it: torch.flatten
                 flat = True
                 continue
             break

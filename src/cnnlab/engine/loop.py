@@ -24,6 +24,7 @@ from cnnlab.samples import store_validation_sample
 
 from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
 from .compile_probe import settle
+from .layout_probe import settle_layout
 from .setup import Setup, TrainState, prepare
 from .step import GraphedStep, evaluate, learning_rates, train_one_epoch, warm_up
 from .throughput import Guard, plan
@@ -150,8 +151,11 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         if stored is not None:
             cb.load_state_dict(stored)
     ctx.warmup_seconds = warm_up(setup)
-    # compiled or eager (compile = "auto": measured), before the budget's probe, so that measures the chosen path
-    ctx.warmup_seconds += settle(setup, budget, resume, run_dirs[0].read_env().get("compile") if resume else None)
+    stored_env = run_dirs[0].read_env() if resume else {}
+    # Flatten's gradient layout (measured), then compiled or eager (compile = "auto": measured), both before
+    # the budget's probe, so that measures the chosen path
+    ctx.warmup_seconds += settle_layout(setup, resume, stored_env.get("flatten_grad"))
+    ctx.warmup_seconds += settle(setup, budget, resume, stored_env.get("compile"))
     if setup.config.cuda_graphs and setup.graph is None:
         start = time.perf_counter()
         setup.graph = GraphedStep(setup)
@@ -164,6 +168,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         ctx.config = setup.config
     if not resume:  # env.json records the compile decision (a resume takes it again), config.json the epochs
         env["compile"] = setup.compile
+        if setup.flatten_grad is not None:
+            env["flatten_grad"] = setup.flatten_grad
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)
 

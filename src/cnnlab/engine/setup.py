@@ -80,6 +80,7 @@ class Setup:
     scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scaler (its state is in the checkpoint)
     step_seconds: float | None = None  # warm-up's full-batch forward and backward (a first call: an upper bound)
     compile: dict | None = None  # compiled or eager, why, and the probe's figures (engine.compile_probe; env.json)
+    flatten_grad: dict | None = None  # Flatten's gradient layout, why, the figures (engine.layout_probe; env.json)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import Dropout
+from .layers import Dropout, Flatten
 from .registry import flat_features, keras_bn, keras_init, register_model
 
 
@@ -18,7 +18,7 @@ def _conv(cin: int, cout: int, padding: str | int) -> list[nn.Module]:
 
 
 def _head(features: nn.Sequential, layers: list[nn.Module]) -> nn.Sequential:
-    return keras_init(nn.Sequential(*features, nn.Flatten(), *layers))
+    return keras_init(nn.Sequential(*features, Flatten(), *layers))
 
 
 DROPOUT = {"type": "float", "low": 0.0, "high": 0.9}
