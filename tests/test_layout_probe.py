@@ -43,7 +43,7 @@ def seed_cache(cfg, channels_last_faster: bool) -> None:
     """Figures in the cache that make the decision: the engine then reads them instead of probing."""
     fast, slow = 1.0, 2.0
     figures = {"as_computed_step_ms": slow if channels_last_faster else fast,
-               "channels_last_step_ms": fast if channels_last_faster else slow, "probe_steps": 6}
+               "channels_last_step_ms": fast if channels_last_faster else slow, "timed_steps_each_way": 6}
     path = cache_path(lp.CACHE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({cache_key(prepare(cfg)): figures}))
@@ -124,3 +124,13 @@ def test_fp64_is_never_probed_and_a_model_without_the_layer_has_no_record(data, 
     assert not cache.exists()
     fit(config(data, model="resnet9", epochs=1), tmp_path / "resnet")
     assert "flatten_grad" not in RunDir(tmp_path / "resnet").read_env()
+
+
+def test_the_compile_probe_keeps_its_figures_apart_per_gradient_layout(data):
+    """The compile probe measures after this decision, so its cached figures hold for one layout only."""
+    setup = prepare(config(data))
+    keys = set()
+    for decision in (None, lp.OFF, lp.ON):
+        setup.flatten_grad = None if decision is None else {"decision": decision}
+        keys.add(cache_key(setup))
+    assert len(keys) == 3

@@ -113,6 +113,8 @@ def cache_key(setup: Setup) -> str:
            "model_params": cfg.model_params, "parameters": sum(p.numel() for p in setup.model.parameters()),
            "members": setup.members, "batch_size": setup.batch_size, "precision": setup.precision,
            "channels_last": True,  # engine.setup trains every model channels_last
+           # Flatten's gradient layout, chosen before this probe (engine.layout_probe; None while choosing it)
+           "flatten_grad": (setup.flatten_grad or {}).get("decision"),
            "image_size": cfg.image_size or h, "in_chans": c, "classes": setup.dataset.num_classes,
            "optimizer": cfg.optimizer, "head_only": setup.feature_cache_seconds is not None}
     return json.dumps(key, sort_keys=True, default=str)

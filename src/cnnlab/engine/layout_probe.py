@@ -80,7 +80,7 @@ def probe(setup: Setup) -> dict:
             apply(setup, OFF)
     synchronize(setup.device)
     return {"as_computed_step_ms": round(best[OFF], 3), "channels_last_step_ms": round(best[ON], 3),
-            "probe_steps": ROUNDS * steps, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "timed_steps_each_way": ROUNDS * steps, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def cached(key: str) -> dict | None:
