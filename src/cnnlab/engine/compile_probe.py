@@ -106,7 +106,8 @@ def cache_path(name: str = CACHE_FILE) -> Path:
 
 
 def cache_key(setup: Setup) -> str:
-    """What a probe's figures depend on: device (its threads too), torch, model and input, batch, precision."""
+    """What a probe's figures depend on: device (its threads and CPU kernels too), torch, model and input, batch,
+    precision."""
     cfg = setup.config
     c, h, _ = setup.dataset.shape
     key = {"device": device_name(setup.device), "torch": torch.__version__, "model": cfg.model,
@@ -117,6 +118,9 @@ def cache_key(setup: Setup) -> str:
            "flatten_grad": (setup.flatten_grad or {}).get("decision"),
            "image_size": cfg.image_size or h, "in_chans": c, "classes": setup.dataset.num_classes,
            "optimizer": cfg.optimizer, "head_only": setup.feature_cache_seconds is not None}
+    if setup.device.type == "cpu":  # the kernels in use: ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can narrow them
+        key["cpu_kernels"] = {"aten": torch.backends.cpu.get_cpu_capability(),
+                              "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}
     return json.dumps(key, sort_keys=True, default=str)
 
 
