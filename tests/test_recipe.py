@@ -20,7 +20,7 @@ from cnnlab.ema import ModelEMA
 from cnnlab.errors import UserError
 from cnnlab.losses import classification_loss
 from cnnlab.models import count_parameters, create_model, list_models
-from cnnlab.optim import OPTIMIZERS, make_optimizer
+from cnnlab.optim import OPTIMIZERS, make_optimizer, match_parameter_layouts
 from cnnlab.schedules import SCHEDULES, lr_at
 
 EPS64 = sys.float_info.epsilon
@@ -143,7 +143,7 @@ def test_without_weight_decay_one_group_in_model_order():
 def test_optimizer_settings():
     m = Tiny()
     adam = make_optimizer("adam", m, 1e-3)
-    assert type(adam) is torch.optim.Adam and adam.defaults["eps"] == 1e-7 and not adam.defaults["fused"]
+    assert type(adam) is torch.optim.Adam and adam.defaults["eps"] == 1e-7 and adam.defaults["fused"]
     rms = make_optimizer("rmsprop", m, 1e-3)
     assert type(rms) is torch.optim.RMSprop and (rms.defaults["alpha"], rms.defaults["eps"]) == (0.9, 1e-7)
     adamw = make_optimizer("adamw", m, 1e-3, weight_decay=0.05)
@@ -154,6 +154,34 @@ def test_optimizer_settings():
     assert (plain.defaults["momentum"], plain.defaults["nesterov"]) == (0, False)
     with pytest.raises(UserError, match=r"unknown optimizer 'lion'; choose one of adam, rmsprop, sgd, adamw"):
         make_optimizer("lion", m, 0.1)
+
+
+def test_fused_adam_resumed_from_contiguous_state_equals_the_uninterrupted_run():
+    """A checkpoint's state tensors come back contiguous; the conv weights train channels_last. torch's
+    fused CPU Adam would mix their elements up unless the state is given its parameter's layout again."""
+    def build():
+        torch.manual_seed(0)
+        return nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+
+    grads = [torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last) for _ in range(4)]
+
+    def steps(model, opt, gs):
+        for g in gs:
+            model.weight.grad, model.bias.grad = g.clone(), g.sum((1, 2, 3))
+            opt.step()
+
+    whole = build()
+    steps(whole, make_optimizer("adam", whole, 1e-2), grads)
+    cut = build()
+    opt = make_optimizer("adam", cut, 1e-2)
+    steps(cut, opt, grads[:2])
+    saved = opt.state_dict()
+    saved["state"] = {i: {k: v.contiguous() for k, v in st.items()} for i, st in saved["state"].items()}  # as loaded
+    resumed = make_optimizer("adam", cut, 1e-2)
+    resumed.load_state_dict(saved)
+    match_parameter_layouts(resumed)
+    steps(cut, resumed, grads[2:])
+    assert torch.equal(cut.weight, whole.weight) and torch.equal(cut.bias, whole.bias)
 
 
 def test_decay_step_shrinks_weights_only():

@@ -46,6 +46,11 @@ def param_groups(model_or_params: nn.Module | Iterable[torch.Tensor], weight_dec
                                 {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
 
 
+def fusable(groups: list[dict]) -> bool:
+    """Whether torch's fused Adam kernels take these parameters (floating point, on the CPU or CUDA)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+
+
 def make_optimizer(name: str, model_or_params: nn.Module | Iterable[torch.Tensor], lr: float, *, weight_decay: float = 0.0,
                    momentum: float = 0.9, nesterov: bool = True, capturable: bool = False) -> torch.optim.Optimizer:
     """`momentum` and `nesterov` concern sgd only; sgd with momentum=0 is the report's plain SGD.
@@ -66,14 +71,29 @@ def make_optimizer(name: str, model_or_params: nn.Module | Iterable[torch.Tensor
         eps = 1e-7 if name == "adam" else 1e-8
         return cls(groups, lr=torch.tensor(lr, device=device), eps=eps, capturable=True, fused=True)
     if name == "adam":
-        # not fused=True: +10% on cnn2 on the CPU, but a resumed run then no longer matched an
-        # uninterrupted one bit for bit (tests/test_engine.py); exact resume matters more
+        # fused: one pass over each tensor instead of a dozen; cnn3's 19.3M parameters, one update, 2-core AMX
+        # Xeon: 117 ms unfused against 18.6 ms fused with the AVX2 emulation (89.8 against 17.1 ms natively)
         # (weight decay here is Adam's L2 penalty added to the gradient; use adamw for decoupled decay)
-        return torch.optim.Adam(groups, lr=lr, eps=1e-7)  # Keras's epsilon
+        return torch.optim.Adam(groups, lr=lr, eps=1e-7, fused=fusable(groups))  # Keras's epsilon
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=1e-7)  # Keras's rho and epsilon
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)  # decoupled decay, set per group above
+        return torch.optim.AdamW(groups, lr=lr, fused=fusable(groups))  # decoupled decay, set per group above
     if momentum == 0:
         return torch.optim.SGD(groups, lr=lr)  # the report's plain SGD (nesterov needs momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+@torch.no_grad()
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each state tensor its parameter's memory layout. torch's fused CPU Adam (2.14) walks a parameter
+    and its state as one flat buffer without checking their strides: state loaded from a checkpoint comes
+    back contiguous while the conv weights train channels_last, and the update then mixed elements up (a
+    resumed tuned-cnn's validation loss 0.28 where the uninterrupted run had 0.19)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+

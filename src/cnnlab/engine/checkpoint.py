@@ -11,6 +11,7 @@ import torch
 from cnnlab import runs
 from cnnlab.config import TrainConfig, build_config
 from cnnlab.errors import UserError
+from cnnlab.optim import match_parameter_layouts
 from cnnlab.runs import RunDir
 
 from .setup import Setup, TrainState
@@ -102,6 +103,7 @@ def load_checkpoints(setup: Setup, run_dirs: list[RunDir]) -> tuple[list[dict | 
             setup.model.load_state_dict(with_prefix(tensors, "model."))
             rates = [g["lr"] for g in setup.optimizer.param_groups]
             setup.optimizer.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
+            match_parameter_layouts(setup.optimizer)
             for group, rate in zip(setup.optimizer.param_groups, rates):
                 if torch.is_tensor(rate):  # a capturable optimizer keeps its rate in a device tensor
                     group["lr"] = rate.fill_(float(group["lr"]))
