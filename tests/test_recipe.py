@@ -156,6 +156,13 @@ def test_optimizer_settings():
         make_optimizer("lion", m, 0.1)
 
 
+def test_adam_is_fused_only_for_dense_parameters():
+    dense = nn.Parameter(torch.randn(4, 3))
+    strided = nn.Parameter(torch.randn(3, 4).t())  # a model of your own may hold a transposed tensor
+    assert make_optimizer("adam", [dense], 1e-3).defaults["fused"]
+    assert not make_optimizer("adam", [dense, strided], 1e-3).defaults["fused"]
+
+
 def test_fused_adam_resumed_from_contiguous_state_equals_the_uninterrupted_run():
     """A checkpoint's state tensors come back contiguous; the conv weights train channels_last. torch's
     fused CPU Adam would mix their elements up unless the state is given its parameter's layout again."""

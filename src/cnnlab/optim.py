@@ -47,8 +47,13 @@ def param_groups(model_or_params: nn.Module | Iterable[torch.Tensor], weight_dec
 
 
 def fusable(groups: list[dict]) -> bool:
-    """Whether torch's fused Adam kernels take these parameters (floating point, on the CPU or CUDA)."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    """Whether torch's fused Adam kernels take these parameters: floating point, on the CPU or CUDA, and dense
+    (the CPU kernel walks each tensor as one flat buffer; a model of your own may hold a strided view)."""
+    def dense(p: torch.Tensor) -> bool:
+        return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and dense(p)
+               for g in groups for p in g["params"])
 
 
 def make_optimizer(name: str, model_or_params: nn.Module | Iterable[torch.Tensor], lr: float, *, weight_decay: float = 0.0,
