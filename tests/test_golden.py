@@ -5,8 +5,9 @@ a plain run, an augmented run, a fused group of two members, a modern-recipe run
 run. Each one's history.csv (timings aside) and stored logits are compared with files under
 tests/golden/, written by the commit before the engine was taken apart (32ca5e0), and written again
 once, on purpose, when the report CNNs' dropout masks began to be drawn as uniform >= p
-(cnnlab.models.layers.Dropout, issue 20): the modern-recipe case, which has no dropout, kept its
-files, and every other engine change since has left all five bit-identical.
+(cnnlab.models.layers.Dropout, issue 20), and once more when those masks began to come from 16-bit slices
+of 64-bit draws (session 8): the modern-recipe case, which has no dropout, kept its files both times, and
+every other engine change since has left all five within the tolerances below.
 
 Tolerances come from the dtypes, not from one run. History values are float64: a different
 processor sums in a different order (about 1e-16 relative per operation), which a few dozen

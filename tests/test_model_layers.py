@@ -14,7 +14,9 @@ def test_keeps_each_value_with_probability_one_minus_p_and_scales_it(p):
     x = torch.ones(200_000, dtype=torch.float64)
     y = Dropout(p).train()(x)
     kept = y != 0
-    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    rounded = round(p * 65536) / 65536  # the CPU mask's p: 16-bit draws
+    assert abs(rounded - p) <= 2**-17
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - rounded)), rtol=4 * torch.finfo(torch.float64).eps, atol=0)
     n = x.numel()
     sd = (p * (1 - p) / n) ** 0.5
     assert abs(kept.double().mean().item() - (1 - p)) < 6 * sd  # six standard deviations of a binomial share
@@ -39,3 +41,20 @@ def test_low_precision_inputs_keep_their_dtype_and_layout():
     out = Dropout(0.5).train()(grad)
     out.sum().backward()
     assert torch.equal(grad.grad, (out != 0).double() * 2)  # the gradient passes where the value was kept
+
+
+def test_every_16_bit_slice_of_the_draws_is_uniform():
+    """The CPU mask cuts 64-bit draws into four 16-bit slices: each must keep 1 - p (a draw without the sign
+    bit, as random_() gives by default, would keep every fourth element with probability 1)."""
+    torch.manual_seed(1)
+    x = torch.ones(4 * 50_000)
+    kept = (Dropout(0.5).train()(x) != 0).view(-1, 4).double().mean(0)
+    sd = (0.25 / 50_000) ** 0.5
+    assert (kept - 0.5).abs().max().item() < 6 * sd
+
+
+def test_a_strided_input_gets_the_same_distribution():
+    torch.manual_seed(2)
+    x = torch.ones(400, 500).t()  # neither contiguous nor channels_last
+    y = Dropout(0.25).train()(x)
+    assert y.shape == x.shape and abs((y != 0).double().mean().item() - 0.75) < 6 * (0.75 * 0.25 / x.numel()) ** 0.5

@@ -7,20 +7,40 @@ from torch import nn
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout whose mask is drawn as uniform >= p (keep with probability 1 - p, scaled by 1 / (1 - p)):
-    the same distribution as torch's bernoulli_ mask, but bernoulli_ is slow on CPUs: on a 2-core AVX2-only
-    AMD EPYC (Zen 2), cnn1's dropout on 128 x 32 x 13 x 13 takes 3.7 ms forward and backward against 12.2 ms
-    for F.dropout (best of 60), and cnn1's whole training step 31 ms against 40. The draws come from torch's
-    generator, so a seed and a resumed run's saved RNG state reproduce them."""
+    """nn.Dropout whose mask is drawn from fast random bits: the same distribution as torch's bernoulli_ mask
+    (keep with probability 1 - p, scaled by 1 / (1 - p)), but bernoulli_ is slow on CPUs: on a 2-core
+    AVX2-only AMD EPYC (Zen 2), cnn1's dropout on 128 x 32 x 13 x 13 took 12.2 ms forward and backward with
+    F.dropout, 3.7 ms with a uniform >= p mask (cnn1's whole training step 40 ms against 31).
+
+    On the CPU the mask now comes from 16-bit slices of full-range 64-bit draws (one generator call per four
+    elements), with p rounded to a multiple of 1/65536 and the scale taken from that rounded p, so the mask
+    stays unbiased: 692,224 draws, AVX2 emulated on the 2-core AMX Xeon, 1.0 ms against 3.1 ms for
+    rand_like >= p (the largest operator in cnn1's step, 16% of it). CUDA keeps rand_like (its generator is
+    fast). The draws come from torch's generator, so a seed and a resumed run's saved RNG state reproduce them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if self.p == 1:
             return x * 0
+        if x.device.type == "cpu" and _dense(x):
+            return x * _bit_mask(x, self.p)
         draw_dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype  # fine-grained draws
         mask = torch.rand_like(x, dtype=draw_dtype).ge_(self.p).mul_(1 / (1 - self.p))
         return x * mask.to(x.dtype)
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _bit_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A keep-mask scaled by 1 / (1 - p') in x's shape and memory layout, p' = p rounded to 1/65536."""
+    n = x.numel()
+    dropped = round(p * 65536)  # int16 draws are uniform over [-32768, 32767]: keep the top 65536 - dropped
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)  # from the lowest int64, no bound: all 64 bits
+    keep = bits.view(torch.int16)[:n].as_strided(x.shape, x.stride()) >= dropped - 32768
+    return keep.to(x.dtype).mul_(65536 / (65536 - dropped))
 
 
 class _FlattenChannelsLastGrad(torch.autograd.Function):
