@@ -42,7 +42,9 @@ def test_sweep_restores_weights_optimizer_and_generators(small_npz):
 
 def test_suggestion_trains_better_than_100x_lower(small_npz, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = cnnlab.lr_find(data=str(small_npz), plot=tmp_path / "find.png", **SETTINGS)
+    # a sweep to 1,000 diverges whatever the dropout draws; to fastai's 10, cnn1 on these blobs sometimes
+    # still learns at the end (it did once its masks came from 64-bit draws), and nothing would stop it
+    result = cnnlab.lr_find(data=str(small_npz), plot=tmp_path / "find.png", end_lr=1000.0, **SETTINGS)
     assert (tmp_path / "find.png").stat().st_size > 1000 and result.plot == tmp_path / "find.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["find.png"]  # no run directory (the runs below come later)
     assert len(result.lrs) < 100 and result.smoothed[-1] > 4 * min(result.smoothed[:-1])  # stopped on divergence
