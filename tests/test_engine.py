@@ -95,11 +95,11 @@ def test_auto_precision_run_learns_reloads_and_resumes_exactly(small_npz, tmp_pa
 
     from cnnlab.evaluation import validation_images
 
-    cfg = config(small_npz, model="tuned-cnn", precision="auto", epochs=5, augment=True)
+    cfg = config(small_npz, model="tuned-cnn", precision="auto", epochs=8, augment=True)
     full = fit(cfg, tmp_path / "full")
     # chance is 1/3. Augmented tuned-cnn on 90 validation images is bimodal early on: seeds 0-4 after 3
-    # epochs 0.52-1.0, after 5 epochs 0.67-1.0 in fp32 and in bf16 (2-core AMX Xeon)
-    assert full["precision"] in ("fp32", "bf16") and full["val_accuracy"] > 0.6
+    # epochs 0.52-1.0, after 5 0.67-1.0, after 8 0.95-1.0 in fp32 and in bf16 (2-core AMX Xeon)
+    assert full["precision"] in ("fp32", "bf16") and full["val_accuracy"] > 0.8
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "cut", [interrupt_at(3)])
     fit(cfg, tmp_path / "cut", resume=True)
