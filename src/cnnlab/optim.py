@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.models.layers import dense_layout
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adamw")
 
@@ -49,10 +50,7 @@ def param_groups(model_or_params: nn.Module | Iterable[torch.Tensor], weight_dec
 def fusable(groups: list[dict]) -> bool:
     """Whether torch's fused Adam kernels take these parameters: floating point, on the CPU or CUDA, and dense
     (the CPU kernel walks each tensor as one flat buffer; a model of your own may hold a strided view)."""
-    def dense(p: torch.Tensor) -> bool:
-        return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
-
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and dense(p)
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and dense_layout(p)
                for g in groups for p in g["params"])
 
 

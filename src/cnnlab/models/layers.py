@@ -23,14 +23,16 @@ class Dropout(nn.Dropout):
             return x
         if self.p == 1:
             return x * 0
-        if x.device.type == "cpu" and _dense(x):
+        if x.device.type == "cpu" and dense_layout(x):
             return x * _bit_mask(x, self.p)
         draw_dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype  # fine-grained draws
         mask = torch.rand_like(x, dtype=draw_dtype).ge_(self.p).mul_(1 / (1 - self.p))
         return x * mask.to(x.dtype)
 
 
-def _dense(x: torch.Tensor) -> bool:
+def dense_layout(x: torch.Tensor) -> bool:
+    """Whether x fills its memory as one block, in the standard or the channels_last order (kernels that walk a
+    tensor as a flat buffer need it: this mask, torch's fused CPU Adam)."""
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
