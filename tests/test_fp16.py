@@ -56,13 +56,14 @@ def _history(run):
     ((5, 2), "fp32", "compute capability 5.2"),
 ])
 def test_cuda_policy_follows_the_compute_capability(capability, precision, words):
-    chosen, reason = precision_policy("cuda", capability, cpu_native_bf16=True)  # the CPU's bf16 does not count
+    chosen, reason = precision_policy("cuda", capability, cpu_amx=True)  # the CPU's bf16 does not count
     assert chosen == precision and words in reason
 
 
-def test_cpu_policy_follows_native_bf16_and_the_override_wins():
-    assert precision_policy("cpu", None, True) == ("bf16", "CPU with native bf16 (AMX or AVX512-BF16)")
-    assert precision_policy("cpu", None, False)[0] == "fp32"
+def test_cpu_policy_follows_amx_and_the_override_wins():
+    assert precision_policy("cpu", None, True) == ("bf16", "CPU with AMX: native bf16 matrix units")
+    chosen, reason = precision_policy("cpu", None, False)  # AVX2-only, and AVX512-BF16 without AMX (slower in bf16)
+    assert chosen == "fp32" and "without AMX" in reason
     for forced in ("fp32", "bf16", "fp16"):
         assert precision_policy("cuda", (9, 0), True, forced) == (forced, f"${AUTO_PRECISION_ENV}={forced}")
         assert precision_policy("cpu", None, False, forced)[0] == forced
@@ -73,6 +74,16 @@ def test_cpu_policy_follows_native_bf16_and_the_override_wins():
 def test_auto_precision_takes_fp16_from_the_environment(monkeypatch):
     monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
     assert auto_precision(torch.device("cpu")) == "fp16"
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, True, "bf16"), (False, True, "fp32"),
+                                                        (False, False, "fp32")])
+def test_auto_precision_on_a_cpu_reads_amx_only(monkeypatch, amx, avx512_bf16, expected):
+    """A CPU with AVX512-BF16 but no AMX trains in fp32: bf16 was slower there (device.precision_policy)."""
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert auto_precision(torch.device("cpu")) == expected
 
 
 # ------------------------------------------------------------------ training in fp16

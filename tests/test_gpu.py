@@ -258,7 +258,7 @@ def test_fp16_resumes_exactly_and_auto_says_why(tmp_path):
     """fp16 autocast with its gradient scaler on the card: 3 epochs against 2 + --resume (determinism on) are equal
     bit for bit, the scaler's state in the checkpoint; and env.json of an `auto` run names the policy's choice for
     this card's compute capability."""
-    from cnnlab.device import AUTO_PRECISION_ENV, cpu_has_native_bf16, precision_policy
+    from cnnlab.device import AUTO_PRECISION_ENV, cpu_has_amx, precision_policy
 
     data = write_noisy_dataset(tmp_path / "data.npz", n_train=480, n_test=120, classes=4)
     common = ["train", "tuned-cnn", "--data", data, "--batch-size", "32", "--seed", "3", "--device", DEVICE, "--quiet"]
@@ -279,7 +279,7 @@ def test_fp16_resumes_exactly_and_auto_says_why(tmp_path):
     assert [{k: v for k, v in r.items() if k not in timing} for r in history(whole)] == \
            [{k: v for k, v in r.items() if k not in timing} for r in history(split)]
     capability = torch.cuda.get_device_capability() if DEVICE == "cuda" else None
-    expected = precision_policy(DEVICE, capability, cpu_has_native_bf16(), os.environ.get(AUTO_PRECISION_ENV) or None)
+    expected = precision_policy(DEVICE, capability, cpu_has_amx(), os.environ.get(AUTO_PRECISION_ENV) or None)
     env = json.loads((run_dir(tmp_path / "auto") / "env.json").read_text())
     print(f"precision auto on {DEVICE} (capability {capability}): {env['precision']} ({env['precision_reason']})")
     assert (env["precision"], env["precision_reason"]) == expected

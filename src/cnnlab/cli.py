@@ -194,7 +194,7 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
     "seed": (Optional[int], typer.Option(None, "--seed", help="Seed for init, shuffling, augmentation, dropout.")),
     "device": (Optional[str], typer.Option(None, "--device", help="auto, cpu or cuda.")),
     "precision": (Optional[str], typer.Option(None, "--precision", help="auto (bf16 where native: CUDA 8.0+ and "
-                                              "AMX/AVX512-BF16 CPUs; fp16 on CUDA 7.x; else fp32), fp32, bf16, fp16 "
+                                              "AMX CPUs; fp16 on CUDA 7.x; else fp32), fp32, bf16, fp16 "
                                               "or fp64.")),
     "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile, or not (default: a probe decides).")),
     "sync_batchnorm": (Optional[bool], typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm", help="torchrun on "

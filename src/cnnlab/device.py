@@ -28,22 +28,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: the CPU multiplies bf16 in hardware."""
+def cpu_has_amx() -> bool:
+    """AMX tiles: the CPU's matrix units, the only CPU hardware where bf16 trains faster than fp32."""
     try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probe
         return False
 
 
-def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_native_bf16: bool,
+def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_amx: bool,
                      forced: str | None = None) -> tuple[str, str]:
     """What `precision = "auto"` means, from the hardware's facts alone: (precision, why).
 
     `forced` ($CNNLAB_AUTO_PRECISION) wins. CUDA: bf16 where the card has it natively (compute
     capability 8.0 and up), fp16 autocast with a gradient scaler on 7.x (T4, V100: tensor cores, no
-    bf16), fp32 below (6.x, e.g. the report's GTX 1080 Ti: slow fp16). CPU: bf16 with AMX or
-    AVX512-BF16, else fp32."""
+    bf16), fp32 below (6.x, e.g. the report's GTX 1080 Ti: slow fp16). CPU: bf16 with AMX, else fp32.
+
+    AVX512-BF16 without AMX is not enough: on the 2-core AVX-512 Xeon (avx512_bf16, no AMX; make bench,
+    bench/README.md "AVX-512 CPU") bf16 products ran at 140 GFLOP/s against fp32's 249, and training in bf16
+    was slower than in fp32 for every report model but cnn1 (cnn4 0.80x the plain fp32 loop, 1.22x in fp32)."""
     if forced:
         if forced not in FORCEABLE:
             raise UserError(f"${AUTO_PRECISION_ENV}: must be {', '.join(FORCEABLE[:-1])} or {FORCEABLE[-1]}, "
@@ -58,9 +61,9 @@ def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_n
         if capability[0] == 7:
             return "fp16", f"{cc}: no native bf16; fp16 autocast with a gradient scaler"
         return "fp32", f"{cc}: no native bf16 and slow fp16; fp32"
-    if cpu_native_bf16:
-        return "bf16", "CPU with native bf16 (AMX or AVX512-BF16)"
-    return "fp32", "CPU without native bf16 (no AMX or AVX512-BF16): fp32"
+    if cpu_amx:
+        return "bf16", "CPU with AMX: native bf16 matrix units"
+    return "fp32", "CPU without AMX: fp32 (bf16 trains faster only on AMX's matrix units)"
 
 
 def choose_precision(device: torch.device, precision: str) -> tuple[str, str]:
@@ -68,7 +71,7 @@ def choose_precision(device: torch.device, precision: str) -> tuple[str, str]:
     if precision != "auto":
         return precision, f"precision = {precision} (set)"
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return precision_policy(device.type, capability, device.type != "cuda" and cpu_has_native_bf16(),
+    return precision_policy(device.type, capability, device.type != "cuda" and cpu_has_amx(),
                             os.environ.get(AUTO_PRECISION_ENV, "").strip() or None)
 
 

@@ -24,7 +24,7 @@ code written against earlier versions; the read side imports them from where the
 
 from cnnlab.data.prepared import (MEMORY_PREFIX, DeviceData, check_training_data, data_fingerprint, load_data,
                                   split_data, to_input)
-from cnnlab.device import (AUTO_PRECISION_ENV, auto_precision, autocast_for, cpu_has_native_bf16, device_name,
+from cnnlab.device import (AUTO_PRECISION_ENV, auto_precision, autocast_for, device_name,
                            environment, float_dtype, resolve_device, synchronize)
 from cnnlab.inference import load_model, predict_logits, run_autocast
 from cnnlab.torchrun import Distributed, distributed_from_env, shard
