@@ -24,8 +24,11 @@ Prints a table (median over rounds; the ratio also min-max), Markdown rows for b
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import signal
@@ -47,6 +50,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from cnnlab.allocator import keep_freed_memory  # noqa: E402
 from cnnlab.config import build_config  # noqa: E402
 from cnnlab.data import Dataset, Split, load_dataset  # noqa: E402
 from cnnlab.engine import fit  # noqa: E402
@@ -296,8 +300,18 @@ def extra_variants(args) -> dict[str, dict]:
     return out
 
 
-def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, device, args) -> dict:
-    """cnnlab (default path, then any variants) and the plain loop, the order alternating between rounds."""
+def plain_process(device: torch.device) -> concurrent.futures.ProcessPoolExecutor | None:
+    """On the CPU the plain loop runs in a process of its own, spawned fresh: cnnlab's fit sets glibc's malloc
+    thresholds for its whole process (cnnlab.allocator), and a plain loop a user writes runs without them."""
+    if device.type != "cpu":
+        return None
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, device, args,
+                  plain_pool: concurrent.futures.ProcessPoolExecutor | None = None) -> dict:
+    """cnnlab (default path, then any variants) and the plain loop (in `plain_pool`'s process where given), the
+    order alternating between rounds."""
     result: dict = {"round": r + 1}
 
     def run_cnnlab() -> None:
@@ -308,8 +322,9 @@ def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, d
     def run_plain() -> None:
         if has_peer:
             images, labels = dataset.train.images[:n], dataset.train.labels[:n]
-            result["plain"] = {"images_per_s": time_plain(name, images, labels, dataset.num_classes, device,
-                                                          args.batch_size), "train_images": n}
+            call = (time_plain, name, images, labels, dataset.num_classes, device, args.batch_size)
+            speed = plain_pool.submit(*call).result() if plain_pool else call[0](*call[1:])
+            result["plain"] = {"images_per_s": speed, "train_images": n}
 
     for measure in ((run_cnnlab, run_plain) if r % 2 == 0 else (run_plain, run_cnnlab)):
         measure()
@@ -478,7 +493,9 @@ def describe_run(args, device: torch.device) -> dict:
     return {"bench": "bench/run.py", "date": time.strftime("%Y-%m-%d"), "commit": commit, "commit_modified": dirty,
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
             "hardware": hardware(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-            "rounds": args.rounds, "data": args.data, "epoch_images": EPOCH_IMAGES}
+            "rounds": args.rounds, "data": args.data, "epoch_images": EPOCH_IMAGES,
+            # what cnnlab's fit sets for its process (the plain loop runs in its own: plain_process)
+            "malloc": keep_freed_memory() if device.type == "cpu" else None}
 
 
 def plan_models(models: list[str], full: Dataset, sizes: dict[str, int], args, device: torch.device) -> dict:
@@ -496,12 +513,13 @@ def plan_models(models: list[str], full: Dataset, sizes: dict[str, int], args, d
     return plan
 
 
-def run_rounds(plan: dict, report: dict, args, device: torch.device, out_path: Path | None) -> None:
+def run_rounds(plan: dict, report: dict, args, device: torch.device, out_path: Path | None,
+               plain_pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
     """Round after round, every model once per round; the JSON is rewritten after every measurement, so a run
     stopped early keeps what it had."""
     for r in range(args.rounds):
         for name, p in plan.items():
-            res = measure_round(name, r, p["dataset"], p["images"], p["has_peer"], device, args)
+            res = measure_round(name, r, p["dataset"], p["images"], p["has_peer"], device, args, plain_pool)
             p["rounds"].append(res)
             print(round_line(name, args.rounds, res), flush=True)
             report["models"][name] = {"images": p["images"], "has_peer": p["has_peer"], "rounds": p["rounds"],
@@ -548,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = plan_models(models, load_dataset(args.data), sizes, args, device)
     report["models"] = {}
     out_path = json_path(args.json, hw["class"], report["date"])
-    run_rounds(plan, report, args, device, out_path)
+    with plain_process(device) or contextlib.nullcontext() as plain_pool:
+        run_rounds(plan, report, args, device, out_path, plain_pool)
     print_results(report, args)
     write_json(out_path, report)
     if out_path:

@@ -22,6 +22,7 @@ LAYERS = [
     # data, devices
     "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
     "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
+    "cnnlab.allocator",
     "cnnlab.samples",
     # small pure leaves
     "cnnlab.test_time", "cnnlab.metrics", "cnnlab.voting", "cnnlab.losses", "cnnlab.schedules", "cnnlab.optim", "cnnlab.ema",

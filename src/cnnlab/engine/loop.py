@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import runs
+from cnnlab.allocator import keep_freed_memory
 from cnnlab.budget import Budget
 from cnnlab.callbacks import Callback, Checkpoint, EarlyStopping
 from cnnlab.config import PLATEAU, TrainConfig
@@ -131,6 +132,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     then fixes the epochs (engine.throughput)."""
     callbacks = ordered(callbacks)
     ctx = Context(setup, run_dirs, callbacks)
+    malloc = keep_freed_memory() if setup.device.type == "cpu" else None  # before the first step allocates
     stored = None
     if resume:
         require_same_files(run_dirs[0].read_env().get("data_files"), setup.config.data, setup.config.data_dir,
@@ -138,6 +140,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
     else:
         env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason}
+        if malloc is not None:
+            env["malloc"] = malloc
         files = files_fingerprint(setup.config.data, setup.config.data_dir)
         if files is not None:
             env["data_files"] = files
