@@ -2,10 +2,12 @@
 
 PyTorch's CPU allocator has no cache: every activation and gradient of a step is a new malloc. glibc
 serves the large ones with mmap (and hands the top of the heap back with trim), so each step maps,
-zero-faults and unmaps its buffers again. On the 2-core AVX-512 Xeon (no AMX), fp32, batch 128, a cnn4
-step took 27,000-34,000 minor page faults and 359-402 ms; with the two thresholds below 0-588 faults
-and 319-343 ms, and `make bench`'s cnn4 ran 394 against 332 img/s, tuned-cnn 1,389 against 1,340
-(bench/README.md, "AVX-512 CPU"). This is what jemalloc or tcmalloc under LD_PRELOAD give, which
+zero-faults and unmaps its buffers again. Measured on the 2-core AVX-512 Xeon (no AMX), fp32, batch 128,
+`fit` on 6,400 images, steps 10-40, three alternating pairs of processes (off: GLIBC_TUNABLES set): cnn4
+(activations up to 25.7 MB) 21,000-32,000 minor faults per step and 331 img/s without, 59-105 faults and
+365 img/s with (+10%, each pair +8 to +11%). cnn1 and tuned-cnn already ran without faults in `fit`
+(glibc's own threshold had adapted to their smaller buffers); cnn3's 77 MB gradients are above any
+threshold glibc allows. This is what jemalloc or tcmalloc under LD_PRELOAD give, which
 PyTorch's CPU tuning guide recommends; here it needs nothing installed.
 
 Process-wide and kept until the process ends: freed memory up to TRIM_THRESHOLD stays with the process
