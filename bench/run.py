@@ -24,11 +24,8 @@ Prints a table (median over rounds; the ratio also min-max), Markdown rows for b
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import contextlib
 import json
 import math
-import multiprocessing
 import os
 import platform
 import signal
@@ -300,18 +297,8 @@ def extra_variants(args) -> dict[str, dict]:
     return out
 
 
-def plain_process(device: torch.device) -> concurrent.futures.ProcessPoolExecutor | None:
-    """On the CPU the plain loop runs in a process of its own, spawned fresh: cnnlab's fit sets glibc's malloc
-    thresholds for its whole process (cnnlab.allocator), and a plain loop a user writes runs without them."""
-    if device.type != "cpu":
-        return None
-    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-
-
-def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, device, args,
-                  plain_pool: concurrent.futures.ProcessPoolExecutor | None = None) -> dict:
-    """cnnlab (default path, then any variants) and the plain loop (in `plain_pool`'s process where given), the
-    order alternating between rounds."""
+def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, device, args) -> dict:
+    """cnnlab (default path, then any variants) and the plain loop, the order alternating between rounds."""
     result: dict = {"round": r + 1}
 
     def run_cnnlab() -> None:
@@ -322,9 +309,8 @@ def measure_round(name: str, r: int, dataset: Dataset, n: int, has_peer: bool, d
     def run_plain() -> None:
         if has_peer:
             images, labels = dataset.train.images[:n], dataset.train.labels[:n]
-            call = (time_plain, name, images, labels, dataset.num_classes, device, args.batch_size)
-            speed = plain_pool.submit(*call).result() if plain_pool else call[0](*call[1:])
-            result["plain"] = {"images_per_s": speed, "train_images": n}
+            result["plain"] = {"images_per_s": time_plain(name, images, labels, dataset.num_classes, device,
+                                                          args.batch_size), "train_images": n}
 
     for measure in ((run_cnnlab, run_plain) if r % 2 == 0 else (run_plain, run_cnnlab)):
         measure()
@@ -494,7 +480,9 @@ def describe_run(args, device: torch.device) -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
             "hardware": hardware(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
             "rounds": args.rounds, "data": args.data, "epoch_images": EPOCH_IMAGES,
-            # what cnnlab's fit sets for its process (the plain loop runs in its own: plain_process)
+            # cnnlab's fit sets glibc's malloc thresholds for its whole process (cnnlab.allocator); set here before
+            # anything, the plain loop has them in every round too, so the ratio leaves their gain out. A plain loop
+            # in a spawned process of its own slowed cnnlab's next runs (cnn1 5,700-6,000 -> 4,200-4,300 img/s)
             "malloc": keep_freed_memory() if device.type == "cpu" else None}
 
 
@@ -513,13 +501,12 @@ def plan_models(models: list[str], full: Dataset, sizes: dict[str, int], args, d
     return plan
 
 
-def run_rounds(plan: dict, report: dict, args, device: torch.device, out_path: Path | None,
-               plain_pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
+def run_rounds(plan: dict, report: dict, args, device: torch.device, out_path: Path | None) -> None:
     """Round after round, every model once per round; the JSON is rewritten after every measurement, so a run
     stopped early keeps what it had."""
     for r in range(args.rounds):
         for name, p in plan.items():
-            res = measure_round(name, r, p["dataset"], p["images"], p["has_peer"], device, args, plain_pool)
+            res = measure_round(name, r, p["dataset"], p["images"], p["has_peer"], device, args)
             p["rounds"].append(res)
             print(round_line(name, args.rounds, res), flush=True)
             report["models"][name] = {"images": p["images"], "has_peer": p["has_peer"], "rounds": p["rounds"],
@@ -566,8 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = plan_models(models, load_dataset(args.data), sizes, args, device)
     report["models"] = {}
     out_path = json_path(args.json, hw["class"], report["date"])
-    with plain_process(device) or contextlib.nullcontext() as plain_pool:
-        run_rounds(plan, report, args, device, out_path, plain_pool)
+    run_rounds(plan, report, args, device, out_path)
     print_results(report, args)
     write_json(out_path, report)
     if out_path:
