@@ -52,8 +52,3 @@ def _apply() -> str:
     if not done:
         return "left as is: mallopt refused"
     return f"glibc mmap_threshold {MMAP_THRESHOLD >> 20} MiB, trim_threshold {TRIM_THRESHOLD >> 20} MiB"
-
-
-def state() -> str | None:
-    """What keep_freed_memory did in this process, or None if it has not run."""
-    return _state
