@@ -22,7 +22,7 @@ import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: allocations above it are always mmap'd (cnn4's largest is 25.7 MB)
-TRIM_THRESHOLD = 1 << 30  # freed heap kept up to 1 GiB: more than a report model's step holds at batch 128
+TRIM_THRESHOLD = 1 << 30  # freed heap the process keeps (up to 1 GiB) instead of handing back after each step
 PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
 
 _state: str | None = None  # what keep_freed_memory did, once per process
