@@ -50,8 +50,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from cnnlab.allocator import keep_freed_memory  # noqa: E402
 from cnnlab.config import build_config  # noqa: E402
 from cnnlab.data import Dataset, Split, load_dataset  # noqa: E402
+from cnnlab.device import synchronize  # noqa: E402
 from cnnlab.engine import fit  # noqa: E402
 from cnnlab.models import count_parameters, create_model  # noqa: E402
+from cnnlab.product_speed import peak  # noqa: E402
 from peers import INPUT_SHAPE, build_peer, trainable_parameters  # noqa: E402
 
 EPOCH_IMAGES = 48_000  # the report's training split: seconds per epoch are given for this many images
@@ -131,52 +133,9 @@ def git_commit() -> tuple[str | None, bool]:
     return head, dirty
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def gemms(device: torch.device, dtype: torch.dtype, size: int) -> dict:
-    """The same size x size x size product, by each library a training step may use.
-
-    On the CPU torch.mm goes to MKL, which on AMD CPUs takes a slow generic path (40-70 GFLOP/s on the 2-core
-    AVX2 EPYC, where oneDNN's convolutions run at 2-3 times that); so the product is also run as a 1x1
-    convolution over a square image in channels_last (oneDNN, what Conv2d uses), and the peak is the faster."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    out = {"matmul": lambda: torch.mm(a, b)}
-    if device.type == "cpu":
-        h = max(d for d in range(1, math.isqrt(size) + 1) if size % d == 0)  # pixels = size, as square as it goes
-        x = a.t().reshape(1, size, h, size // h).contiguous(memory_format=torch.channels_last)
-        w = b.t().reshape(size, size, 1, 1).contiguous(memory_format=torch.channels_last)
-        out["conv1x1"] = lambda: F.conv2d(x, w)
-    return out
-
-
-def best_seconds(call, device: torch.device, repeats: int = PEAK_REPEATS) -> float:
-    """Seconds of one call, best of `repeats` after one untimed call (kernel selection, page faults)."""
-    calls = 20 if device.type == "cuda" else 1  # one CUDA matmul is too short to time alone
-    call()
-    synchronize(device)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
-
-
-def peak(device: torch.device, dtype: torch.dtype, size: int) -> dict:
-    """FLOP/s of a size^3 matmul with all threads (or the whole card), best of 5, per library; `flop_per_s` the best."""
-    by_library = {name: 2 * size**3 / best_seconds(call, device) for name, call in gemms(device, dtype, size).items()}
-    return {"flop_per_s": max(by_library.values()), "by_library": by_library}
-
-
 def measure_peaks(device: torch.device, native_bf16: bool, size: int) -> dict:
-    fp32 = peak(device, torch.float32, size)
-    bf16 = peak(device, torch.bfloat16, size) if native_bf16 else None
+    fp32 = peak(device, torch.float32, size, PEAK_REPEATS)
+    bf16 = peak(device, torch.bfloat16, size, PEAK_REPEATS) if native_bf16 else None
     peaks = {"matmul_size": size, "repeats": PEAK_REPEATS, "fp32_flop_per_s": fp32["flop_per_s"],
              "bf16_flop_per_s": bf16["flop_per_s"] if bf16 else None,
              "by_library": {"fp32": fp32["by_library"], "bf16": bf16["by_library"] if bf16 else None}}

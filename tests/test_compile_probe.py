@@ -21,6 +21,7 @@ from cnnlab.budget import Budget
 from cnnlab.config import build_config
 from cnnlab.engine import fit
 from cnnlab.errors import UserError
+from cnnlab.probe_cache import CACHE_ENV
 
 from conftest import interrupt_at, write_npz_dataset
 
@@ -35,7 +36,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
-    monkeypatch.setenv(cp.CACHE_ENV, str(folder))
+    monkeypatch.setenv(CACHE_ENV, str(folder))
     return folder / cp.CACHE_FILE
 
 

@@ -13,9 +13,12 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from cnnlab.config import build_config
-from cnnlab.device import AUTO_PRECISION_ENV, auto_precision, precision_policy
+from cnnlab import device
+from cnnlab.device import (AUTO_PRECISION_ENV, BF16_PROBE_FILE, BF16_SPEEDUP_NEEDED, auto_precision, bf16_probe_key,
+                           choose_precision, precision_policy)
 from cnnlab.engine import fit, load_model, predict_logits, prepare, run_autocast
 from cnnlab.errors import UserError
+from cnnlab.probe_cache import CACHE_ENV, cache_path, read_cache, remember
 from cnnlab.progress import ConsoleProgress
 from cnnlab.runs import RunDir, tensor_metadata
 
@@ -60,13 +63,26 @@ def test_cuda_policy_follows_the_compute_capability(capability, precision, words
     assert chosen == precision and words in reason
 
 
-def test_cpu_policy_follows_amx_and_the_override_wins():
+def products(speedup: float) -> dict:
+    """Figures of the CPU's bf16 probe (device.cpu_bf16_figures): bf16 products `speedup` times fp32's."""
+    return {"fp32_flop_per_s": 300e9, "bf16_flop_per_s": speedup * 300e9, "speedup": speedup}
+
+
+def test_cpu_policy_follows_amx_the_measured_bf16_products_and_the_override():
     assert precision_policy("cpu", None, True) == ("bf16", "CPU with AMX: native bf16 matrix units")
-    chosen, reason = precision_policy("cpu", None, False)  # AVX2-only, and AVX512-BF16 without AMX (slower in bf16)
-    assert chosen == "fp32" and "without AMX" in reason
+    chosen, reason = precision_policy("cpu", None, False)  # AVX2-only: nothing to measure
+    assert chosen == "fp32" and "without AMX or AVX512-BF16" in reason
+    # AVX512-BF16 without AMX: the measured products decide (Zen 5: 1.94x, the AVX-512 Xeon: 0.59x)
+    assert precision_policy("cpu", None, False, cpu_bf16=products(1.94)) == (
+        "bf16", "CPU with AVX512-BF16, no AMX: bf16 products measured 1.94x fp32's (582 against 300 GFLOP/s), "
+                "at least 1.3x: bf16")
+    assert precision_policy("cpu", None, False, cpu_bf16=products(BF16_SPEEDUP_NEEDED))[0] == "bf16"
+    assert precision_policy("cpu", None, False, cpu_bf16=products(BF16_SPEEDUP_NEEDED - 0.01))[0] == "fp32"
+    chosen, reason = precision_policy("cpu", None, False, cpu_bf16=products(0.59))
+    assert chosen == "fp32" and "measured 0.59x" in reason and "under 1.3x" in reason
     for forced in ("fp32", "bf16", "fp16"):
         assert precision_policy("cuda", (9, 0), True, forced) == (forced, f"${AUTO_PRECISION_ENV}={forced}")
-        assert precision_policy("cpu", None, False, forced)[0] == forced
+        assert precision_policy("cpu", None, False, forced, products(2.0))[0] == forced
     with pytest.raises(UserError, match=f"{AUTO_PRECISION_ENV}: must be fp32, bf16 or fp16, got 'fp8'"):
         precision_policy("cpu", None, True, "fp8")
 
@@ -76,14 +92,56 @@ def test_auto_precision_takes_fp16_from_the_environment(monkeypatch):
     assert auto_precision(torch.device("cpu")) == "fp16"
 
 
-@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, True, "bf16"), (False, True, "fp32"),
-                                                        (False, False, "fp32")])
-def test_auto_precision_on_a_cpu_reads_amx_only(monkeypatch, amx, avx512_bf16, expected):
-    """A CPU with AVX512-BF16 but no AMX trains in fp32: bf16 was slower there (device.precision_policy)."""
+@pytest.fixture
+def fresh_probe(tmp_path, monkeypatch):
+    """An empty cache of probe figures and a process that has measured nothing yet; the CPU's facts as set."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(device, "_BF16_PROBED", {})
     monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+    def cpu(amx: bool, avx512_bf16: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    return cpu
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, speedup, expected", [
+    (True, True, 0.5, "bf16"),     # AMX: always bf16, whatever the products say
+    (False, True, 1.94, "bf16"),   # Zen 5's figure
+    (False, True, 0.59, "fp32"),   # the AVX-512 Xeon's
+    (False, False, 1.94, "fp32"),  # AVX2-only: bf16 is never measured, so no figure counts
+])
+def test_auto_precision_on_a_cpu_reads_amx_then_the_measured_products(fresh_probe, amx, avx512_bf16, speedup,
+                                                                      expected):
+    fresh_probe(amx, avx512_bf16)
+    remember(bf16_probe_key(), products(speedup), BF16_PROBE_FILE)  # as an earlier run on this machine left it
     assert auto_precision(torch.device("cpu")) == expected
+
+
+def test_the_bf16_probe_measures_once_per_machine_and_keeps_its_figures(fresh_probe, monkeypatch):
+    fresh_probe(False, True)
+    assert not cache_path(BF16_PROBE_FILE).exists()
+    chosen, reason = choose_precision(torch.device("cpu"), "auto")
+    figures = read_cache(BF16_PROBE_FILE)[bf16_probe_key()]
+    assert all(figures[k] > 0 for k in ("fp32_flop_per_s", "bf16_flop_per_s", "speedup", "seconds"))
+    assert figures["speedup"] == pytest.approx(figures["bf16_flop_per_s"] / figures["fp32_flop_per_s"])
+    assert chosen == ("bf16" if figures["speedup"] >= BF16_SPEEDUP_NEEDED else "fp32")
+    assert f"measured {figures['speedup']:.2f}x" in reason
+    # a later process reads the figures instead of timing again, and a damaged file is measured again
+    monkeypatch.setattr(device, "_BF16_PROBED", {})
+    assert device.cpu_bf16_figures() == figures
+    monkeypatch.setattr(device, "_BF16_PROBED", {})
+    cache_path(BF16_PROBE_FILE).write_text("{not json")
+    again = device.cpu_bf16_figures()
+    assert again["measured_at"] and read_cache(BF16_PROBE_FILE)[bf16_probe_key()] == again
+
+
+def test_a_set_precision_or_the_override_measures_nothing(fresh_probe, monkeypatch):
+    fresh_probe(False, True)
+    assert choose_precision(torch.device("cpu"), "fp32") == ("fp32", "precision = fp32 (set)")
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp32")
+    assert choose_precision(torch.device("cpu"), "auto")[0] == "fp32"
+    assert not cache_path(BF16_PROBE_FILE).exists()
 
 
 # ------------------------------------------------------------------ training in fp16

@@ -19,9 +19,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
     # the bottom: errors, time budgets (pure), the run directory and group directories, models, configuration,
-    # data, devices
+    # data, the probes' cache, product speeds, devices
     "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
-    "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared", "cnnlab.device",
+    "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared",
+    "cnnlab.probe_cache", "cnnlab.product_speed", "cnnlab.device",
     "cnnlab.allocator",
     "cnnlab.samples",
     # small pure leaves

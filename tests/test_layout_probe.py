@@ -15,8 +15,9 @@ from cnnlab.callbacks import LambdaCallback
 from cnnlab.config import build_config
 from cnnlab.engine import fit, prepare
 from cnnlab.engine import layout_probe as lp
-from cnnlab.engine.compile_probe import cache_key, cache_path
+from cnnlab.engine.compile_probe import cache_key
 from cnnlab.models.layers import Flatten
+from cnnlab.probe_cache import cache_path
 from cnnlab.runs import RunDir
 
 from conftest import interrupt_at, write_npz_dataset

@@ -4,9 +4,12 @@ barriers, and the environment a run records. Shared by training and the read sid
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import platform
 import subprocess
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import numpy
 import torch
 
 from cnnlab.errors import UserError
+from cnnlab.probe_cache import read_cache, remember
+from cnnlab.product_speed import cpu_bf16_against_fp32
 from cnnlab.version import __version__
 
 AUTO_PRECISION_ENV = "CNNLAB_AUTO_PRECISION"  # fp32, bf16 or fp16: what precision "auto" means (tests, CI)
@@ -29,24 +34,67 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_amx() -> bool:
-    """AMX tiles: the CPU's matrix units, the only CPU hardware where bf16 trains faster than fp32."""
+    """AMX tiles: the CPU's matrix units, where bf16 always trains faster than fp32."""
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without the probe
         return False
 
 
+def cpu_has_avx512_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+# bf16 products must run this much faster than fp32 ones for "auto" to train in bf16 on a CPU without AMX. make
+# bench, 2-core CPUs, 4096 products: the AVX-512 Xeon's bf16 ran 0.59x its fp32 (153 against 260 GFLOP/s) and bf16
+# training 0.78-0.83x fp32's for cnn3, cnn4 and tuned-cnn; the Zen 5 EPYC's 1.94x (726 against 374) and bf16
+# training 1.26-1.84x fp32's (cnn1 least, cnn4 most) (bench/README.md "AVX-512 CPU"). The casts around each product cost the rest.
+BF16_SPEEDUP_NEEDED = 1.3
+BF16_PROBE_FILE = "cpu-bf16-probe.json"  # in $CNNLAB_CACHE_DIR, beside the compile probe's figures
+_BF16_PROBED: dict[str, dict] = {}  # this process's figures, by cache key
+
+
+def cpu_kernels() -> dict:
+    """The CPU kernels in use: ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can narrow them (a probe's cache key)."""
+    return {"aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}
+
+
+def bf16_probe_key() -> str:
+    """What the bf16 probe's figures depend on: the CPU and its threads, torch, the kernels in use."""
+    return json.dumps({"device": device_name(torch.device("cpu")), "torch": torch.__version__,
+                       "cpu_kernels": cpu_kernels()}, sort_keys=True)
+
+
+def cpu_bf16_figures() -> dict:
+    """This CPU's bf16 against fp32 product speed (product_speed.cpu_bf16_against_fp32): timed once per machine,
+    threads, torch and kernels, about a second, then read from the cache."""
+    key = bf16_probe_key()
+    if key in _BF16_PROBED:
+        return _BF16_PROBED[key]
+    figures = read_cache(BF16_PROBE_FILE).get(key)
+    numbers = [figures.get(k) for k in ("fp32_flop_per_s", "bf16_flop_per_s", "speedup")] if isinstance(figures, dict) else []
+    if not (numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                            for v in numbers)):
+        figures = {**cpu_bf16_against_fp32(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        remember(key, figures, BF16_PROBE_FILE)
+    _BF16_PROBED[key] = figures
+    return figures
+
+
 def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_amx: bool,
-                     forced: str | None = None) -> tuple[str, str]:
+                     forced: str | None = None, cpu_bf16: dict | None = None) -> tuple[str, str]:
     """What `precision = "auto"` means, from the hardware's facts alone: (precision, why).
 
     `forced` ($CNNLAB_AUTO_PRECISION) wins. CUDA: bf16 where the card has it natively (compute
     capability 8.0 and up), fp16 autocast with a gradient scaler on 7.x (T4, V100: tensor cores, no
-    bf16), fp32 below (6.x, e.g. the report's GTX 1080 Ti: slow fp16). CPU: bf16 with AMX, else fp32.
-
-    AVX512-BF16 without AMX is not enough: on the 2-core AVX-512 Xeon (avx512_bf16, no AMX; make bench,
-    bench/README.md "AVX-512 CPU") bf16 products ran at 140 GFLOP/s against fp32's 249, and training in bf16
-    was slower than in fp32 for every report model but cnn1 (cnn4 0.80x the plain fp32 loop, 1.22x in fp32)."""
+    bf16), fp32 below (6.x, e.g. the report's GTX 1080 Ti: slow fp16). CPU: bf16 with AMX; without AMX,
+    bf16 where the CPU's measured bf16 products (`cpu_bf16`: cpu_bf16_figures, on CPUs with AVX512-BF16) run
+    BF16_SPEEDUP_NEEDED times fp32's, else fp32. AVX512-BF16 alone says nothing: the AVX-512 Xeon's bf16 ran
+    at 0.59x its fp32, Zen 5's at 1.94x."""
     if forced:
         if forced not in FORCEABLE:
             raise UserError(f"${AUTO_PRECISION_ENV}: must be {', '.join(FORCEABLE[:-1])} or {FORCEABLE[-1]}, "
@@ -63,16 +111,24 @@ def precision_policy(device_type: str, capability: tuple[int, int] | None, cpu_a
         return "fp32", f"{cc}: no native bf16 and slow fp16; fp32"
     if cpu_amx:
         return "bf16", "CPU with AMX: native bf16 matrix units"
-    return "fp32", "CPU without AMX: fp32 (bf16 trains faster only on AMX's matrix units)"
+    if cpu_bf16 is None:
+        return "fp32", "CPU without AMX or AVX512-BF16: fp32"
+    measured = (f"bf16 products measured {cpu_bf16['speedup']:.2f}x fp32's ({cpu_bf16['bf16_flop_per_s'] / 1e9:.0f} "
+                f"against {cpu_bf16['fp32_flop_per_s'] / 1e9:.0f} GFLOP/s)")
+    if cpu_bf16["speedup"] >= BF16_SPEEDUP_NEEDED:
+        return "bf16", f"CPU with AVX512-BF16, no AMX: {measured}, at least {BF16_SPEEDUP_NEEDED}x: bf16"
+    return "fp32", f"CPU with AVX512-BF16, no AMX: {measured}, under {BF16_SPEEDUP_NEEDED}x: fp32"
 
 
 def choose_precision(device: torch.device, precision: str) -> tuple[str, str]:
     """(resolved precision, why): "auto" by precision_policy with this device's facts, else as set."""
     if precision != "auto":
         return precision, f"precision = {precision} (set)"
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip() or None
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return precision_policy(device.type, capability, device.type != "cuda" and cpu_has_amx(),
-                            os.environ.get(AUTO_PRECISION_ENV, "").strip() or None)
+    amx = device.type != "cuda" and cpu_has_amx()
+    probe = device.type != "cuda" and not forced and not amx and cpu_has_avx512_bf16()
+    return precision_policy(device.type, capability, amx, forced, cpu_bf16_figures() if probe else None)
 
 
 def auto_precision(device: torch.device) -> str:

@@ -22,26 +22,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from cnnlab import runs
 from cnnlab.budget import Budget
-from cnnlab.data.builtin import cache_dir
-from cnnlab.device import device_name, synchronize
-from cnnlab.errors import UserError
+from cnnlab.device import cpu_kernels, device_name, synchronize
+from cnnlab.probe_cache import read_cache, remember
 
 from .setup import Setup
 from .step import apply_learning_rates, learning_rates, make_batch, train_step, warm_up
 from .throughput import probe_steps, undone
 
 EAGER, COMPILED = "eager", "compiled"
-CACHE_ENV = "CNNLAB_CACHE_DIR"  # where the probe's figures are kept (tests: a temporary folder)
 CACHE_FILE = "compile-probe.json"
 # What one inductor compile of a training step costs on a CPU: 17 s for cnn1 and 24 s for resnet9 (width 16) on
 # the 2-core AVX2-only AMD EPYC (measured), 25 s for tuned-cnn on a 2-core AVX-512 Xeon (bench/README.md).
@@ -101,10 +96,6 @@ def run_steps(setup: Setup, budget: Budget | None, step_seconds: float) -> int:
 # ------------------------------------------------------------------ the cache of figures, per machine
 
 
-def cache_path(name: str = CACHE_FILE) -> Path:
-    return Path(os.environ.get(CACHE_ENV) or cache_dir()) / name
-
-
 def cache_key(setup: Setup) -> str:
     """What a probe's figures depend on: device (its threads and CPU kernels too), torch, model and input, batch,
     precision."""
@@ -119,21 +110,12 @@ def cache_key(setup: Setup) -> str:
            "image_size": cfg.image_size or h, "in_chans": c, "classes": setup.dataset.num_classes,
            "optimizer": cfg.optimizer, "head_only": setup.feature_cache_seconds is not None}
     if setup.device.type == "cpu":  # the kernels in use: ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can narrow them
-        key["cpu_kernels"] = {"aten": torch.backends.cpu.get_cpu_capability(),
-                              "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}
+        key["cpu_kernels"] = cpu_kernels()
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def read_cache(name: str = CACHE_FILE) -> dict:
-    try:
-        data = json.loads(cache_path(name).read_text())
-    except (OSError, ValueError):
-        return {}  # none yet, or damaged: probe again
-    return data if isinstance(data, dict) else {}
-
-
 def cached(key: str) -> dict | None:
-    entry = read_cache().get(key)
+    entry = read_cache(CACHE_FILE).get(key)
     if not isinstance(entry, dict):
         return None
     if isinstance(entry.get("error"), str):
@@ -141,15 +123,6 @@ def cached(key: str) -> dict | None:
     numbers = [entry.get(k) for k in ("eager_step_ms", "compiled_step_ms", "compile_seconds")]
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in numbers)
     return entry if ok else None
-
-
-def remember(key: str, figures: dict, name: str = CACHE_FILE) -> None:
-    data = read_cache(name)
-    data[key] = figures
-    try:
-        runs.write_json(cache_path(name), data)  # atomically: a reader sees the old file or the new one
-    except UserError:
-        pass  # a cache that cannot be written costs the next run a probe, nothing more
 
 
 # ------------------------------------------------------------------ the probe
@@ -228,7 +201,7 @@ def decide(setup: Setup, budget: Budget | None = None, resume: bool = False,
     figures, compiled, source = cached(key), None, "cache"
     if figures is None:
         figures, compiled, source = *probe(setup), "probe"
-        remember(key, figures)
+        remember(key, figures, CACHE_FILE)
     record.update(figures, source=source)
     if "error" in figures:
         return {**record, "decision": EAGER, "reason": f"torch.compile failed here ({figures['error']})"}, None

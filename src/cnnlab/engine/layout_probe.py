@@ -24,8 +24,9 @@ import torch
 
 from cnnlab.device import synchronize
 from cnnlab.models.layers import Flatten
+from cnnlab.probe_cache import read_cache, remember
 
-from .compile_probe import cache_key, read_cache, remember, timed_steps
+from .compile_probe import cache_key, timed_steps
 from .setup import Setup
 from .step import apply_learning_rates, learning_rates, make_batch, train_step
 from .throughput import undone
