@@ -198,6 +198,32 @@ def test_two_workers_on_postgresql(data, tmp_path):
     assert len(workers) == 2, workers  # both processes did trials
 
 
+OPEN_STORAGE = "import sys; from pathlib import Path; from cnnlab.search import open_storage; open_storage(sys.argv[1], Path('.'))"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_postgres_reachable() is not None, reason=str(_postgres_reachable()))
+def test_workers_opening_a_new_database_together_all_open_it():
+    """PostgreSQL's CREATE TABLE IF NOT EXISTS is not atomic: workers that create Optuna's tables at once fail
+    with a duplicate key (search.lost_schema_race), as two `cnnlab tune` workers did once in CI."""
+    import psycopg
+
+    name = f"cnnlab_race_{os.getpid()}_{time.time_ns()}"
+    admin = psycopg.connect(POSTGRES, autocommit=True)
+    try:
+        for attempt in range(3):  # the race is not lost every time: three new databases, six openers each
+            admin.execute(f'CREATE DATABASE "{name}_{attempt}"')
+            url = POSTGRES.rsplit("/", 1)[0] + f"/{name}_{attempt}"
+            procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORAGE, url], stderr=subprocess.PIPE)
+                     for _ in range(6)]
+            errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+            assert [p.returncode for p in procs] == [0] * 6, [e.strip().splitlines()[-1:] for e in errors]
+    finally:
+        for attempt in range(3):
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}_{attempt}" WITH (FORCE)')
+        admin.close()
+
+
 def test_a_database_password_is_never_shown(data, tmp_path, cli):
     url = "postgresql://cnnlab:SECRET-PW-123@127.0.0.1:1/nowhere"  # nothing listens on port 1: it cannot open
     code, out, err = cli("tune", "cnn1", "--data", data / "d.npz", "--trials", "1", "--storage", url,

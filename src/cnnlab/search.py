@@ -121,14 +121,29 @@ def open_storage(storage: str | None, directory: Path):
         return optuna.storages.JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
     if "://" not in storage:
         raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
-    try:
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
-            optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
-        return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90,
-                                          failed_trial_callback=retry(max_retry=1))
-    except Exception as exc:  # driver missing, server down, bad credentials
-        reason = hide_secret(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, storage)
-        raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90,
+                                              failed_trial_callback=retry(max_retry=1))
+        except Exception as exc:  # driver missing, server down, bad credentials
+            if attempt + 1 < SCHEMA_RACE_ATTEMPTS and lost_schema_race(exc):
+                time.sleep(0.2 * (attempt + 1))  # the winner is creating the tables: open them once it has
+                continue
+            reason = hide_secret(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, storage)
+            raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
+
+
+# Workers that open a new database together all run Optuna's CREATE TABLE IF NOT EXISTS, which PostgreSQL does not
+# make atomic: a loser fails with 23505 on pg_type_typname_nsp_index or 42P07 "already exists" (psycopg issue 1036).
+# The tables exist by then, so opening again succeeds. Seen once in CI: two `cnnlab tune` workers on a fresh database.
+SCHEMA_RACE_ATTEMPTS = 5
+SCHEMA_RACE_SIGNS = ("pg_type_typname_nsp_index", "already exists", "UniqueViolation", "DuplicateTable")
+
+
+def lost_schema_race(exc: Exception) -> bool:
+    return any(sign in str(exc) for sign in SCHEMA_RACE_SIGNS)
 
 
 def hide_secret(text: str, url: str) -> str:
