@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -17,7 +16,7 @@ import numpy
 import torch
 
 from cnnlab.errors import UserError
-from cnnlab.probe_cache import read_cache, remember
+from cnnlab.probe_cache import positive_numbers, read_cache, remember
 from cnnlab.product_speed import cpu_bf16_against_fp32
 from cnnlab.version import __version__
 
@@ -51,7 +50,8 @@ def cpu_has_avx512_bf16() -> bool:
 # bf16 products must run this much faster than fp32 ones for "auto" to train in bf16 on a CPU without AMX. make
 # bench, 2-core CPUs, 4096 products: the AVX-512 Xeon's bf16 ran 0.59x its fp32 (153 against 260 GFLOP/s) and bf16
 # training 0.78-0.83x fp32's for cnn3, cnn4 and tuned-cnn; the Zen 5 EPYC's 1.94x (726 against 374) and bf16
-# training 1.26-1.84x fp32's (cnn1 least, cnn4 most) (bench/README.md "AVX-512 CPU"). The casts around each product cost the rest.
+# training 1.26x (cnn1) to 1.84x (cnn4) fp32's (bench/README.md, both "AVX-512 CPU" sections). The casts around
+# each product cost the rest, hence a margin above 1.
 BF16_SPEEDUP_NEEDED = 1.3
 BF16_PROBE_FILE = "cpu-bf16-probe.json"  # in $CNNLAB_CACHE_DIR, beside the compile probe's figures
 _BF16_PROBED: dict[str, dict] = {}  # this process's figures, by cache key
@@ -76,9 +76,7 @@ def cpu_bf16_figures() -> dict:
     if key in _BF16_PROBED:
         return _BF16_PROBED[key]
     figures = read_cache(BF16_PROBE_FILE).get(key)
-    numbers = [figures.get(k) for k in ("fp32_flop_per_s", "bf16_flop_per_s", "speedup")] if isinstance(figures, dict) else []
-    if not (numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                            for v in numbers)):
+    if not positive_numbers(figures, ("fp32_flop_per_s", "bf16_flop_per_s", "speedup")):
         figures = {**cpu_bf16_against_fp32(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         remember(key, figures, BF16_PROBE_FILE)
     _BF16_PROBED[key] = figures

@@ -4,6 +4,7 @@ machine in $CNNLAB_CACHE_DIR (default ~/.cache/cnnlab/) so a later run reads the
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -33,3 +34,11 @@ def remember(key: str, figures: dict, name: str) -> None:
         runs.write_json(cache_path(name), data)  # atomically: a reader sees the old file or the new one
     except UserError:
         pass  # a cache that cannot be written costs the next run a probe, nothing more
+
+
+def positive_numbers(entry, keys: tuple[str, ...]) -> bool:
+    """Whether a cached entry holds every figure named, each a finite positive number (else: probe again)."""
+    if not isinstance(entry, dict):
+        return False
+    values = [entry.get(k) for k in keys]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values)

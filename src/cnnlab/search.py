@@ -111,6 +111,17 @@ def split_params(params: dict) -> tuple[dict, dict]:
     return train, {k: v for k, v in params.items() if k not in FIELDS}
 
 
+# Workers that open a new database together all run Optuna's CREATE TABLE IF NOT EXISTS, which PostgreSQL does not
+# make atomic: a loser fails with 23505 on pg_type_typname_nsp_index or 42P07 "already exists" (psycopg issue 1036).
+# The tables exist by then, so opening again succeeds. Seen once in CI: two `cnnlab tune` workers on a fresh database.
+SCHEMA_RACE_ATTEMPTS = 5
+SCHEMA_RACE_SIGNS = ("pg_type_typname_nsp_index", "already exists", "UniqueViolation", "DuplicateTable")
+
+
+def lost_schema_race(exc: Exception) -> bool:
+    return any(sign in str(exc) for sign in SCHEMA_RACE_SIGNS)
+
+
 def open_storage(storage: str | None, directory: Path):
     import optuna
 
@@ -133,17 +144,6 @@ def open_storage(storage: str | None, directory: Path):
                 continue
             reason = hide_secret(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, storage)
             raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
-
-
-# Workers that open a new database together all run Optuna's CREATE TABLE IF NOT EXISTS, which PostgreSQL does not
-# make atomic: a loser fails with 23505 on pg_type_typname_nsp_index or 42P07 "already exists" (psycopg issue 1036).
-# The tables exist by then, so opening again succeeds. Seen once in CI: two `cnnlab tune` workers on a fresh database.
-SCHEMA_RACE_ATTEMPTS = 5
-SCHEMA_RACE_SIGNS = ("pg_type_typname_nsp_index", "already exists", "UniqueViolation", "DuplicateTable")
-
-
-def lost_schema_race(exc: Exception) -> bool:
-    return any(sign in str(exc) for sign in SCHEMA_RACE_SIGNS)
 
 
 def hide_secret(text: str, url: str) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 
 from cnnlab.budget import Budget
 from cnnlab.device import cpu_kernels, device_name, synchronize
-from cnnlab.probe_cache import read_cache, remember
+from cnnlab.probe_cache import positive_numbers, read_cache, remember
 
 from .setup import Setup
 from .step import apply_learning_rates, learning_rates, make_batch, train_step, warm_up
@@ -120,9 +120,7 @@ def cached(key: str) -> dict | None:
         return None
     if isinstance(entry.get("error"), str):
         return entry
-    numbers = [entry.get(k) for k in ("eager_step_ms", "compiled_step_ms", "compile_seconds")]
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in numbers)
-    return entry if ok else None
+    return entry if positive_numbers(entry, ("eager_step_ms", "compiled_step_ms", "compile_seconds")) else None
 
 
 # ------------------------------------------------------------------ the probe

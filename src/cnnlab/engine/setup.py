@@ -157,6 +157,8 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
     if dist_ctx and device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
     resolved, reason = choose_precision(device, precision or config.precision)
+    if dist_ctx:  # every process trains in rank 0's precision: a CPU's bf16 probe, timed by each at once, may differ
+        resolved, reason = dist_ctx.share((resolved, reason))
     if config.cuda_graphs:
         resolved, reason = without_fp16(resolved, reason, precision or config.precision, "cuda_graphs")
     resolved, autocast = autocast_for(device, resolved)
