@@ -216,3 +216,30 @@ def test_tensorboard_dir_that_is_a_file(npz, tmp_path, cli):
                            "--epochs", "1", "--device", "cpu")
         assert code == 2 and "is a file, not a folder" in one_line(err)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"dropout": 5}, "model cnn1 cannot be built with dropout=5: dropout probability has to be between 0 and 1"),
+    ({"dense": -5}, "model cnn1 cannot be built with dense=-5: "),
+    ({"dense": 0}, "model cnn1 with dense=0 has a layer with no weights; sizes must be at least 1"),
+    ({"dropout": "x"}, "model cnn1: dropout must be a number (its default is 0.5), got 'x'"),
+    ({"dense": 1.5}, "model cnn1: dense must be a whole number (its default is 128), got 1.5"),
+    ({"bogus": 1}, "model cnn1 has no parameter 'bogus'; its parameters are num_classes, in_chans, image_size, "
+                   "dropout, dense")])
+def test_model_parameters_out_of_range_or_of_the_wrong_kind(npz, tmp_path, cli, params, says):
+    file = tmp_path / "p.json"
+    file.write_text(json.dumps(params))
+    code, _, err = cli("train", "cnn1", "--data", npz, "--params", file, "--out", tmp_path / "o", "--device", "cpu")
+    assert code == 2 and says in one_line(err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    with pytest.raises(UserError, match="^model cnn1"):  # the API says the same
+        cnnlab.train(data=str(npz), out=tmp_path / "api", model_params=params, **FAST)
+
+
+@pytest.mark.parametrize("callbacks", [5, [5], "on_epoch_end", [object()]])
+def test_callbacks_that_are_not_callbacks(npz, tmp_path, callbacks):
+    with pytest.raises(UserError, match=r"^callbacks: expected cnnlab.callbacks.Callback objects \(subclass it\)"):
+        cnnlab.train(data=str(npz), out=tmp_path, callbacks=callbacks, **FAST)
+    with pytest.raises(UserError, match="^callbacks: "):
+        cnnlab.study(["cnn1"], 1, str(npz), out=tmp_path / "s", callbacks=callbacks, epochs=1, device="cpu",
+                     progress=False)

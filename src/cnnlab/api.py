@@ -24,6 +24,7 @@ import torch
 
 from cnnlab import budget as budgets
 from cnnlab import runs, torchrun, tracking
+from cnnlab.callbacks import Callback
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
 from cnnlab.data.arrays import dataset_from_arrays
 from cnnlab.data.formats import validate_arrays
@@ -267,6 +268,18 @@ def load_run(path: str | Path, model=None) -> Run:
     return Run(path, model)
 
 
+def callback_list(callbacks) -> list[Callback]:
+    """`callbacks` as a list: one Callback or any iterable of them (as Lightning's Trainer takes)."""
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    items = list(callbacks) if isinstance(callbacks, (list, tuple, set)) or hasattr(callbacks, "__next__") else None
+    wrong = [cb for cb in items if not isinstance(cb, Callback)] if items is not None else [callbacks]
+    if wrong:
+        raise UserError(f"callbacks: expected cnnlab.callbacks.Callback objects (subclass it), got {wrong[0]!r} "
+                        f"({type(wrong[0]).__name__})")
+    return items
+
+
 def custom_model(model) -> tuple[object, object]:
     """(builder, model name): an nn.Module or a factory becomes model "custom" with the object beside it."""
     if is_custom(model) and not isinstance(model, _Default):
@@ -284,7 +297,7 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
     started = budgets.clock()
     with torchrun.session(options.get("device") or "auto") as dist:  # torchrun: rank 0 names the run, reports
         lead = dist is None or dist.lead
-        extra = list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
+        extra = callback_list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
                                    if lead else [])
         extra += _progress(progress and lead, quiet)
         builder, model = custom_model(model)
@@ -443,7 +456,7 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     group = Grouped(mlflow, Path(out), f"study {Path(out).name}", {"models": ",".join(names), "repeats": repeats,
                                                                     **{k: v for k, v in cfg.to_dict().items() if k != "model"}})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
-    dirs = run_study(cfg, names, repeats, Path(out), list(callbacks) + tracked + _progress(progress, quiet=True), say,
+    dirs = run_study(cfg, names, repeats, Path(out), callback_list(callbacks) + tracked + _progress(progress, quiet=True), say,
                      dataset, ray, ray_address, budgets.Budget.starting(cfg.time_budget, started), builders)
     if ray:
         group.log_dirs(dirs)
@@ -492,7 +505,7 @@ def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote
                                                                       "vote": vote, **cfg.to_dict()})
     tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
     manifest = train_ensemble(cfg, Path(out), members, threshold, vote, max_attempts, parse_member_range(only_members),
-                              fuse, list(callbacks) + tracked + _progress(progress, quiet=True), say, dataset, ray,
+                              fuse, callback_list(callbacks) + tracked + _progress(progress, quiet=True), say, dataset, ray,
                               ray_address, budgets.Budget.starting(cfg.time_budget, started), builder)
     if ray:
         group.log_dirs([Path(out) / m["path"] for m in manifest["members"] + manifest["discarded"]])

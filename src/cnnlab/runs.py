@@ -59,11 +59,11 @@ TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 def os_error(path: Path, exc: OSError) -> UserError:
     """Operating-system errors a user can fix, as one line naming the path and the fix."""
-    reason = {errno.ENOSPC: "no space left on the device; free some space or write elsewhere (--out)",
-              errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere (--out)",
-              errno.EACCES: "permission denied; choose a folder you can write to (--out)",
-              errno.EPERM: "permission denied; choose a folder you can write to (--out)",
-              errno.EROFS: "read-only file system; choose a folder you can write to (--out)",
+    reason = {errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+              errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+              errno.EACCES: "permission denied; choose a folder you can write to",
+              errno.EPERM: "permission denied; choose a folder you can write to",
+              errno.EROFS: "read-only file system; choose a folder you can write to",
               errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
               errno.EEXIST: "a part of this path is a file, not a folder; choose another path",
               errno.EISDIR: "this path is a folder; give a file name"}.get(exc.errno)

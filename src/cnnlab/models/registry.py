@@ -7,6 +7,9 @@ Contract for every model: float input N x C x H x W with pixels scaled to 0..1, 
 
 from __future__ import annotations
 
+import inspect
+import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,13 +63,41 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     if size < info.min_image_size:
         raise UserError(f"model {name} needs inputs of at least {info.min_image_size}x{info.min_image_size}; "
                         f"got {size}x{size}")
+    _check_options(name, info.builder, options)
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items() if k not in ("num_classes", "in_chans", "image_size"))
     try:
-        model = info.builder(**options)
-    except TypeError as exc:
-        raise UserError(f"model {name}: {exc}") from None
+        with warnings.catch_warnings():  # a 0-unit layer is refused below, so torch's warning adds nothing
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = info.builder(**options)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a value out of range: torch's own words say which
+        raise UserError(f"model {name} cannot be built with {given or 'these options'}: {exc}") from None
+    if any(p.numel() == 0 for p in model.parameters()):  # torch builds a 0-unit layer without a word
+        raise UserError(f"model {name} with {given or 'these options'} has a layer with no weights; "
+                        f"sizes must be at least 1")
     # what it takes to rebuild this exact model from a run directory
     model.cnnlab_spec = {"name": name, **options}
     return model
+
+
+def _check_options(name: str, builder: Callable[..., nn.Module], options: dict) -> None:
+    """One line for an option the builder does not take, or a value of another kind than its default's."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key, value in options.items():
+        if key not in params:
+            raise UserError(f"model {name} has no parameter {key!r}; its parameters are {', '.join(params)}")
+        default = params[key].default
+        if isinstance(default, bool):
+            kind, ok = "true or false", isinstance(value, bool)
+        elif isinstance(default, numbers.Integral):
+            kind, ok = "a whole number", isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        elif isinstance(default, numbers.Real):
+            kind, ok = "a number", isinstance(value, numbers.Real) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise UserError(f"model {name}: {key} must be {kind} (its default is {default!r}), got {value!r}")
 
 
 def create_architecture(name: str, **kwargs) -> nn.Module:
