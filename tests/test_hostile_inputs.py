@@ -243,3 +243,18 @@ def test_callbacks_that_are_not_callbacks(npz, tmp_path, callbacks):
     with pytest.raises(UserError, match="^callbacks: "):
         cnnlab.study(["cnn1"], 1, str(npz), out=tmp_path / "s", callbacks=callbacks, epochs=1, device="cpu",
                      progress=False)
+
+
+def test_ctrl_c_while_the_figures_are_drawn_says_how_to_draw_them(npz, tmp_path, cli, monkeypatch):
+    def press_ctrl_c(run_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnlab.api, "plot_run", press_ctrl_c)  # Ctrl-C lands after the last epoch was saved
+    code, _, err = cli("train", "cnn1", "--data", npz, "--epochs", "1", "--out", tmp_path, "--device", "cpu")
+    line = [line for line in err.splitlines() if line.startswith("cnnlab: interrupted")]
+    assert code == 130 and line and "the run finished, but some figures were not drawn" in line[0]
+    run_dir = line[0].split("cnnlab plot ")[1]
+    assert RunDir(run_dir).status() == "finished"
+    monkeypatch.undo()
+    code, out, _ = cli("plot", run_dir)
+    assert code == 0 and "acc_loss.png" in out and (Path(run_dir) / "acc_loss.png").is_file()

@@ -303,7 +303,10 @@ def lr_find_cmd(
 
 
 def _report_run(run, quiet: bool) -> None:
-    figures = run.plot()
+    try:
+        figures = run.plot()
+    except KeyboardInterrupt:  # training is done and saved; only the figures are missing
+        _interrupted(f"the run finished, but some figures were not drawn. Draw them with: cnnlab plot {run.path}")
     metrics = run.metrics
     if not quiet:
         line = f"val accuracy {metrics['val_accuracy']:.4f}" if metrics.get("val_accuracy") is not None else "no validation split"
