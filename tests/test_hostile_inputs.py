@@ -258,3 +258,15 @@ def test_ctrl_c_while_the_figures_are_drawn_says_how_to_draw_them(npz, tmp_path,
     monkeypatch.undo()
     code, out, _ = cli("plot", run_dir)
     assert code == 0 and "acc_loss.png" in out and (Path(run_dir) / "acc_loss.png").is_file()
+
+
+def test_classes_as_a_list_in_toml_and_in_the_api(npz, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('classes = [0, 2]\n')
+    cfg, _ = cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))
+    assert cfg.classes == "0,2"
+    cfg, _ = cnnlab.api.make_config("cnn1", data=str(npz), classes=[1, 2])
+    assert cfg.classes == "1,2"
+    toml.write_text('classes = [0, "x"]\n')
+    with pytest.raises(UserError, match="^classes: "):
+        cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))

@@ -90,6 +90,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) and cudnn.deterministic
 
     def validate(self) -> "TrainConfig":
+        if isinstance(self.classes, (list, tuple)) and self.classes and all(
+                isinstance(c, int) and not isinstance(c, bool) for c in self.classes):
+            self.classes = ",".join(map(str, self.classes))  # TOML's and Python's list: classes = [0, 1, 2]
         check_types(self)
         self.time_budget = parse_duration(self.time_budget, "time_budget")
         if self.model != CUSTOM_MODEL:  # a model of the user's own comes beside the config (cnnlab.train(module))
