@@ -104,6 +104,13 @@ def test_bad_durations_are_one_line_naming_the_setting(value):
     assert message.startswith("time_budget: must be ") and "\n" not in message and repr(value)[:20] in message
 
 
+@pytest.mark.parametrize("value", ["721h", "99999999999999999999999", 1e9])
+def test_budgets_beyond_30_days_are_refused(value):
+    with pytest.raises(UserError, match=r"^time_budget: must be .* of at most 720h \(30 days; 0 for no budget\), got"):
+        parse_duration(value)
+    assert parse_duration("720h") == 30 * 86400  # the limit itself is a budget
+
+
 def test_bad_duration_on_the_command_line(cli, data, tmp_path):
     code, _, err = cli("train", "cnn1", "--data", data, "--time-budget", "a while", "--out", tmp_path)
     assert code == 2 and err.strip() == ("cnnlab: error: time_budget: must be a number of seconds or a duration such "

@@ -29,6 +29,7 @@ clock: Callable[[], float] = time.monotonic  # seconds; tests replace it (monkey
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hms])")
+MAX_BUDGET_SECONDS = 30 * 86400.0  # longer is no budget at all (0 says that); beyond, dates overflow the notes
 EXAMPLES = "a number of seconds or a duration such as 900, 900s, 15m, 1h30m or 1.5h (0 = no budget)"
 
 
@@ -58,6 +59,8 @@ def parse_duration(value, setting: str = "time_budget") -> float:
         raise refuse()
     if not math.isfinite(seconds) or seconds < 0:
         raise refuse(" (finite, not negative)")
+    if seconds > MAX_BUDGET_SECONDS:
+        raise refuse(f" of at most {MAX_BUDGET_SECONDS / 3600:.0f}h (30 days; 0 for no budget)")
     return seconds
 
 
