@@ -270,3 +270,18 @@ def test_classes_as_a_list_in_toml_and_in_the_api(npz, tmp_path):
     toml.write_text('classes = [0, "x"]\n')
     with pytest.raises(UserError, match="^classes: "):
         cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))
+
+
+def test_an_out_folder_that_cannot_be_created(npz, cli):
+    code, _, err = cli("train", "cnn1", "--data", npz, "--out", "/proc/cnnlab-cannot-be-here", "--device", "cpu")
+    assert code == 2 and "/proc/cnnlab-cannot-be-here: cannot be created there; choose another path" in one_line(err)
+
+
+def test_resuming_a_damaged_checkpoint_says_what_to_do(npz, tmp_path, cli):
+    code, _, _ = cli("train", "cnn1", "--data", npz, "--epochs", "1", "--out", tmp_path, "--device", "cpu")
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    checkpoint = run_dir / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    code, _, err = cli("train", "--resume", run_dir, "--epochs", "2")
+    line = one_line(err)
+    assert code == 2 and "not a valid safetensors file" in line and "restore it from a copy or train again" in line

@@ -51,6 +51,7 @@ SAMPLES = "samples.safetensors"
 OWNER_LOCK = ".owner.lock"
 
 FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED = "fresh", "running", "interrupted", "failed", "finished"
+DAMAGED = "If it is damaged, restore it from a copy or train again"
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
@@ -64,6 +65,7 @@ def os_error(path: Path, exc: OSError) -> UserError:
               errno.EACCES: "permission denied; choose a folder you can write to",
               errno.EPERM: "permission denied; choose a folder you can write to",
               errno.EROFS: "read-only file system; choose a folder you can write to",
+              errno.ENOENT: "cannot be created there; choose another path",
               errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
               errno.EEXIST: "a part of this path is a file, not a folder; choose another path",
               errno.EISDIR: "this path is a folder; give a file name"}.get(exc.errno)
@@ -161,7 +163,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a valid safetensors weights file ({exc}); cnnlab never unpickles files") from None
+        raise UserError(f"{path}: not a valid safetensors weights file ({exc}); cnnlab never unpickles files. {DAMAGED}") from None
 
 
 def tensor_metadata(path: str | Path) -> dict:
@@ -170,7 +172,7 @@ def tensor_metadata(path: str | Path) -> dict:
         with safe_open(str(path), "pt") as f:
             return json.loads((f.metadata() or {}).get("cnnlab", "{}"))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a valid safetensors file ({exc})") from None
+        raise UserError(f"{path}: not a valid safetensors file ({exc}). {DAMAGED}") from None
 
 
 def remove_stale_temporaries(folder: Path) -> int:
