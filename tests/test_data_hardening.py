@@ -450,13 +450,13 @@ def test_idx_count_mismatch_and_gzip_damage(tmp_path):
     ("\u00b2,1", "unknown class"),
     ("1.5,0", "unknown class '1.5'"),
     ("1", "keep at least 2 classes; a classifier needs at least two"),
-    ("", "--classes is empty"),
-    (" , ", "--classes is empty"),
+    ("", "classes: is empty"),
+    (" , ", "classes: is empty"),
     ("0,,1", "empty entry between commas"),
 ])
 def test_bad_classes(tmp_path, spec, expected):
     root = write_image_folder(tmp_path / "imgs", n_per_class=2)
-    refused(root, expected, names="--classes", classes=spec)
+    refused(root, expected, names="classes", classes=spec)
 
 
 def test_class_names_that_are_numbers_mean_names(tmp_path):

@@ -285,3 +285,13 @@ def test_resuming_a_damaged_checkpoint_says_what_to_do(npz, tmp_path, cli):
     code, _, err = cli("train", "--resume", run_dir, "--epochs", "2")
     line = one_line(err)
     assert code == 2 and "not a valid safetensors file" in line and "restore it from a copy or train again" in line
+
+
+def test_a_bad_value_in_a_config_file_names_the_file(npz, tmp_path, cli):
+    toml = tmp_path / "d.toml"
+    toml.write_text('epochs = "two"\nbatch_size = 32\n')
+    code, _, err = cli("train", "cnn1", "--data", npz, "--config", toml, "--out", tmp_path / "o")
+    assert code == 2 and f"{toml}: epochs: must be an integer" in one_line(err)
+    toml.write_text('epochs = 2\n')
+    code, _, err = cli("train", "cnn1", "--data", npz, "--config", toml, "--batch-size", "0", "--out", tmp_path / "o")
+    assert code == 2 and one_line(err).startswith("cnnlab: error: batch_size: ")  # the flag's value, not the file's

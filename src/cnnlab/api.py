@@ -87,7 +87,17 @@ def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfi
         options["classes"] = ",".join(map(str, options["classes"]))
     layers = [base, read_params_file(params) if params else {},
               {**options, "model": model, "data": str(data) if data is not None else None}]
-    return build_config(*layers), dataset
+    try:
+        return build_config(*layers), dataset
+    except UserError as exc:
+        raise _name_the_file(exc, config, base, layers[1:]) from None
+
+
+def _name_the_file(exc: UserError, config, base: dict, later: list[dict]) -> UserError:
+    """An error about a value that came from the config file names the file (later layers did not set it)."""
+    key = str(exc).split(":", 1)[0].split(" ", 1)[0]
+    from_file = key in base and all(layer.get(key) is None for layer in later)
+    return UserError(f"{config}: {exc}") if isinstance(config, (str, Path)) and from_file else exc
 
 
 def dataset_from(data, classes=None, class_names=None):

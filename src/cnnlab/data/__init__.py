@@ -135,25 +135,25 @@ def parse_classes(spec: str | list | None, class_names: list[str]) -> list[int] 
         return None
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if all(item == "" for item in items):
-        raise UserError("--classes is empty; list at least 2 classes, e.g. --classes 0,1, or leave it out to keep all")
+        raise UserError("classes: is empty; list at least 2 classes, e.g. 0,1 (--classes 0,1), or leave it out to keep all")
     known = f"known classes are 0..{len(class_names) - 1} ({', '.join(class_names)})"
     chosen = []
     for item in items:
         if item == "":
-            raise UserError(f"--classes {spec}: empty entry between commas; {known}")
+            raise UserError(f"classes {spec}: empty entry between commas; {known}")
         if item in class_names:
             idx = class_names.index(item)
         elif item.lstrip("-").isdecimal() and item.count("-") <= 1 and item.isascii():
             idx = int(item)
         else:
-            raise UserError(f"--classes: unknown class {item!r}; {known}")
+            raise UserError(f"classes: unknown class {item!r}; {known}")
         if not 0 <= idx < len(class_names):
-            raise UserError(f"--classes: class {idx} does not exist; this dataset has classes 0..{len(class_names) - 1}")
+            raise UserError(f"classes: class {idx} does not exist; this dataset has classes 0..{len(class_names) - 1}")
         if idx in chosen:
-            raise UserError(f"--classes: class {item!r} is listed twice")
+            raise UserError(f"classes: class {item!r} is listed twice")
         chosen.append(idx)
     if len(chosen) < 2:
-        raise UserError(f"--classes {spec}: keep at least 2 classes; a classifier needs at least two to tell apart")
+        raise UserError(f"classes {spec}: keep at least 2 classes; a classifier needs at least two to tell apart")
     return chosen
 
 
