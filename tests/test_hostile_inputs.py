@@ -231,9 +231,10 @@ def test_model_parameters_out_of_range_or_of_the_wrong_kind(npz, tmp_path, cli, 
     file.write_text(json.dumps(params))
     code, _, err = cli("train", "cnn1", "--data", npz, "--params", file, "--out", tmp_path / "o", "--device", "cpu")
     assert code == 2 and says in one_line(err)
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert not (tmp_path / "o").exists()  # neither a run directory nor the folder made for it is left
     with pytest.raises(UserError, match="^model cnn1"):  # the API says the same
         cnnlab.train(data=str(npz), out=tmp_path / "api", model_params=params, **FAST)
+    assert not (tmp_path / "api").exists()
 
 
 @pytest.mark.parametrize("callbacks", [5, [5], "on_epoch_end", [object()]])
@@ -268,7 +269,7 @@ def test_classes_as_a_list_in_toml_and_in_the_api(npz, tmp_path):
     cfg, _ = cnnlab.api.make_config("cnn1", data=str(npz), classes=[1, 2])
     assert cfg.classes == "1,2"
     toml.write_text('classes = [0, "x"]\n')
-    with pytest.raises(UserError, match="^classes: "):
+    with pytest.raises(UserError, match=r"c\.toml: classes: must be a string"):
         cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))
 
 

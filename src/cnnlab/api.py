@@ -15,6 +15,7 @@ those keys and optionally class_names. The CLI calls these functions and holds n
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -322,6 +323,7 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
             return Run(run.path, builder)
         cfg, dataset = make_config(model, data, config, params, **options)
         dataset = preflight(cfg, dataset)  # bad data fails before a directory is made; loaded once
+        out_was_there = Path(out).exists()
         run = RunDir.create(out, cfg.model) if lead else None
         if dist is not None:
             run = RunDir(dist.share(str(run.path) if run else None))
@@ -331,6 +333,9 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
         except BaseException:
             if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
                 shutil.rmtree(run.path, ignore_errors=True)
+                if not out_was_there:  # nor the folder made for it
+                    with contextlib.suppress(OSError):
+                        Path(out).rmdir()
             raise
         return Run(run.path, builder)
 
