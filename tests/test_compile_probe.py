@@ -274,7 +274,7 @@ def test_the_setting_in_a_config_file_and_on_the_command_line(cli, data, tmp_pat
     base = ["train", "cnn1", "--data", str(data), "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
     code, _, err = cli(*base, "--out", str(tmp_path / "bad"), "--config", str(bad))
     assert code == 2 and err.strip().splitlines() == [
-        "cnnlab: error: compile: must be true, false or \"auto\" (measure, the default), got 'maybe'"]
+        f"cnnlab: error: {bad}: compile: must be true, false or \"auto\" (measure, the default), got 'maybe'"]
     assert build_config({}).compile == "auto" and build_config({"compile": "auto", "cuda_graphs": True}).cuda_graphs
     for flags, setting in (([], "auto"), (["--no-compile"], False)):
         out = tmp_path / f"out-{setting}"
