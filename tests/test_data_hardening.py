@@ -450,8 +450,8 @@ def test_idx_count_mismatch_and_gzip_damage(tmp_path):
     ("\u00b2,1", "unknown class"),
     ("1.5,0", "unknown class '1.5'"),
     ("1", "keep at least 2 classes; a classifier needs at least two"),
-    ("", "classes: is empty"),
-    (" , ", "classes: is empty"),
+    ("", "classes: none listed"),
+    (" , ", "classes: none listed"),
     ("0,,1", "empty entry between commas"),
 ])
 def test_bad_classes(tmp_path, spec, expected):

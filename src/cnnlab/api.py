@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -283,8 +284,9 @@ def callback_list(callbacks) -> list[Callback]:
     """`callbacks` as a list: one Callback or any iterable of them (as Lightning's Trainer takes)."""
     if isinstance(callbacks, Callback):
         return [callbacks]
-    items = list(callbacks) if isinstance(callbacks, (list, tuple, set)) or hasattr(callbacks, "__next__") else None
-    wrong = [cb for cb in items if not isinstance(cb, Callback)] if items is not None else [callbacks]
+    iterable = isinstance(callbacks, Iterable) and not isinstance(callbacks, (str, bytes, Mapping))
+    items = list(callbacks) if iterable else None
+    wrong = [cb for cb in items if not isinstance(cb, Callback)] if iterable else [callbacks]
     if wrong:
         raise UserError(f"callbacks: expected cnnlab.callbacks.Callback objects (subclass it), got {wrong[0]!r} "
                         f"({type(wrong[0]).__name__})")

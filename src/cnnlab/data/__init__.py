@@ -135,7 +135,7 @@ def parse_classes(spec: str | list | None, class_names: list[str]) -> list[int] 
         return None
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if all(item == "" for item in items):
-        raise UserError("classes: is empty; list at least 2 classes, e.g. 0,1 (--classes 0,1), or leave it out to keep all")
+        raise UserError("classes: none listed; list at least 2 classes, e.g. 0,1 (--classes 0,1), or leave it out to keep all")
     known = f"known classes are 0..{len(class_names) - 1} ({', '.join(class_names)})"
     chosen = []
     for item in items:

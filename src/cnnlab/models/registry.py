@@ -64,15 +64,16 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
         raise UserError(f"model {name} needs inputs of at least {info.min_image_size}x{info.min_image_size}; "
                         f"got {size}x{size}")
     _check_options(name, info.builder, options)
-    given = ", ".join(f"{k}={v!r}" for k, v in options.items() if k not in ("num_classes", "in_chans", "image_size"))
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items()
+                      if k not in ("num_classes", "in_chans", "image_size")) or "these options"
     try:
         with warnings.catch_warnings():  # a 0-unit layer is refused below, so torch's warning adds nothing
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             model = info.builder(**options)
     except (TypeError, ValueError, RuntimeError) as exc:  # a value out of range: torch's own words say which
-        raise UserError(f"model {name} cannot be built with {given or 'these options'}: {exc}") from None
+        raise UserError(f"model {name} cannot be built with {given}: {exc}") from None
     if any(p.numel() == 0 for p in model.parameters()):  # torch builds a 0-unit layer without a word
-        raise UserError(f"model {name} with {given or 'these options'} has a layer with no weights; "
+        raise UserError(f"model {name} with {given} has a layer with no weights; "
                         f"sizes must be at least 1")
     # what it takes to rebuild this exact model from a run directory
     model.cnnlab_spec = {"name": name, **options}
