@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--budgets", default="", help="time budgets, e.g. 10m,25m: the accuracy-against-time frontier")
+    parser.add_argument("--time-budget", default=None, help="fixed-epoch mode: the run's time budget (0: none, so "
+                        "--epochs is what trains; default: the recipe's)")
+    parser.add_argument("--precision", default=None, help="fp32, bf16, ... (default: cnnlab's auto)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     hardware = cpu_class() if device.type == "cpu" else device_name(device)
@@ -130,8 +133,10 @@ def main() -> None:
         print("\n".join(rows), flush=True)
         ours = [r for results in frontier.values() for r in results]
     else:
+        fixed = {key: value for key, value in (("time_budget", args.time_budget), ("precision", args.precision))
+                 if value is not None}
         ours = [run(f"{args.recipe} seed {s}", out, recipe=args.recipe, seed=s, val_fraction=args.val_fraction,
-                    epochs=args.epochs, device=args.device) for s in seeds]
+                    epochs=args.epochs, device=args.device, **fixed) for s in seeds]
         print(summary(ours), flush=True)
     peers = [run(f"{args.peer} (report recipe) seed {s}", out, model=args.peer, seed=int(s), epochs=args.peer_epochs,
                  device=args.device) for s in args.peer_seeds.split(",") if s]

@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 import torch
+from torch import nn
 
 from cnnlab.errors import UserError
 from cnnlab.models import (count_parameters, create_architecture, create_model, keras_shape, list_models, model_info,
@@ -157,3 +158,19 @@ def test_models_and_summary_commands(cli):
     assert code == 0 and "Trainable params: 13,015,461" in out and "(None, 14, 14, 128)" in out
     code, _, err = cli("summary", "cnn4", "--image-size", "10")
     assert code == 2 and "at least 14x14" in err
+
+
+def test_resnet9s_global_max_pool_matches_adaptive_max_pooling_without_its_indices():
+    """resnet9 pools with amax, not nn.AdaptiveMaxPool2d: inductor's CPU argmax for the latter corrupted the heap
+    (SIGSEGV in the compile probe, torch 2.14.1, one thread; see small_resnets.GlobalMaxPool). Same values and,
+    where the maximum is unique, the same gradients."""
+    from cnnlab.models.small_resnets import GlobalMaxPool
+
+    model = create_model("resnet9", num_classes=5, width=8)
+    assert not any(isinstance(m, nn.AdaptiveMaxPool2d) for m in model.modules())
+    x = torch.randn(4, 16, 4, 4, generator=torch.Generator().manual_seed(0)).to(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    GlobalMaxPool()(ours).pow(2).sum().backward()
+    nn.AdaptiveMaxPool2d(1)(theirs).pow(2).sum().backward()
+    assert torch.equal(GlobalMaxPool()(x), nn.AdaptiveMaxPool2d(1)(x))
+    assert torch.equal(ours.grad, theirs.grad)

@@ -57,7 +57,7 @@ def test_the_lean_model_gives_the_eager_scores(name, negative):
     lean = inference.lean_model(model, [1, 16, 16], 1000 * torch.finfo(torch.float32).eps)
     assert lean is not None
     calls = {node.op for node in lean.graph.nodes}
-    assert "call_module" not in calls or name == "resnet9"  # resnet9's adaptive pooling stays a module
+    assert "call_module" not in calls
     if name == "tuned-cnn" and not negative:  # its three BatchNorms folded into the linear layers after them
         assert torch.batch_norm not in {node.target for node in lean.graph.nodes}
     for n in (1, 2, 32):

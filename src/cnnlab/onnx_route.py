@@ -92,6 +92,8 @@ def _function(w: _Writer, node: fx.Node, name) -> str:
         ph, pw = _pair(padding)
         return w.emit("MaxPool", [name(x)], kernel_shape=_pair(kernel), strides=_pair(stride or kernel),
                       pads=[ph, pw, ph, pw], dilations=_pair(dilation), ceil_mode=int(bool(ceil)))
+    if target is torch.amax and len(args) == 3 and tuple(args[1]) == (2, 3) and args[2] is True:  # GlobalMaxPool
+        return w.emit("GlobalMaxPool", [name(args[0])])
     if target is torch.flatten:
         if tuple(args[1:]) not in ((1,), (1, -1)):
             raise Unsupported(f"flatten{tuple(args[1:])}")

@@ -54,6 +54,18 @@ class Scale(nn.Module):
         return f"factor={self.factor}"
 
 
+class GlobalMaxPool(nn.Module):
+    """Max over height and width, N x C x H x W -> N x C x 1 x 1: nn.AdaptiveMaxPool2d(1)'s values and, but for
+    ties, its gradients (a tie shares the gradient; in resnet9 ties are zeros after a ReLU, whose gradient is
+    zero either way). Why not nn.AdaptiveMaxPool2d: torch.compile (inductor, torch 2.14.1, CPU, one thread)
+    lowers it to a vectorized argmax whose index store corrupts the heap: resnet9 width 8, batch 256, crashed
+    (SIGSEGV) in the compile probe's first compiled step, 3 runs of 3, on a 2-core Zen 5 AMD EPYC with
+    OMP_NUM_THREADS=1 (AVX2 emulated or not); a plain max reduction stores no indices."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, (2, 3), True)
+
+
 WIDTHS = {"type": "categorical", "choices": [16, 32, 64]}
 DROPOUT = {"type": "float", "low": 0.0, "high": 0.5}
 
@@ -76,7 +88,7 @@ def resnet9(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, w
         *_conv_bn(w1, w2), pool(), Residual(nn.Sequential(*_conv_bn(w2, w2), *_conv_bn(w2, w2))),
         *_conv_bn(w2, w3), pool(),
         *_conv_bn(w3, w4), pool(), Residual(nn.Sequential(*_conv_bn(w4, w4), *_conv_bn(w4, w4))),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w4, num_classes, bias=False), Scale(logit_scale))
+        GlobalMaxPool(), nn.Flatten(), nn.Linear(w4, num_classes, bias=False), Scale(logit_scale))
 
 
 class WideBlock(nn.Module):
