@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--time-budget", default=None, help="fixed-epoch mode: the run's time budget (0: none, so "
                         "--epochs is what trains; default: the recipe's)")
     parser.add_argument("--precision", default=None, help="fp32, bf16, ... (default: cnnlab's auto)")
+    parser.add_argument("--width", type=int, default=None, help="fixed-epoch mode: the recipe's model at this width")
     args = parser.parse_args()
     device = resolve_device(args.device)
     hardware = cpu_class() if device.type == "cpu" else device_name(device)
@@ -135,6 +136,8 @@ def main() -> None:
     else:
         fixed = {key: value for key, value in (("time_budget", args.time_budget), ("precision", args.precision))
                  if value is not None}
+        if args.width is not None:
+            fixed["model_params"] = {"width": args.width}
         ours = [run(f"{args.recipe} seed {s}", out, recipe=args.recipe, seed=s, val_fraction=args.val_fraction,
                     epochs=args.epochs, device=args.device, **fixed) for s in seeds]
         print(summary(ours), flush=True)

@@ -19,6 +19,7 @@ from cnnlab.budget import HIGH, LOW, Budget, choose_epochs, overruns, parse_dura
 from cnnlab.callbacks import LambdaCallback
 from cnnlab.config import build_config
 from cnnlab.engine import fit, loop, throughput
+from cnnlab.engine.width_choice import wider_width
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
 from cnnlab.schedules import lr_at
@@ -393,6 +394,57 @@ def test_the_cpu_budget_recipe_is_a_budget():
     assert build_config({"recipe": "cpu-budget", "time_budget": "5m"}).time_budget == 300
     assert build_config({"recipe": "cpu-budget", "time_budget": 0, "epochs": 32}).time_budget == 0  # fixed epochs
     assert build_config({}).time_budget == 0  # the report's recipe has none
+
+
+# ------------------------------------------------------------------ a wider model where the budget holds many epochs
+
+
+def test_the_width_rule_takes_the_largest_threshold_reached():
+    assert wider_width([[48, 16]], 47) is None and wider_width([[48, 16]], 48) == 16
+    assert wider_width([[10, 12], [48, 16]], 30) == 12 and wider_width([[48, 16], [10, 12]], 200) == 16
+    assert wider_width([], 500) is None
+
+
+WIDE = {**SETTINGS, "recipe": "modern", "model": "resnet9", "batch_size": 32}
+
+
+def test_a_budget_that_holds_enough_epochs_trains_the_wider_model_exactly_as_if_asked(data, tmp_path):
+    """budget_width [[2, 4]] at width 2, an hour for at most 2 epochs: the probe at width 2 says 2 epochs fit, so
+    width 4 trains, bit for bit as a run asked for width 4 (the width-2 probes leave no trace)."""
+    asked = build_config({**WIDE, "model_params": {"width": 4}, "data": str(data), "epochs": 2})
+    chosen = build_config({**WIDE, "model_params": {"width": 2}, "budget_width": [[2, 4]], "data": str(data),
+                           "epochs": 2, "time_budget": "1h"})
+    fit(asked, tmp_path / "a")
+    metrics = fit(chosen, tmp_path / "b")
+    assert metrics["budget_width_probe_width"] == 2 and metrics["budget_width_probe_epochs"] == 2
+    assert metrics["budget_width_chosen"] == 4 and metrics["chosen_epochs"] == 2
+    stored = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert stored["model_params"] == {"width": 4} and stored["budget_width"] == [[2, 4]]
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    want, got = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("epoch_seconds, width", [(30.0, 2), (10.0, 4)])
+def test_the_width_follows_the_epochs_the_budget_holds(epoch_seconds, width, data, tmp_path, clock, speed):
+    """100 s and budget_width [[5, 4]]: 30 s an epoch holds 3 epochs (width 2 stays), 10 s holds 10 (width 4)."""
+    probes = speed(epoch_seconds)
+    config = build_config({**WIDE, "model_params": {"width": 2}, "budget_width": [[5, 4]], "data": str(data),
+                           "epochs": 40, "lr_schedule": "one-cycle", "time_budget": 100})
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["budget_width_chosen"] == width and metrics["budget_width_probe_epochs"] == 100 // epoch_seconds
+    assert len(probes) == (2 if width == 4 else 1)  # the width-2 probe, then a wider model's own
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_params"] == {"width": width}
+    assert cnnlab.Run(tmp_path / "run").model[0].weight.shape[0] == width  # the prep conv: `width` channels
+    line = budgets.Plan(**{k: v for k, v in metrics.items() if k in budgets.Plan.__dataclass_fields__}).line()
+    assert ("width 4, since the budget holds 10 epochs at width 2" in line) == (width == 4)
+
+
+def test_without_a_budget_or_on_resume_the_width_stays(data, tmp_path):
+    config = build_config({**WIDE, "model_params": {"width": 2}, "budget_width": [[1, 4]], "data": str(data), "epochs": 1})
+    metrics = fit(config, tmp_path / "run")
+    assert "budget_width_chosen" not in metrics
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_params"] == {"width": 2}
 
 
 # ------------------------------------------------------------------ search

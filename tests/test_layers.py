@@ -32,7 +32,7 @@ LAYERS = [
     "cnnlab.torchrun", "cnnlab.onnx_route", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
     "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint", "cnnlab.engine.throughput",
-    "cnnlab.engine.compile_probe", "cnnlab.engine.layout_probe",
+    "cnnlab.engine.compile_probe", "cnnlab.engine.layout_probe", "cnnlab.engine.width_choice",
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine

@@ -161,6 +161,9 @@ class Plan:
     budget_note: str | None = None
     replan_seconds_per_epoch: float | None = None  # the pace of the latest re-plan (engine.throughput.Guard)
     replanned_epochs: int | None = None  # the epochs chosen again from it
+    budget_width_probe_width: int | None = None  # budget_width (engine.width_choice): the width first measured,
+    budget_width_probe_epochs: int | None = None  # the epochs the budget holds at it,
+    budget_width_chosen: int | None = None  # and the width that trains
 
     @classmethod
     def choose(cls, seconds: float, spent: float, epoch_seconds: float, final_seconds: float,
@@ -177,7 +180,11 @@ class Plan:
         text = (f"time budget {format_seconds(self.time_budget_seconds)}: {format_seconds(self.probe_seconds_per_epoch)}"
                 f" per epoch measured, {self.chosen_epochs} epochs chosen (at most {self.budget_max_epochs}), "
                 f"about {format_seconds(self.budget_predicted_seconds)} in all")
-        return text + (f"; {self.budget_note}" if self.budget_note else "")
+        text += f"; {self.budget_note}" if self.budget_note else ""
+        if self.budget_width_chosen is not None and self.budget_width_chosen != self.budget_width_probe_width:
+            text += (f"; width {self.budget_width_chosen}, since the budget holds {self.budget_width_probe_epochs} "
+                     f"epochs at width {self.budget_width_probe_width}")
+        return text
 
     def replan_line(self) -> str:
         """One line for the console once the first epoch's pace has been measured."""

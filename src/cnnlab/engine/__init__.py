@@ -14,6 +14,7 @@ own learning rate and its own run directory.
                        train_one_epoch, evaluate, warm_up
     engine.throughput  a budgeted run's speed probe (undone like warm_up) and chosen epochs (cnnlab.budget)
     engine.compile_probe  compile = "auto": compiled or eager, by a timed probe (undone too), cached per machine
+    engine.width_choice   budget_width: a budget that holds many epochs trains a wider model (cpu-budget)
     engine.checkpoint  optimizer tensors, checkpoints saved and loaded, final weights
     engine.loop        Context, fit, the epoch, finish, default callbacks
 

@@ -23,6 +23,7 @@ from cnnlab.models import count_parameters
 from cnnlab.runs import RunDir
 from cnnlab.samples import store_validation_sample
 
+from . import width_choice
 from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
 from .compile_probe import settle
 from .layout_probe import settle_layout
@@ -118,18 +119,22 @@ def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume:
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     precision = stored_precision(run_dir) if resume else None
     setup = prepare(config, dataset, precision, builder)  # data and model first: a bad input fails before anything is written
+    width_notes = speed = None
+    if width_choice.applies(setup, budget, resume):  # cpu-budget: a budget that holds many epochs trains wider
+        setup, width_notes, speed = width_choice.choose_width(setup, budget, dataset, precision, builder)
     if setup.dist and not setup.dist.lead:  # torchrun: rank 0 alone writes the run directory
         return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume,
-                         budget)[0]
+                         budget, width_notes, speed)[0]
     with run_dir.owned():
-        return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume, budget)[0]
+        return fit_setup(setup, [run_dir], default_callbacks(config, callbacks), resume, budget, width_notes, speed)[0]
 
 
 def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: bool = False,
-              budget: Budget | None = None) -> list[dict]:
+              budget: Budget | None = None, width_notes: dict | None = None, speed=None) -> list[dict]:
     """The loop over epochs for a prepared setup (one member per run directory, all owned by the caller).
     After warm-up, compile = "auto" is decided (engine.compile_probe); with a `budget` (not on resume), a probe
-    then fixes the epochs (engine.throughput)."""
+    then fixes the epochs (engine.throughput), or the `speed` engine.width_choice measured on this setup does.
+    `width_notes` (what engine.width_choice measured and chose) go into the metrics beside the plan."""
     callbacks = ordered(callbacks)
     ctx = Context(setup, run_dirs, callbacks)
     malloc = keep_freed_memory() if setup.device.type == "cpu" else None  # before the first step allocates
@@ -168,7 +173,9 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     guard = None
     if budget is not None and not resume:  # the chosen epochs go into config.json: a resume continues to them
         warmup_epochs = setup.config.warmup_epochs  # as asked: a re-plan may stretch the total past a cut
-        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states()), warmup_epochs)
+        guard = Guard(setup, budget, plan(setup, budget, run_dirs, ctx.checkpoint_states(), speed), warmup_epochs)
+        for state in setup.states:  # what engine.width_choice measured, beside the plan in metrics.json
+            state.budget = {**state.budget, **(width_notes or {})}
         ctx.config = setup.config
     if not resume:  # env.json records the compile decision (a resume takes it again), config.json the epochs
         env["compile"] = setup.compile

@@ -173,12 +173,14 @@ def agree(setup: Setup, *values: float) -> list[float]:
     return (setup.dist.all_reduce_sum(tensor) / setup.dist.world_size).tolist()
 
 
-def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list[dict] | None = None) -> Plan:
-    """Measure, choose the epochs for `budget`, and set them on the config(s) before the first step.
-    With `run_dirs` (and each member's checkpoint `states`), an epoch's share of a checkpoint counts too.
+def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list[dict] | None = None,
+         speed: Throughput | None = None) -> Plan:
+    """Measure (unless `speed` was measured on this setup already), choose the epochs for `budget`, and set them
+    on the config(s) before the first step. With `run_dirs` (and each member's checkpoint `states`), an epoch's
+    share of a checkpoint counts too.
 
     A warm-up longer than the chosen epochs is cut to them (the schedule cut it to the total anyway)."""
-    speed = measure(setup)
+    speed = speed or measure(setup)
     every = setup.config.checkpoint_every
     saving = checkpoint_seconds(setup, run_dirs, states) / every if run_dirs and every else 0.0
     world = setup.dist.world_size if setup.dist else 1
