@@ -121,7 +121,7 @@ def fit(config: TrainConfig, run_dir: str | Path | RunDir, callbacks=(), resume:
     setup = prepare(config, dataset, precision, builder)  # data and model first: a bad input fails before anything is written
     width_notes = speed = None
     if width_choice.applies(setup, budget, resume):  # cpu-budget: a budget that holds many epochs trains wider
-        setup, width_notes, speed = width_choice.choose_width(setup, budget, dataset, precision, builder)
+        setup, width_notes, speed = width_choice.choose_width(setup, budget, precision, builder)
     if setup.dist and not setup.dist.lead:  # torchrun: rank 0 alone writes the run directory
         return fit_setup(setup, [runs.ReadOnlyRunDir(run_dir.path)], default_callbacks(config, callbacks), resume,
                          budget, width_notes, speed)[0]

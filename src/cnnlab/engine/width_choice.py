@@ -48,12 +48,11 @@ def applies(setup: Setup, budget: Budget | None, resume: bool) -> bool:
                 and setup.members == 1)
 
 
-def choose_width(setup: Setup, budget: Budget, dataset=None, precision: str | None = None,
+def choose_width(setup: Setup, budget: Budget, precision: str | None = None,
                  builder=None) -> tuple[Setup, dict, throughput.Throughput | None]:
     """(the setup to train, what was measured and chosen, its speed if measured): the same setup and the speed
     its plan can take instead of measuring again (a small budget keeps the most of its time), or one prepared at
-    a wider width (from the `dataset` the run was given, as the first was: None loads the config's data again),
-    which measures its own."""
+    a wider width on the same loaded data, which measures its own."""
     config = setup.config
     width = config.model_params.get("width")
     epochs, speed = epochs_within(setup, budget)
@@ -63,4 +62,4 @@ def choose_width(setup: Setup, budget: Budget, dataset=None, precision: str | No
     if wider is None or wider == width:
         return setup, notes, speed
     wide = replace(config, model_params={**config.model_params, "width": wider})
-    return prepare(wide, dataset, precision, builder), notes, None
+    return prepare(wide, setup.dataset, precision, builder), notes, None
