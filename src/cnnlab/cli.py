@@ -584,6 +584,15 @@ def _terminate(signum, frame) -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        _main()
+    except SystemExit as exc:
+        if torchrun.joined():  # a torchrun rank ends without finalization (torchrun.leave says why)
+            torchrun.leave(exc.code)
+        raise
+
+
+def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)

@@ -4,12 +4,16 @@
 torchrun's environment, lets rank 0 share the run directory it names, and on the way out makes
 every rank meet at a barrier before the group is torn down (a rank tearing down while another still
 talks aborts it). Sessions nest: the outermost one tears down. Without torchrun it yields None.
+`leave()` ends a rank's process without interpreter finalization (why: its docstring).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -53,6 +57,8 @@ def distributed_from_env(device: str = "auto") -> Distributed | None:
         if cuda:
             torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+    global _joined
+    _joined = True
     return ctx
 
 
@@ -64,6 +70,7 @@ def shard(data: DeviceData, ctx: Distributed) -> DeviceData:
 
 
 _depth = 0  # sessions open in this process; the outermost tears the group down
+_joined = False  # this process joined a torchrun group (leave() then ends it)
 
 
 @contextlib.contextmanager
@@ -82,3 +89,33 @@ def session(device: str = "auto") -> Iterator[Distributed | None]:
         _depth -= 1
         if _depth == 0 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process took part in a torchrun group (then it should end through leave())."""
+    return _joined
+
+
+def leave(code: int | str | None) -> None:
+    """End this rank now: threads, atexit handlers and streams as at a normal exit, then os._exit.
+
+    Why not a normal exit: DDP keeps the gloo process group alive after destroy_process_group, so its
+    worker threads outlive it, and one may still hold the last reference to a tensor a collective used.
+    When it drops that reference after Python has begun finalizing, taking the GIL ends the thread inside
+    C++ and the rank aborts (SIGABRT, "terminate called without an active exception"), failing a run
+    whose files were all written (pytorch/pytorch#179291). Measured on the 2-core Zen 5 EPYC under load:
+    a DDP script ending with barrier + destroy aborted in 13 of 30 torchrun launches, 0 of 30 ending here.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    shutdown = getattr(threading, "_shutdown", None)  # what finalization does first: join non-daemon threads
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    os._exit(code or 0)
