@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 import cnnlab
 from cnnlab import budget as budgets
-from cnnlab.budget import HIGH, LOW, Budget, choose_epochs, overruns, parse_duration, predicted_seconds
+from cnnlab.budget import (HIGH, LOW, Budget, choose_epochs, overruns, parse_budget_width, parse_duration,
+                           predicted_seconds)
 from cnnlab.callbacks import LambdaCallback
 from cnnlab.config import build_config
 from cnnlab.engine import fit, loop, throughput
@@ -445,6 +446,33 @@ def test_without_a_budget_or_on_resume_the_width_stays(data, tmp_path):
     metrics = fit(config, tmp_path / "run")
     assert "budget_width_chosen" not in metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_params"] == {"width": 2}
+
+
+def test_budget_width_on_the_command_line():
+    assert parse_budget_width("48:16") == [[48, 16]] and parse_budget_width(" 10:12, 48:16 ") == [[10, 12], [48, 16]]
+    assert parse_budget_width("off") == parse_budget_width("0") == []
+    for bad in ("48x16", "48:", "16", "48:16,", "-1:4", "1.5:4"):
+        with pytest.raises(UserError, match="--budget-width: must be EPOCHS:WIDTH pairs"):
+            parse_budget_width(bad)
+
+
+@pytest.mark.parametrize("flag, width", [("1:12", 12), ("off", 8)])
+def test_the_budget_width_flag_reaches_the_run(flag, width, data, tmp_path, cli):
+    """cpu-budget (width 8, budget_width [[48, 16]]) on tiny data for an hour at most 1 epoch: `--budget-width
+    1:12` trains width 12 (the budget holds the 1 epoch), `off` keeps width 8 and no width rule."""
+    code, _, err = cli("train", "--recipe", "cpu-budget", "--data", data, "--budget-width", flag, "--time-budget", "1h",
+                       "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32", "--no-compile",
+                       "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    (run,) = tmp_path.iterdir()
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["model_params"] == {"width": width} and stored["budget_width"] == ([[1, 12]] if width == 12 else [])
+
+
+def test_a_bad_budget_width_flag_is_one_line(tmp_path, cli):
+    code, out, err = cli("train", "--recipe", "cpu-budget", "--budget-width", "48x16", "--out", tmp_path)
+    assert code == 2 and err.startswith("cnnlab: error: --budget-width: must be") and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ search

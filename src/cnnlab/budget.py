@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from cnnlab.errors import UserError
+from cnnlab.text import visible
 
 LOW, HIGH = 0.8, 1.1  # a budgeted run aims to end within [80%, 110%] of its share, and below 100% if it can
 clock: Callable[[], float] = time.monotonic  # seconds; tests replace it (monkeypatch cnnlab.budget.clock)
@@ -62,6 +63,22 @@ def parse_duration(value, setting: str = "time_budget") -> float:
     if seconds > MAX_BUDGET_SECONDS:
         raise refuse(f" of at most {MAX_BUDGET_SECONDS / 3600:.0f}h (30 days; 0 for no budget)")
     return seconds
+
+
+def parse_budget_width(text: str) -> list[list[int]]:
+    """The command line's budget_width: "48:16" or "48:16,100:32" (EPOCHS:WIDTH pairs) -> [[48, 16], ...];
+    "off" (or "none", "0", "") -> [] (keep the configured width). The pairs' ranges are TrainConfig's to check."""
+    text = text.strip().lower()
+    if text in ("", "off", "none", "0"):
+        return []
+    pairs = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d{1,9})\s*:\s*(\d{1,9})\s*", part)
+        if match is None:
+            raise UserError(f"--budget-width: must be EPOCHS:WIDTH pairs separated by commas, e.g. 48:16 (width 16 "
+                            f"where the budget holds 48 epochs or more), or off; got '{visible(text[:80])}'")
+        pairs.append([int(match[1]), int(match[2])])
+    return pairs
 
 
 def format_seconds(seconds: float) -> str:

@@ -16,6 +16,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from cnnlab import api, torchrun
+from cnnlab.budget import parse_budget_width
 from cnnlab.data import BUILTIN, load_dataset, pixel_stats, train_val_split
 from cnnlab.data.image_folders import image_folder_notes
 from cnnlab.errors import UserError
@@ -157,6 +158,11 @@ TRAINING_OPTIONS: dict[str, tuple[object, typer.models.OptionInfo]] = {
                                                 "15m, 1h30m (0 = none): each run measures its speed and picks its "
                                                 "epochs to fit; a study or ensemble divides it among its runs, a "
                                                 "search stops starting trials (cpu-budget recipe: 15m).")),
+    "budget_width": (Optional[str], typer.Option(None, "--budget-width", help="EPOCHS:WIDTH pairs, e.g. 48:16: "
+                                                 "where the time budget holds EPOCHS epochs at the configured "
+                                                 "width, train at WIDTH instead (cpu-budget: 48:16; off keeps the "
+                                                 "width).", callback=lambda text: None if text is None else
+                                                 parse_budget_width(text))),
     "batch_size": (Optional[int], typer.Option(None, "--batch-size", help="Batch size (report: 128).")),
     "optimizer": (Optional[str], typer.Option(None, "--optimizer", help="adam (report), sgd, rmsprop or adamw.")),
     "lr": (Optional[float], typer.Option(None, "--lr", help="Learning rate (report: 1e-3).")),
