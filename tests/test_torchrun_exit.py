@@ -7,9 +7,12 @@ without an active exception"), failing a finished run. CI saw it once in test_to
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,29 @@ def test_torchrun_ranks_end_without_an_abort(tmp_path):
                                "--master-addr", "127.0.0.1", "--master-port", "29523", str(script)],
                               env=ENV, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"launch {launch}: {done.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_is_one_line_and_keeps_the_epochs(tmp_path):
+    """Ctrl-C to torchrun (it passes the signal on to both ranks): rank 0 alone prints the line that says how to
+    continue, with torchrun and the same number of processes; the run directory holds the finished epochs."""
+    np = pytest.importorskip("numpy")
+    x = np.random.default_rng(0).integers(0, 255, (64, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(64) % 2, x_test=x[:16], y_test=np.arange(16) % 2)
+    out = tmp_path / "runs"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", "29524", "-m", "cnnlab", "train", "cnn1", "--data", str(tmp_path / "d.npz"), "--epochs",
+         "5000", "--batch-size", "16", "--device", "cpu", "--precision", "fp32", "--out", str(out), "--quiet"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(len(h.read_text().splitlines()) > 3 for h in out.glob("*/history.csv")):
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=120)
+    (run,) = out.iterdir()
+    lines = [line for line in err.splitlines() if line.startswith("cnnlab:")]
+    assert lines == [f"cnnlab: interrupted; the run directory holds every finished epoch. Continue with: torchrun "
+                     f"--nproc-per-node 2 -m cnnlab train --resume {run}"], err[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    assert len((run / "history.csv").read_text().splitlines()) > 3

@@ -282,8 +282,12 @@ def train_cmd(
         try:
             run = api.train(api.DEFAULT if model is None else model, out=out, resume=resume, quiet=quiet, **options)
         except KeyboardInterrupt:
+            if dist is not None and not dist.lead:
+                sys.exit(130)  # torchrun: rank 0 alone says what to do next (one line, not one per process)
             target = target or _newest_run(out)
-            _interrupted(f"the run directory holds every finished epoch. Continue with: cnnlab train --resume {target}")
+            again = (f"torchrun --nproc-per-node {dist.world_size} -m cnnlab train" if dist is not None
+                     else "cnnlab train")  # --resume needs as many processes as before
+            _interrupted(f"the run directory holds every finished epoch. Continue with: {again} --resume {target}")
         if dist is None or dist.lead:  # torchrun: rank 0 reports
             _report_run(run, quiet)
 
