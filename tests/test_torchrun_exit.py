@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_npz_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
@@ -39,7 +41,8 @@ cli.main()
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    buffered = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # so that a missing flush loses output
+    return subprocess.run([sys.executable, "-c", code], env=buffered, capture_output=True, text=True, timeout=120)
 
 
 def test_leave_runs_exit_handlers_flushes_and_keeps_the_code():
@@ -54,10 +57,20 @@ def test_leave_with_a_message_prints_it_and_exits_1():
     assert done.returncode == 1 and done.stderr.strip() == "cnnlab: error: it broke"
 
 
+# A command that exits 4, an exit handler, and a global whose __del__ only interpreter finalization runs.
+EXITING = ("import atexit\nfrom cnnlab import cli, torchrun\n"
+           "class Global:\n    def __del__(self): print('finalized')\n"
+           "kept = Global()\natexit.register(lambda: print('handler ran'))\n"
+           "cli._main = lambda: exit(4)\n")
+
+
 def test_outside_torchrun_main_exits_the_ordinary_way():
-    done = run_python("import atexit\nfrom cnnlab import cli, torchrun\n"
-                      "atexit.register(lambda: print('handler ran'))\n"
-                      "cli._main = lambda: exit(4)\ncli.main()")
+    done = run_python(EXITING + "cli.main()")
+    assert done.returncode == 4 and done.stdout == "handler ran\nfinalized\n"
+
+
+def test_a_torchrun_rank_leaves_main_without_finalization():
+    done = run_python(EXITING + "torchrun._joined = True  # as distributed_from_env sets it\ncli.main()")
     assert done.returncode == 4 and done.stdout == "handler ran\n"
 
 
@@ -78,13 +91,11 @@ def test_torchrun_ranks_end_without_an_abort(tmp_path):
 def test_ctrl_c_under_torchrun_is_one_line_and_keeps_the_epochs(tmp_path):
     """Ctrl-C to torchrun (it passes the signal on to both ranks): rank 0 alone prints the line that says how to
     continue, with torchrun and the same number of processes; the run directory holds the finished epochs."""
-    np = pytest.importorskip("numpy")
-    x = np.random.default_rng(0).integers(0, 255, (64, 12, 12), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(64) % 2, x_test=x[:16], y_test=np.arange(16) % 2)
+    data = write_npz_dataset(tmp_path / "d.npz", 64, 16, size=12)
     out = tmp_path / "runs"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", "29524", "-m", "cnnlab", "train", "cnn1", "--data", str(tmp_path / "d.npz"), "--epochs",
+         "--master-port", "29524", "-m", "cnnlab", "train", "cnn1", "--data", str(data), "--epochs",
          "5000", "--batch-size", "16", "--device", "cpu", "--precision", "fp32", "--out", str(out), "--quiet"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -109,9 +109,7 @@ def leave(code: int | str | None) -> None:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
-    shutdown = getattr(threading, "_shutdown", None)  # what finalization does first: join non-daemon threads
-    if shutdown is not None:
-        shutdown()
+    threading._shutdown()  # what finalization does first: join non-daemon threads
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
