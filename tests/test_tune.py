@@ -243,3 +243,52 @@ def test_search_input_mistakes_fail_before_any_trial(data, tmp_path, cli):
         code, _, err = cli("tune", "cnn1", "--trials", "2", "--out", tmp_path / "t", *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "t").exists()  # no journal, trials.csv or tune.html was written
+
+
+def test_the_last_worker_to_write_the_results_writes_the_latest_states(tmp_path, monkeypatch):
+    """Worker A reads the study (trial 0 running), then worker B's trial finishes and B writes the results while A
+    is still writing: B waits for A under the directory's lock and reads again, so trials.csv ends COMPLETE, not
+    A's stale RUNNING (a fresh-clone CI run of test_two_workers_share_one_journal saw the stale one)."""
+    import threading
+
+    import optuna
+
+    from cnnlab import search
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    a_read, go = threading.Event(), threading.Event()
+    table = search.trials_table
+
+    def slow_first_read(*args):
+        rows = table(*args)
+        if not a_read.is_set():
+            a_read.set()
+            go.wait(10)  # A holds its stale rows until B has tried to write
+        return rows
+
+    monkeypatch.setattr(search, "trials_table", slow_first_read)
+    a = threading.Thread(target=search.write_results, args=(study, tmp_path, "val_accuracy"))
+    a.start()
+    assert a_read.wait(10)
+    study.tell(trial, 0.9)
+    b = threading.Thread(target=search.write_results, args=(study, tmp_path, "val_accuracy"))
+    b.start()
+    b.join(1.0)  # without the lock B is done by now; with it, B waits for A
+    go.set()
+    a.join(10), b.join(10)
+    assert [r["state"] for r in csv.DictReader(open(tmp_path / "trials.csv"))] == ["COMPLETE"]
+
+
+def test_a_summary_while_the_only_trial_runs(tmp_path):
+    """A second worker that finds the search full while the first one's only trial runs still writes a summary
+    (every duration None: pandas gave that column no .dt, and the summary failed)."""
+    import optuna
+
+    from cnnlab.search import write_results
+
+    study = optuna.create_study(direction="maximize")
+    study.ask()
+    assert write_results(study, tmp_path, "val_accuracy")["complete"] == 0
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert [(r["state"], r["seconds"]) for r in rows] == [("RUNNING", "")]

@@ -22,6 +22,17 @@ LOCK_FILE = ".lock"
 GROUPS_FILE = "groups.json"  # attempt -> the attempts of its fused group
 
 
+@contextlib.contextmanager
+def directory_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on a directory's shared files, across processes (the directory is made if missing)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise runs.os_error(path, exc) from None
+    with FileLock(str(path / LOCK_FILE), thread_local=False):
+        yield
+
+
 class GroupDir:
     def __init__(self, path: str | Path, settings_file: str, runs_folder: str):
         self.path = Path(path)
@@ -33,11 +44,7 @@ class GroupDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator["GroupDir"]:
         """An exclusive lock on the directory's shared files."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise runs.os_error(self.path, exc) from None
-        with FileLock(str(self.path / LOCK_FILE), thread_local=False):
+        with directory_lock(self.path):
             yield self
 
     # -------------------------------------------------------------- settings

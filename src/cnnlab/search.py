@@ -32,6 +32,7 @@ from cnnlab.data.prepared import preflight
 from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
 from cnnlab.engine import fit
 from cnnlab.errors import UserError
+from cnnlab.groups import directory_lock
 from cnnlab.models import model_info
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.report import CSS, html_table
@@ -470,6 +471,8 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
 def trials_table(study, metric: str) -> list[dict]:
     """trials.csv from Optuna's trials_dataframe, with readable columns: number, state, the metric's value,
     epochs reported, seconds, then param_NAME for each searched parameter."""
+    import pandas as pd
+
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
     if frame.empty:
         return []
@@ -478,7 +481,8 @@ def trials_table(study, metric: str) -> list[dict]:
     frame = frame.rename(columns={"value": metric, **{c: "param_" + c[len("params_"):] for c in frame.columns
                                                       if c.startswith("params_")}})
     frame["state"] = frame["state"].astype(str)
-    frame["seconds"] = frame.pop("duration").dt.total_seconds()
+    # to_timedelta: with only running trials every duration is None, an object column without .dt
+    frame["seconds"] = pd.to_timedelta(frame.pop("duration")).dt.total_seconds()
     frame.insert(3, "epochs", frame["number"].map(epochs))
     frame = frame[["number", "state", metric, "epochs", "seconds"] + [c for c in frame.columns if c.startswith("param_")]]
     return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
@@ -489,7 +493,16 @@ TUNED_SETTING = ("model", "recipe", "data", "data_dir", "classes", "val_fraction
 
 
 def write_results(study, directory: Path, metric: str, config: TrainConfig | None = None) -> dict:
-    """trials.csv, best.json (for `cnnlab train --params`), Optuna's plots and an HTML page."""
+    """trials.csv, best.json (for `cnnlab train --params`), Optuna's plots and an HTML page.
+
+    Workers sharing a study each write these when they stop; under the directory's lock, each reads the study
+    and writes as one step, so the last to write has the latest states (without it, a worker that read before
+    another's last trial finished could write after it: a fresh-clone CI run left a COMPLETE trial RUNNING)."""
+    with directory_lock(Path(directory)):
+        return _write_results(study, directory, metric, config)
+
+
+def _write_results(study, directory: Path, metric: str, config: TrainConfig | None) -> dict:
     from optuna.trial import TrialState
 
     rows = trials_table(study, metric)
