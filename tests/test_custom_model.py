@@ -254,3 +254,44 @@ def test_lr_find_takes_a_model_of_your_own_and_a_search_refuses_one_in_one_line(
     with pytest.raises(cnnlab.UserError, match="model TinyNet: a search takes a registered model") as refused:
         cnnlab.tune(TinyNet(), 2, str(data), out=tmp_path / "t")
     assert len(str(refused.value).splitlines()) == 1
+
+
+class SevenLogits(TinyNet):
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__(7, in_chans, image_size)  # ignores num_classes
+
+
+class TwoLogits(TinyNet):
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__(2, in_chans, image_size)
+
+
+class RGBNet(TinyNet):
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__(num_classes, 3, image_size)
+
+
+class TupleNet(TinyNet):
+    def forward(self, x):
+        return self.body(x), x
+
+
+class MapNet(TinyNet):
+    def forward(self, x):
+        return x.expand(-1, 3, -1, -1)  # N x 3 x H x W: a segmentation-shaped output
+
+
+@pytest.mark.parametrize("net, says", [
+    (SevenLogits, r"returned shape \(2, 7\) for 2 images; the data has 3 classes, so it must return \(2, 3\)"),
+    (TwoLogits, r"returned shape \(2, 2\) for 2 images; the data has 3 classes"),
+    (RGBNet, r"its forward fails on images shaped \(2, 1, 12, 12\) .*RuntimeError.*; make it take 1-channel 12x12"),
+    (TupleNet, r"its forward returned tuple; return one tensor of logits, N x 3"),
+    (MapNet, r"returned shape \(2, 3, 12, 12\) for 2 images"),
+])
+def test_a_model_whose_outputs_are_not_one_logit_per_class_is_refused_before_training(data, tmp_path, net, says):
+    # Too many outputs used to train without any error and leave a run no command could evaluate; the others
+    # failed mid-step with torch's own errors
+    with pytest.raises(cnnlab.UserError, match=says) as caught:
+        cnnlab.train(net, str(data), out=tmp_path / "runs", **SETTINGS)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "runs").exists()  # refused before a directory was made

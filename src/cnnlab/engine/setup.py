@@ -22,7 +22,7 @@ from cnnlab.device import (autocast_for, choose_precision, float_dtype, resolve_
 from cnnlab.ema import ModelEMA
 from cnnlab.errors import UserError
 from cnnlab.models import create_model, model_info
-from cnnlab.models.custom import CUSTOM_MODEL, build_custom
+from cnnlab.models.custom import CUSTOM_MODEL, build_custom, check_outputs
 from cnnlab.optim import make_optimizer
 from cnnlab.torchrun import Distributed, distributed_from_env, shard
 
@@ -176,6 +176,7 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
         if builder is None:
             raise UserError("model custom: a model of your own is passed to cnnlab.train as an nn.Module or a factory")
         model = build_custom(builder, **model_options(config, dataset)).to(device, float_dtype(resolved))
+        check_outputs(model, dataset.shape, dataset.num_classes)
     else:
         model = create_model(config.model, **model_options(config, dataset)).to(device, float_dtype(resolved))
     spec = dict(model.cnnlab_spec)

@@ -10,6 +10,7 @@ import copy
 import functools
 import re
 
+import torch
 from torch import nn
 
 from cnnlab.errors import UserError
@@ -90,3 +91,33 @@ def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | 
     net.cnnlab_spec = {"name": CUSTOM_MODEL, "class": class_path(builder if not isinstance(builder, nn.Module) else net),
                        "num_classes": num_classes, "in_chans": in_chans, "image_size": image_size, **options}
     return net
+
+
+def check_outputs(net: nn.Module, image_shape: tuple, num_classes: int) -> None:
+    """One forward of two blank images before anything trains: a model of one's own that does not map N x C x H x W
+    images to N x num_classes logits fails here in one line, not as a torch error mid-training (a model with too
+    many outputs trained without any error and wrote a run no command could evaluate). Eval mode and no_grad: the
+    weights, BatchNorm statistics and random state stay as they were."""
+    name = class_path(type(net)) if not hasattr(net, "cnnlab_spec") else net.cnnlab_spec["class"]
+    first = next(iter(net.parameters()), None)
+    images = torch.zeros(2, *image_shape, dtype=first.dtype if first is not None and first.is_floating_point()
+                         else torch.float32, device=first.device if first is not None else "cpu")
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(images)
+    except Exception as exc:  # whatever the user's forward raises: one line naming the shape it was given
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"model {name}: its forward fails on images shaped {tuple(images.shape)} (N x C x H x W: "
+                        f"{type(exc).__name__}: {detail[:200]}); make it take {image_shape[0]}-channel "
+                        f"{image_shape[1]}x{image_shape[2]} images (in_chans and image_size are passed to a factory)") from None
+    finally:
+        net.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"model {name}: its forward returned {type(out).__name__}; return one tensor of logits, "
+                        f"N x {num_classes} (one column per class)")
+    if tuple(out.shape) != (2, num_classes):
+        raise UserError(f"model {name}: returned shape {tuple(out.shape)} for 2 images; the data has {num_classes} "
+                        f"classes, so it must return (2, {num_classes}): one logit per class (a factory is passed "
+                        f"num_classes={num_classes})")
