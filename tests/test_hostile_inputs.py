@@ -296,3 +296,46 @@ def test_a_bad_value_in_a_config_file_names_the_file(npz, tmp_path, cli):
     toml.write_text('epochs = 2\n')
     code, _, err = cli("train", "cnn1", "--data", npz, "--config", toml, "--batch-size", "0", "--out", tmp_path / "o")
     assert code == 2 and one_line(err).startswith("cnnlab: error: batch_size: ")  # the flag's value, not the file's
+
+
+# ------------------------------------------------------------------ resuming, third round (session 16's trial)
+
+
+def test_resume_without_the_checkpoint_refuses_and_keeps_the_history(npz, tmp_path, cli):
+    # It used to take the fresh-run path: history cleared, retrained from scratch, exit 0
+    run = interrupted_run(npz, tmp_path / "runs")  # one finished epoch, checkpointed
+    (run / "checkpoint.safetensors").unlink()
+    history = (run / "history.csv").read_text()
+    code, _, err = cli("train", "--resume", run)
+    assert code == 2 and "1 finished epoch(s) but no checkpoint.safetensors to continue from" in one_line(err)
+    assert (run / "history.csv").read_text() == history and RunDir(run).status() == "interrupted"
+    finished = cnnlab.train(data=str(npz), out=tmp_path / "done", **FAST).path  # finished, then its checkpoint deleted
+    (finished / "checkpoint.safetensors").unlink()
+    with pytest.raises(UserError, match="restore that file, or train a new run without --resume"):
+        cnnlab.train(resume=finished, epochs=2, progress=False)
+    assert RunDir(finished).status() == "finished" and (finished / "model.safetensors").is_file()
+
+
+def test_an_interrupted_extension_continues_to_its_new_total(npz, tmp_path):
+    from conftest import interrupt_at
+
+    run = cnnlab.train(data=str(npz), out=tmp_path, **FAST).path  # 1 epoch, finished
+    with pytest.raises(KeyboardInterrupt):  # extended to 4, Ctrl-C as epoch 3 starts
+        cnnlab.train(resume=run, epochs=4, callbacks=[interrupt_at(3)], progress=False)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 4
+    cnnlab.train(resume=run, progress=False)  # what the interrupted line says: --resume alone
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_done"] == 4  # was: finished at 2
+
+
+def test_ctrl_c_before_the_run_directory_exists_names_no_other_run(npz, tmp_path, cli, monkeypatch):
+    cnnlab.train(data=str(npz), out=tmp_path, **FAST)  # an older finished run in the same --out
+
+    def pressed(*args, **kwargs):  # Ctrl-C while the data loads, before the run directory is made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnlab.api, "preflight", pressed)
+    code, _, err = cli("train", "cnn1", "--data", npz, "--epochs", "1", "--device", "cpu", "--out", tmp_path)
+    assert code == 130 and "--resume" not in err, err
+    assert "stopped before the first epoch finished; nothing was kept. Run the same command again" in err
+    assert len(list(tmp_path.iterdir())) == 1

@@ -34,7 +34,7 @@ from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx
 from cnnlab.display import Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
-from cnnlab.engine import config_for_resume, fit, prepare
+from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, require_builder, train_ensemble
 from cnnlab.errors import UserError
@@ -332,12 +332,15 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
         try:
             fit(cfg, run, extra, dataset=dataset, builder=builder,
                 budget=budgets.Budget.starting(cfg.time_budget, started))
-        except BaseException:
-            if run.status() == runs.FRESH and dist is None:  # nothing worth keeping was written: leave no empty directory
+        except BaseException as exc:
+            kept = not (run.status() == runs.FRESH and dist is None)
+            if not kept:  # nothing worth keeping was written: leave no empty directory
                 shutil.rmtree(run.path, ignore_errors=True)
                 if not out_was_there:  # nor the folder made for it
                     with contextlib.suppress(OSError):
                         Path(out).rmdir()
+            if isinstance(exc, KeyboardInterrupt):  # what the CLI names to continue (None: nothing was kept)
+                exc.run_dir = run.path if kept else None
             raise
         return Run(run.path, builder)
 
@@ -428,6 +431,7 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
         raise UserError(f"resume continues the stored configuration; only epochs and device may change "
                         f"(got {', '.join(changed)})")
     cfg = config_for_resume(run, epochs, device)
+    refuse_lost_checkpoint(run)
     dataset = dataset_from(data, cfg.classes, class_names) if data is not None and not isinstance(data, (str, Path)) \
         else None
     return run, cfg, dataset

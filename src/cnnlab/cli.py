@@ -281,10 +281,12 @@ def train_cmd(
     with torchrun.session(options.get("device") or "auto") as dist:
         try:
             run = api.train(api.DEFAULT if model is None else model, out=out, resume=resume, quiet=quiet, **options)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if dist is not None and not dist.lead:
                 sys.exit(130)  # torchrun: rank 0 alone says what to do next (one line, not one per process)
-            target = target or _newest_run(out)
+            target = target or getattr(exc, "run_dir", None)  # None: stopped before anything worth keeping
+            if target is None:
+                _interrupted("stopped before the first epoch finished; nothing was kept. Run the same command again")
             again = (f"torchrun --nproc-per-node {dist.world_size} -m cnnlab train" if dist is not None
                      else "cnnlab train")  # --resume needs as many processes as before
             _interrupted(f"the run directory holds every finished epoch. Continue with: {again} --resume {target}")
@@ -325,11 +327,6 @@ def _report_run(run, quiet: bool) -> None:
         console.print(f"[bold]done[/bold]: {escape(line)}; {metrics['train_images_per_second']:,.0f} train images/s")
         console.print(f"run directory: {escape(str(run.path))}", highlight=False)
         console.print("figures: " + escape(", ".join(str(f) for f in figures)), highlight=False)
-
-
-def _newest_run(out: Path) -> Path | str:
-    candidates = sorted(Path(out).glob("*/config.json"), key=lambda p: p.stat().st_mtime) if Path(out).is_dir() else []
-    return candidates[-1].parent if candidates else "RUN_DIR"
 
 
 @app.command("evaluate")

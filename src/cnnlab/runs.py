@@ -144,6 +144,74 @@ def read_csv_rows(path: str | Path) -> list[dict]:
         raise UserError(f"{path}: cannot read ({exc})") from None
 
 
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "train_seconds",
+                   "eval_seconds")  # what the engine writes for every epoch (NaN where there is no validation split)
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The one reader of history.csv: its rows as written, after checking every row's epoch is a whole number and
+    every column of HISTORY_COLUMNS is there holding a number (nan and inf included); anything else is one line
+    naming the file, the row (the header is row 1) and what is wrong."""
+    path = Path(path)
+    fix = "the file is damaged; restore it from a copy or train the run again"
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames
+            if columns is None:  # the engine writes history.csv after an epoch, never empty
+                raise UserError(f"{path}: empty (not even a header); {fix}")
+            if "epoch" not in columns:
+                raise UserError(f"{path}: no epoch column (the header is {_listed(columns)}); {fix}")
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if None in row:
+                    raise UserError(f"{path}: row {line}: more values than the header has columns; {fix}")
+                epoch = row["epoch"]
+                if epoch is None:
+                    raise UserError(f"{path}: row {line}: fewer values than the header has columns; {fix}")
+                try:
+                    whole = int(epoch) >= 1
+                except ValueError:
+                    whole = False
+                if not whole:
+                    kind = "not a number" if not _is_number(epoch) else "not an epoch number (1, 2, ...)"
+                    raise UserError(f"{path}: row {line}: epoch {_shown(epoch)} is {kind}; {fix}")
+                for key in HISTORY_COLUMNS[1:]:
+                    value = row.get(key, "")
+                    if value is None:
+                        raise UserError(f"{path}: row {line}: fewer values than the header has columns; {fix}")
+                    if key in row and not _is_number(value):
+                        raise UserError(f"{path}: row {line}: {key} {_shown(value)} is not a number; {fix}")
+                rows.append(row)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: not a readable CSV file ({exc}); {fix}") from None
+    missing = [c for c in HISTORY_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(f"{path}: no {_listed(missing)} {'column' if len(missing) == 1 else 'columns'}; {fix}")
+    return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value: str) -> str:
+    """A value of a damaged file as a message shows it: quoted, control characters escaped, long ones cut."""
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _listed(names) -> str:
+    shown = [_shown(n) if n else "''" for n in names]
+    return ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "")
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with atomic_target(path) as tmp:
         try:
@@ -420,14 +488,17 @@ class RunDir:
         return meta
 
     def history(self) -> list[dict]:
+        """history.csv's rows (values as written), checked: every column the engine writes is there and holds
+        numbers, so a damaged or edited file is one line naming it, never a KeyError or ValueError later."""
         if not self.file(HISTORY).is_file():
             raise UserError(f"{self.path}: no {HISTORY} (no finished epoch yet)")
-        return read_csv_rows(self.file(HISTORY))
+        return read_history(self.file(HISTORY))
 
     def history_frame(self):
         """The history as a pandas DataFrame (numbers as numbers)."""
         if not self.file(HISTORY).is_file():
             return pd.DataFrame()
+        self.history()  # checked as every reader checks it: a damaged file is one line, not a frame of strings
         return pd.read_csv(self.file(HISTORY))
 
     def logits(self, split: str):
@@ -490,5 +561,6 @@ class ReadOnlyRunDir(RunDir):
     def _skip(self, *args, **kwargs) -> None:
         return None
 
-    write_start = write_status = write_history = save_checkpoint = write_result = write_files = write_samples = _skip
+    write_start = write_config = write_status = write_history = save_checkpoint = write_result = write_files = _skip
+    write_samples = _skip
     clear = unfinish = _skip

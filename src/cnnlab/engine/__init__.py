@@ -31,7 +31,8 @@ from cnnlab.inference import load_model, predict_logits, run_autocast
 from cnnlab.torchrun import Distributed, distributed_from_env, shard
 
 from .checkpoint import (checkpoint_of, config_for_resume, final_weights, load_checkpoints, load_member_weights,
-                         optimizer_state, optimizer_tensors, save_checkpoints, stored_precision, with_prefix)
+                         optimizer_state, optimizer_tensors, refuse_lost_checkpoint, save_checkpoints, stored_precision,
+                         with_prefix)
 from .compile_probe import settle
 from .loop import Context, NonFiniteLoss, default_callbacks, finish, fit, fit_setup, model_metadata, ordered, run_epoch
 from .setup import (Setup, TrainState, cache_features, class_weight_tensor, make_plateaus, model_options,

@@ -152,3 +152,28 @@ def stored_precision(run_dir: RunDir) -> str | None:
 def config_for_resume(run_dir: RunDir, epochs: int | None = None, device: str | None = None) -> TrainConfig:
     """The stored configuration of a run, with the only settings a resume may change."""
     return build_config(run_dir.read_config(), {"epochs": epochs, "device": device})
+
+
+def refuse_lost_checkpoint(run_dir: RunDir) -> None:
+    """A run with finished epochs but no checkpoint cannot continue: training it afresh would clear its history
+    and model (a resume of such a run used to do exactly that, and exit 0). A run that never finished an epoch
+    has nothing to lose and starts over."""
+    if run_dir.has_checkpoint():
+        return
+    history = run_dir.file(runs.HISTORY)
+    epochs = max(0, sum(1 for line in history.read_text(errors="replace").splitlines() if line.strip()) - 1) \
+        if history.is_file() else 0
+    if epochs or run_dir.file(runs.MODEL).is_file():
+        raise UserError(f"{run_dir}: {epochs} finished epoch(s) but no {runs.CHECKPOINT} to continue from (deleted, "
+                        f"or checkpoint_every = 0); restore that file, or train a new run without --resume "
+                        f"(this one is left as it is)")
+
+
+def record_resumed_epochs(run_dirs: list[RunDir], configs: list[TrainConfig]) -> None:
+    """config.json holds the epochs a resume trains to: an extension (--resume --epochs N) writes its new total
+    before training, so an interrupted extension resumed by the printed command continues to N (it stopped at
+    the old total and called the run finished)."""
+    for run_dir, cfg in zip(run_dirs, configs):
+        stored = run_dir.read_config()
+        if stored.get("epochs") != cfg.epochs:
+            run_dir.write_config({**stored, "epochs": cfg.epochs})

@@ -24,7 +24,8 @@ from cnnlab.runs import RunDir
 from cnnlab.samples import store_validation_sample
 
 from . import width_choice
-from .checkpoint import final_weights, load_checkpoints, load_member_weights, save_checkpoints, stored_precision
+from .checkpoint import (final_weights, load_checkpoints, load_member_weights, record_resumed_epochs, save_checkpoints,
+                         stored_precision)
 from .compile_probe import settle
 from .layout_probe import settle_layout
 from .setup import Setup, TrainState, prepare
@@ -143,6 +144,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         require_same_files(run_dirs[0].read_env().get("data_files"), setup.config.data, setup.config.data_dir,
                            f"resuming {run_dirs[0]}")
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
+        record_resumed_epochs(run_dirs, setup.member_configs)
     else:
         env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason}
         if malloc is not None:
