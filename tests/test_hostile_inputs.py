@@ -339,3 +339,30 @@ def test_ctrl_c_before_the_run_directory_exists_names_no_other_run(npz, tmp_path
     assert code == 130 and "--resume" not in err, err
     assert "stopped before the first epoch finished; nothing was kept. Run the same command again" in err
     assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["study", "--models", "cnn1", "--repeats", "2", "--seed", "4294967295"],
+     "seed: 4294967295 + 2 repeats passes the largest seed, 4294967295; use a seed of at most 4294967294"),
+    (["study", "--models", "cnn1", "--repeats", "1000000000"], "repeats: must be at most 10,000 runs per model"),
+    (["ensemble", "cnn1", "--members", "2", "--seed", "4294967295"],
+     "seed: 4294967295 + 6 attempts passes the largest seed, 4294967295; use a seed of at most 4294967290"),
+    (["ensemble", "cnn1", "--members", "99999999"], "members: must be at most 10,000"),
+    (["ensemble", "cnn1", "--members", "2", "--fuse", "-1"], "fuse: must be 0 (chosen for you) or a positive integer, got -1"),
+    (["train", "cnn1", "--epochs", "99999999999999999999"], "epochs: must be at most 100,000, got 9999999999999"),
+    (["lr-find", "cnn1", "--steps", "99999999999999"], "steps from 2 to 10,000, got 1e-07, 10, 99999999999999"),
+])
+def test_runaway_counts_and_seeds_are_one_line(npz, tmp_path, cli, args, says):
+    # Seeds past 32 bits trained a run no resume accepted; 1e9 repeats planned until memory ran out; 1e14
+    # lr-find steps never ended
+    out = ["--plot", tmp_path / "out" / "lr.png"] if args[0] == "lr-find" else ["--out", tmp_path / "out"]
+    code, _, err = cli(*args, "--data", npz, "--device", "cpu", *out)
+    assert code == 2 and says in one_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_model_parameter_is_one_line(npz, tmp_path, value):
+    with pytest.raises(UserError, match=f"model_params: dropout must be a finite number, got {value!r}"):
+        cnnlab.train(data=str(npz), out=tmp_path, model_params={"dropout": value}, **FAST)
+    assert not any(tmp_path.iterdir())

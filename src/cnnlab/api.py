@@ -27,7 +27,7 @@ import torch
 from cnnlab import budget as budgets
 from cnnlab import runs, torchrun, tracking
 from cnnlab.callbacks import Callback
-from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file
+from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
 from cnnlab.data.arrays import dataset_from_arrays
 from cnnlab.data.formats import validate_arrays
 from cnnlab.data.prepared import data_fingerprint, preflight
@@ -64,6 +64,7 @@ class _Default:
 
 
 DEFAULT = _Default()
+MAX_LR_FIND_STEPS = 10_000  # the sweep spans start_lr to end_lr in this many batches; fastai's default is 100
 
 
 def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfig | None = None,
@@ -351,8 +352,9 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
     `start_lr` to `end_lr` over `steps` batches, stopped when the smoothed loss diverges; returns the rates,
     losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot`. Trains nothing
     permanently and writes no run directory."""
-    if not (0 < start_lr < end_lr) or steps < 2:
-        raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps >= 2, got {start_lr:g}, {end_lr:g}, {steps}")
+    if not (0 < start_lr < end_lr) or not 2 <= steps <= MAX_LR_FIND_STEPS:
+        raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps from 2 to {MAX_LR_FIND_STEPS:,}, got "
+                        f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")
     builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
     setup = prepare(cfg, preflight(cfg, dataset), builder=builder)

@@ -21,6 +21,8 @@ from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.runs import read_json
 
 MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000  # far past any schedule here (report: 40; cpu-budget's ceiling: 200)
+MAX_RUNS = 10_000  # runs one study or ensemble may plan: more is a typo, and planning 1e9 ran out of memory
 EVAL_BATCH_SIZE = 1024  # images per forward pass when evaluating or predicting (no gradients kept)
 PLATEAU = "plateau"  # the report's ReduceLROnPlateau; the other schedules are functions of the step
 LR_SCHEDULES = (PLATEAU, "constant", "one-cycle", "cosine", "linear")
@@ -106,6 +108,11 @@ class TrainConfig:
             raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             _at_least(key, getattr(self, key), 1, "a positive integer")
+        for key, value in self.model_params.items():  # NaN passed every layer's range check and failed mid-step
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"model_params: {key} must be a finite number, got {value!r}")
+        if self.epochs > MAX_EPOCHS:  # a typo's extra digits; the engine lays out every step's learning rate
+            raise UserError(f"epochs: must be at most {MAX_EPOCHS:,}, got {shorten(repr(self.epochs))}")
         for key in ("lr_patience", "plateau_cooldown", "early_stopping", "checkpoint_every", "crop_padding", "split_seed", "seed"):
             _at_least(key, getattr(self, key), 0, "0 or more")
         for key in ("split_seed", "seed"):  # 32 bits: what scikit-learn's and numpy's generators take

@@ -25,7 +25,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.budget import Budget, format_seconds
-from cnnlab.config import TrainConfig, differing_settings, require_validation
+from cnnlab.config import MAX_RUNS, MAX_SEED, TrainConfig, differing_settings, require_validation, shorten
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.device import resolve_device
@@ -157,11 +157,19 @@ def parse_member_range(text: str | None) -> range | None:
     return range(lo, hi + 1)
 
 
-def check_settings(members: int, threshold: float, method: str, max_attempts: int | None, fuse: int) -> None:
-    for name, value in (("members", members), ("max_attempts", max_attempts if max_attempts is not None else 1),
-                        ("fuse", fuse + 1)):
+def check_settings(members: int, threshold: float, method: str, max_attempts: int | None, fuse: int,
+                   seed: int = 0) -> None:
+    for name, value in (("members", members), ("max_attempts", max_attempts if max_attempts is not None else 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"{name}: must be a positive integer, got {value!r}")
+        if value > MAX_RUNS:
+            raise UserError(f"{name}: must be at most {MAX_RUNS:,}, got {shorten(repr(value))}")
+    if not isinstance(fuse, int) or isinstance(fuse, bool) or fuse < 0:
+        raise UserError(f"fuse: must be 0 (chosen for you) or a positive integer, got {fuse!r}")
+    attempts = max_attempts or members * 3
+    if seed + attempts - 1 > MAX_SEED:  # attempt a trains seed + a: every seed must fit the 32 bits a resume checks
+        raise UserError(f"seed: {seed} + {attempts} attempts passes the largest seed, {MAX_SEED}; use a seed of at "
+                        f"most {MAX_SEED - attempts + 1}")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise UserError(f"threshold: is an accuracy between 0 and 1, got {threshold!r}")
     if method not in ("hard", "soft"):
@@ -189,7 +197,7 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     (a fused group as the same group when it can). ray: members train as Ray tasks (cnnlab.distributed).
     budget: the ensemble's time (default: config.time_budget from now); each attempt (or fused group) gets
     its part of what is left among the members still wanted, and no attempt starts once it is spent."""
-    check_settings(members, threshold, method, max_attempts, fuse)
+    check_settings(members, threshold, method, max_attempts, fuse, config.seed)
     require_validation(config, "an ensemble", "an ensemble keeps members by their validation accuracy")
     budget = budget or Budget.starting(config.time_budget)
     if budget is not None and ray:
