@@ -366,3 +366,25 @@ def test_a_non_finite_model_parameter_is_one_line(npz, tmp_path, value):
     with pytest.raises(UserError, match=f"model_params: dropout must be a finite number, got {value!r}"):
         cnnlab.train(data=str(npz), out=tmp_path, model_params={"dropout": value}, **FAST)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_model_too_large_for_memory_is_one_line_before_it_is_built(tmp_path, cli):
+    # cnn1's dense layer grows with the image: on 2000x2000 images 4.1 billion parameters, which the kernel's OOM
+    # killer ended with no message (exit 137), leaving a directory whose resume was killed again
+    np.savez(tmp_path / "huge.npz", x_train=np.zeros((10, 2000, 2000), np.uint8), y_train=np.arange(10) % 2)
+    code, _, err = cli("train", "cnn1", "--data", tmp_path / "huge.npz", "--epochs", "1", "--device", "cpu",
+                       "--out", tmp_path / "runs")
+    assert code == 2 and "model cnn1 on 1x2000x2000 images has 4.1 billion parameters: training needs about 61 GiB" \
+        in one_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_memory_check_compares_with_what_is_free(npz, tmp_path, monkeypatch):
+    from cnnlab.engine import model_size
+
+    monkeypatch.setattr(model_size, "free_memory", lambda device: 1_000_000)  # 1 MB free: cnn1 on 28x28 needs more
+    with pytest.raises(UserError, match=r"model cnn1 on 1x16x16 images has \d\.\d million parameters: training needs "
+                                        r"about \d+ MiB and this machine has 1 MiB free"):
+        cnnlab.train(data=str(npz), out=tmp_path, **FAST)
+    monkeypatch.undo()
+    assert cnnlab.train(data=str(npz), out=tmp_path, **FAST).metrics["epochs_done"] == 1

@@ -10,6 +10,7 @@ has K members (1 for a standalone model), each with its own generator (shuffle, 
 own learning rate and its own run directory.
 
     engine.setup       TrainState, Setup, prepare (model options, class weights, plateaus, feature cache)
+    engine.model_size  a model too large for the free memory is refused before it is built (meta device)
     engine.step        learning rates, member losses, batches, the train step and its CUDA graph,
                        train_one_epoch, evaluate, warm_up
     engine.throughput  a budgeted run's speed probe (undone like warm_up) and chosen epochs (cnnlab.budget)

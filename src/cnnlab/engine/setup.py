@@ -26,6 +26,8 @@ from cnnlab.models.custom import CUSTOM_MODEL, build_custom, check_outputs
 from cnnlab.optim import make_optimizer
 from cnnlab.torchrun import Distributed, distributed_from_env, shard
 
+from .model_size import check_model_fits
+
 
 @dataclass
 class TrainState:
@@ -171,6 +173,8 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
         if config.cuda_graphs:
             raise UserError("cuda_graphs: not available with several processes (torchrun); turn it off")
         train = shard(train, dist_ctx)
+    if config.model != CUSTOM_MODEL:  # before the seeded build: a model too large for memory is one line, not an OOM kill
+        check_model_fits(config.model, model_options(config, dataset), dataset.shape, device)
     torch.manual_seed(config.seed)  # model init and dropout
     if config.model == CUSTOM_MODEL:
         if builder is None:
