@@ -31,8 +31,8 @@ LAYERS = [
     # below the engine: torchrun and inference
     "cnnlab.torchrun", "cnnlab.onnx_route", "cnnlab.inference",
     # the engine: setup before step before checkpoint before loop; the callbacks its defaults use below the loop
-    "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint", "cnnlab.engine.throughput",
-    "cnnlab.engine.compile_probe", "cnnlab.engine.layout_probe", "cnnlab.engine.width_choice",
+    "cnnlab.engine.model_size", "cnnlab.engine.setup", "cnnlab.engine.step", "cnnlab.engine.checkpoint",
+    "cnnlab.engine.throughput", "cnnlab.engine.compile_probe", "cnnlab.engine.layout_probe", "cnnlab.engine.width_choice",
     "cnnlab.callbacks", "cnnlab.progress", "cnnlab.tracking",
     "cnnlab.engine.loop", "cnnlab.engine",
     # above the engine
