@@ -121,6 +121,58 @@ def test_a_full_disk_fails_in_one_line_and_resumes_elsewhere(tiny, small_disk, t
     assert RunDir(roomy).status() == runs.FINISHED
 
 
+def fill(folder: Path, leave: int = 0) -> None:
+    """Write to `folder` until its file system is full, then free `leave` bytes."""
+    with open(folder / "filler", "ab") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    os.truncate(folder / "filler", max(0, (folder / "filler").stat().st_size - leave))
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_disk_that_fills_at_the_end_leaves_metrics_that_say_what_was_saved(tiny, tmp_path, moment):
+    # metrics.json said "running", 0 epochs, when the final files failed after a saved epoch, and "failed", 2
+    # epochs, when the second epoch's checkpoint failed and the files held 1
+    import cnnlab
+    from cnnlab.callbacks import Checkpoint, LambdaCallback
+
+    def full(ctx, rows):
+        if ctx.setup.state.epoch == 2:
+            fill(tmp_path / "small", leave=256 * 1024)  # room for metrics.json, not for the weights (17 MB)
+
+    filler = LambdaCallback(on_epoch_end=full)
+    filler.order = Checkpoint.order + (1 if moment == "after" else -1)  # after: the checkpoint is saved, the result fails
+    with mounted_tmpfs(tmp_path / "small", "size=160m"):  # two copies of the checkpoint (52 MB) while it is replaced
+        with pytest.raises(cnnlab.UserError, match="no space left on the device"):
+            cnnlab.train("cnn2", str(tiny), out=tmp_path / "small" / "runs", epochs=2, batch_size=32, device="cpu",
+                         precision="fp32", compile=False, callbacks=[filler], progress=False)
+        (run,) = (tmp_path / "small" / "runs").iterdir()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and metrics["epochs_done"] == RunDir(run).checkpoint_epoch()
+        assert RunDir(run).checkpoint_epoch() == (2 if moment == "after" else 1)
+
+
+def test_a_full_disk_says_how_to_continue(tiny, tmp_path, cli, monkeypatch):
+    import errno
+
+    from cnnlab.engine import loop
+
+    def no_room(ctx, budget):  # the final files find the disk full (the real thing: the test above)
+        raise runs.os_error(ctx.run_dirs[0].file(runs.WEIGHTS), OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(loop, "finish", no_room)
+    code, _, err = cli("train", "cnn1", "--data", tiny, "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                       "--out", tmp_path / "runs", "--quiet")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith(f"no space left on the device; free some space or write elsewhere; then continue with: "
+                                f"cnnlab train --resume {run}"), err
+
+
 def test_a_diverging_run_stops_with_a_clear_line_and_says_failed(tiny, tmp_path, cli):
     code, _, err = cli("train", "tuned-cnn", "--data", tiny, "--epochs", "2", "--lr", "10", "--optimizer", "sgd",
                        "--batch-size", "16", "--precision", "fp32",

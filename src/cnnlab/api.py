@@ -340,7 +340,7 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
                 if not out_was_there:  # nor the folder made for it
                     with contextlib.suppress(OSError):
                         Path(out).rmdir()
-            if isinstance(exc, KeyboardInterrupt):  # what the CLI names to continue (None: nothing was kept)
+            if isinstance(exc, (KeyboardInterrupt, UserError)):  # what the CLI names to continue (None: nothing kept)
                 exc.run_dir = run.path if kept else None
             raise
         return Run(run.path, builder)

@@ -1,5 +1,6 @@
 """The `cnnlab` command line: parse options, build a config, call the library. No logic of its own."""
 
+import errno
 import functools
 import inspect
 import os
@@ -24,7 +25,7 @@ from cnnlab.models import (REPORT_STUDY_MODELS, count_parameters, create_archite
                            model_info, summarize)
 from cnnlab.plots import preview_grid
 from cnnlab.report import build_report
-from cnnlab.runs import write_json
+from cnnlab.runs import RunDir, write_json
 from cnnlab.submissions import predict_run
 from cnnlab.text import visible
 from cnnlab.version import __version__
@@ -281,6 +282,11 @@ def train_cmd(
     with torchrun.session(options.get("device") or "auto") as dist:
         try:
             run = api.train(api.DEFAULT if model is None else model, out=out, resume=resume, quiet=quiet, **options)
+        except UserError as exc:
+            kept = getattr(exc, "run_dir", None)
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) and kept and RunDir(kept).has_checkpoint():
+                raise UserError(f"{exc}; then continue with: cnnlab train --resume {kept}") from None
+            raise
         except KeyboardInterrupt as exc:
             if dist is not None and not dist.lead:
                 sys.exit(130)  # torchrun: rank 0 alone says what to do next (one line, not one per process)

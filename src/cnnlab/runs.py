@@ -69,7 +69,9 @@ def os_error(path: Path, exc: OSError) -> UserError:
               errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
               errno.EEXIST: "a part of this path is a file, not a folder; choose another path",
               errno.EISDIR: "this path is a folder; give a file name"}.get(exc.errno)
-    return UserError(f"{path}: {reason or exc.strerror or exc}")
+    error = UserError(f"{path}: {reason or exc.strerror or exc}")
+    error.errno = exc.errno  # a full disk: `cnnlab train` adds how to continue once there is room
+    return error
 
 
 @contextlib.contextmanager

@@ -186,9 +186,10 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)
 
-    def status(value: str, **extra) -> None:
-        for run_dir, state in zip(run_dirs, setup.states):
-            run_dir.write_status(value, epochs_done=state.epoch, precision=setup.precision,
+    def status(value: str, saved: bool = False, **extra) -> None:
+        for run_dir, state in zip(run_dirs, setup.states):  # saved: count the epochs the checkpoint holds
+            done = (run_dir.checkpoint_epoch() or 0) if saved else state.epoch
+            run_dir.write_status(value, epochs_done=done, precision=setup.precision,
                                  warmup_seconds=ctx.warmup_seconds, **extra)
 
     status(runs.RUNNING)
@@ -200,17 +201,17 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
                     ctx.config = setup.config
                 if guard.should_stop():
                     ctx.stop(guard.reason())
+        results = finish(ctx, budget if guard is not None else None)
     except KeyboardInterrupt:
         status(runs.INTERRUPTED)
         raise
     except NonFiniteLoss as exc:
         status(runs.FAILED, reason=str(exc))
         raise UserError(f"{run_dirs[0]}: {exc}") from None
-    except UserError as exc:  # e.g. the disk filled up while writing a checkpoint
+    except UserError as exc:  # e.g. the disk filled up writing a checkpoint or the final files: what is on disk counts
         with contextlib.suppress(UserError):
-            status(runs.FAILED, reason=str(exc))
+            status(runs.FAILED, saved=True, reason=str(exc))
         raise
-    results = finish(ctx, budget if guard is not None else None)
     for cb in callbacks:
         cb.on_train_end(ctx, results)
     return results
