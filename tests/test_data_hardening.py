@@ -293,7 +293,9 @@ def test_object_arrays_and_pickles_refused(tmp_path):
     import pickle
 
     (tmp_path / "p.npz").write_bytes(pickle.dumps({"images": X, "labels": Y}))
-    refused(tmp_path / "p.npz", "cannot read as NPZ", "pickled")
+    refused(tmp_path / "p.npz", "is a Python pickle, not an NPZ archive; cnnlab does not unpickle")
+    (tmp_path / "r.npz").write_bytes(np.random.default_rng(0).bytes(4096))  # numpy's own words: use allow_pickle
+    refused(tmp_path / "r.npz", "not an NPZ archive (a zip of .npy arrays; this file is not a zip)")
 
 
 def test_npy_and_npz_swapped(tmp_path):

@@ -388,3 +388,16 @@ def test_the_memory_check_compares_with_what_is_free(npz, tmp_path, monkeypatch)
         cnnlab.train(data=str(npz), out=tmp_path, **FAST)
     monkeypatch.undo()
     assert cnnlab.train(data=str(npz), out=tmp_path, **FAST).metrics["epochs_done"] == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_variable_that_names_no_folder_is_one_line(tmp_path, cli, monkeypatch, kind):
+    # $CNNLAB_DATA naming nothing was passed over in silence (the system's copy was used); --data-dir was refused
+    target = tmp_path / "nope"
+    if kind == "file":
+        target.write_text("")
+    monkeypatch.setenv("CNNLAB_DATA", str(target))
+    code, _, err = cli("data", "info", "fashion-mnist")
+    says = "folder does not exist; point the variable at the folder" if kind == "missing" else \
+        "is a file, but a folder is expected"
+    assert code == 2 and f"CNNLAB_DATA={target}: {says}" in one_line(err)

@@ -132,11 +132,14 @@ def _download(spec: BuiltinDataset) -> Path | None:
 
 def locate(spec: BuiltinDataset, data_dir: str | Path | None = None, download: bool = True) -> Path:
     folders = candidate_folders(spec, data_dir)
-    if data_dir and not Path(data_dir).expanduser().exists():
-        raise UserError(f"--data-dir {data_dir}: folder does not exist")
-    if data_dir and not Path(data_dir).expanduser().is_dir():
-        raise UserError(f"--data-dir {data_dir}: is a file, but a folder is expected; give the folder that holds "
-                        "the IDX files")
+    root = data_dir or os.environ.get("CNNLAB_DATA")  # the variable was silently passed over when it named nothing
+    named = f"--data-dir {data_dir}" if data_dir else f"CNNLAB_DATA={root}"
+    fix = "" if data_dir else "; point the variable at the folder that holds the IDX files, or unset it"
+    if root and not Path(root).expanduser().exists():
+        raise UserError(f"{named}: folder does not exist{fix}")
+    if root and not Path(root).expanduser().is_dir():
+        raise UserError(f"{named}: is a file, but a folder is expected; give the folder that holds the IDX files"
+                        + (" (or unset the variable)" if fix else ""))
     for folder in folders:
         if folder.is_dir() and _complete_folder(folder):
             return folder

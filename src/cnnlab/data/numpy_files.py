@@ -91,8 +91,15 @@ def read_npz(path: Path) -> tuple[RawSplit, RawSplit | None]:
     except OSError as exc:
         raise os_error(path, exc) from None
     with fp:
-        if fp.read(6) == b"\x93NUMPY":
+        start = fp.read(6)
+        if start == b"\x93NUMPY":
             raise UserError(f"{path}: is an NPY file (one array), not an NPZ archive; rename it to .npy")
+        if start.startswith(b"\x80"):  # pickle protocols 2 and later
+            raise UserError(f"{path}: is a Python pickle, not an NPZ archive; cnnlab does not unpickle (loading one "
+                            "can run code): save the arrays with numpy.savez")
+        if not start.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # else numpy tries pickle and advises allow_pickle
+            raise UserError(f"{path}: not an NPZ archive (a zip of .npy arrays; this file is not a zip); save it "
+                            "with numpy.savez")
         fp.seek(0)
         try:
             archive = np.load(fp, allow_pickle=False)
