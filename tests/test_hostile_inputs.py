@@ -401,3 +401,21 @@ def test_a_data_variable_that_names_no_folder_is_one_line(tmp_path, cli, monkeyp
     says = "folder does not exist; point the variable at the folder" if kind == "missing" else \
         "is a file, but a folder is expected"
     assert code == 2 and f"CNNLAB_DATA={target}: {says}" in one_line(err)
+
+
+def test_predict_on_a_group_folder_says_what_it_is(npz, tmp_path, cli):
+    # Both were "not a finished cnnlab run directory (status: fresh) ... resume it with 'cnnlab train --resume'"
+    from conftest import interrupt_at
+
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.ensemble(data=str(npz), out=tmp_path / "ens", members=2, threshold=0.0, callbacks=[interrupt_at(1)],
+                        progress=False, say=lambda text: None, **{k: v for k, v in FAST.items() if k != "progress"})
+    cnnlab.study(["cnn1"], 1, data=str(npz), out=tmp_path / "study", report=False, progress=False,
+                 say=lambda text: None, **{k: v for k, v in FAST.items() if k not in ("model", "progress")})
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((2, 28, 28), np.uint8))
+    for folder, says in ((tmp_path / "ens", "an ensemble whose vote is not written yet; run the same 'cnnlab "
+                                            "ensemble' command again to finish it"),
+                         (tmp_path / "study", "a study folder, not one run; give one of its runs")):
+        code, _, err = cli("predict", folder, "--input", images, "-o", tmp_path / "p.csv")
+        assert code == 2 and says in one_line(err)

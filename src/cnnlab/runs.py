@@ -407,6 +407,15 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: no such run directory")
         if not self.file(MODEL).is_file():
+            # the group folders' own files, named here as text: runs sits below studies and ensembles
+            if self.file("ensemble_settings.json").is_file():
+                raise UserError(f"{self.path}: an ensemble whose vote is not written yet; run the same 'cnnlab "
+                                "ensemble' command again to finish it")
+            if self.file("study.json").is_file():
+                raise UserError(f"{self.path}: a study folder, not one run; give one of its runs "
+                                f"({self.path / 'runs'}/NAME-seedS)")
+            if not self.file(CONFIG).is_file():
+                raise UserError(f"{self.path}: not a cnnlab run directory (no {CONFIG}); train one with 'cnnlab train'")
             raise UserError(f"{self.path}: not a finished cnnlab run directory (no {MODEL}; status: {self.status()}); "
                             "train one with 'cnnlab train' or resume it with 'cnnlab train --resume'")
         return self
