@@ -40,9 +40,17 @@ def cfg(data, **kw):
                          "precision": "fp32", **kw})
 
 
-def worker(data, out, trials, *extra):
+# `cnnlab ARGS` whose trials stall at their first epoch until the process is killed: a worker to kill mid-trial
+# with the same options as the survivors (a study continues only with the options it started with)
+STALLED = ("import sys, time; import cnnlab.search as s; from cnnlab.callbacks import LambdaCallback; fit = s.fit; "
+           "s.fit = lambda cfg, run, cbs, **kw: fit(cfg, run, [*cbs, LambdaCallback(on_epoch_start=lambda *a: "
+           "time.sleep(3600))], **kw); sys.argv = ['cnnlab', *sys.argv[1:]]; from cnnlab.cli import main; main()")
+
+
+def worker(data, out, trials, *extra, stalled=False):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, "-m", "cnnlab", "tune", "cnn1", "--data", str(data / "d.npz"),
+    start = ["-c", STALLED] if stalled else ["-m", "cnnlab"]
+    return subprocess.Popen([sys.executable, *start, "tune", "cnn1", "--data", str(data / "d.npz"),
                              "--trials", str(trials), "--device", "cpu", "--space", str(data / "space.json"),
                              "--out", str(out), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -115,7 +123,7 @@ def test_killed_worker_loses_only_its_trial(data, tmp_path):
     from optuna.storages.journal import JournalFileBackend
 
     out = tmp_path / "t"
-    victim = worker(data, out, 3, "--epochs", "400")  # long enough to be killed mid-trial
+    victim = worker(data, out, 3, "--epochs", "2", stalled=True)  # killed mid-trial
     journal = out / "optuna.journal"
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "trials").is_dir():
@@ -146,7 +154,7 @@ def test_a_running_survivor_notices_a_killed_worker(data, tmp_path):
     from optuna.storages.journal import JournalFileBackend
 
     out = tmp_path / "t"
-    victim = worker(data, out, 4, "--epochs", "400")
+    victim = worker(data, out, 4, "--epochs", "2", stalled=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "trials").is_dir():
         time.sleep(0.2)

@@ -62,8 +62,11 @@ def _started(out: Path) -> bool:
 
 def test_a_killed_api_search_continues_when_rerun(data, tmp_path):
     out = tmp_path / "t"
-    code = (f"import cnnlab; cnnlab.tune('cnn1', 2, data={str(data / 'd.npz')!r}, out={str(out)!r}, device='cpu', "
-            f"epochs=300, space={str(data / 'space.json')!r}, say=print)")
+    # the same options as the rerun (a study continues only with those), its trial stalled until it is killed
+    code = ("import time; import cnnlab, cnnlab.search as s; from cnnlab.callbacks import LambdaCallback; fit = s.fit; "
+            "s.fit = lambda cfg, run, cbs, **kw: fit(cfg, run, [*cbs, LambdaCallback(on_epoch_start=lambda *a: "
+            f"time.sleep(3600))], **kw); cnnlab.tune('cnn1', 2, data={str(data / 'd.npz')!r}, out={str(out)!r}, "
+            f"device='cpu', epochs=1, space={str(data / 'space.json')!r}, say=print)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not _started(out):

@@ -11,6 +11,7 @@ sees the dead process, marks the trial failed and queues its parameters again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import inspect
 import json
@@ -27,7 +28,8 @@ from pathlib import Path
 from cnnlab import runs
 from cnnlab.budget import Budget, format_seconds
 from cnnlab.callbacks import Callback
-from cnnlab.config import FIELDS, TrainConfig, build_config, require_validation
+from cnnlab.config import FIELDS, TrainConfig, build_config, differing_settings, require_validation
+from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
 from cnnlab.engine import fit
@@ -54,20 +56,40 @@ def default_space(model: str) -> dict:
 def read_space_file(path: Path, model: str) -> dict:
     """TOML or JSON: [space] entries override the default's, `exclude` drops names, `replace = true` starts empty."""
     path = Path(path)
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(f"--space {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--space {path}: not a text file (not UTF-8); give a TOML or JSON search space") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"--space {path}: cannot parse ({exc})") from None
+    except RecursionError:
+        raise UserError(f"--space {path}: nested too deeply to read; give a {kind} search space") from None
+    except OSError as exc:
+        raise runs.os_error(path, exc) from None
+    if not isinstance(data, dict):
+        raise UserError(f"--space {path}: expected a {'JSON object' if kind == 'JSON' else 'TOML table'} with "
+                        f"space, exclude or replace, found {type(data).__name__}")
     unknown = set(data) - {"space", "exclude", "replace"}
     if unknown:
-        raise UserError(f"--space {path}: unknown key(s) {', '.join(sorted(unknown))}; use space, exclude, replace")
+        raise UserError(f"--space {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        "use space, exclude, replace")
+    if not isinstance(data.get("space", {}), dict):
+        raise UserError(f"--space {path}: space must be a table of parameters, got {data['space']!r}")
+    exclude = data.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(name, str) for name in exclude):
+        raise UserError(f"--space {path}: exclude must be a list of parameter names, got {exclude!r}")
     space = {} if data.get("replace") else default_space(model)
     space.update(data.get("space", {}))
-    for name in data.get("exclude", []):
+    for name in exclude:
         space.pop(name, None)
+    if not space:
+        how = " and ".join(w for w, used in (("replace = true", data.get("replace")), ("exclude", exclude)) if used)
+        raise UserError(f"--space {path}: the search space is empty after {how or 'reading it'}; keep at least one "
+                        f"parameter (the default space of {model}: {', '.join(default_space(model))})")
     validate_space(space, str(path))
     return space
 
@@ -127,10 +149,27 @@ def open_storage(storage: str | None, directory: Path):
     import optuna
 
     if storage is None:
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-        directory.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
+        journal = directory / JOURNAL
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise runs.os_error(directory, exc) from None
+        try:
+            backend = JournalFileBackend(str(journal))  # creates an empty journal if there is none
+            lock = JournalFileSymlinkLock(str(journal))  # the lock Optuna's writers hold: no record is half-written
+            lock.acquire()
+            try:
+                check_journal(journal)
+            finally:
+                lock.release()
+            return optuna.storages.JournalStorage(backend)
+        except OSError as exc:
+            raise runs.os_error(journal, exc) from None
+        except (ValueError, UnicodeDecodeError) as exc:  # damaged after check_journal looked (JSONDecodeError too)
+            raise damaged_journal(journal, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                  "Restore it from a copy") from None
     if "://" not in storage:
         raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
@@ -145,6 +184,56 @@ def open_storage(storage: str | None, directory: Path):
                 continue
             reason = hide_secret(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, storage)
             raise UserError(f"storage {mask_url(storage)}: cannot open ({reason})") from None
+
+
+JOURNAL = "optuna.journal"
+
+
+def damaged_journal(path: Path, what: str, keep: str) -> UserError:
+    return UserError(f"{path}: the search's journal is damaged ({what}); nothing was changed. {keep}, or start "
+                     f"the search afresh in this folder: mv {path} {path}.damaged")
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal Optuna would fail on (a traceback) or, worse, append to: one cut short by a kill or a
+    full disk (Optuna skips a last line without its newline, then writes its next record onto it), or one with
+    foreign bytes. Every line must be a JSON object ending in a newline."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")  # the piece after the last newline is b"" in a whole journal
+    bad = []
+    for number, line in enumerate(lines[:-1], 1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
+            bad.append(number)
+    if lines[-1]:
+        bad.append(len(lines))
+    if not bad:
+        return
+    first, total = bad[0], len(lines) - (not lines[-1])
+    if bad == list(range(first, total + 1)):  # the damage is the journal's end: the lines before it are whole
+        if first == total and lines[-1] and _text(lines[-1]):
+            what = f"its last line, {first}, is cut short, as a killed process or a full disk leaves it"
+        elif first == total:
+            what = f"its last line, {first}, is not an Optuna record"
+        else:
+            what = f"lines {first}-{total} of {total} are not Optuna records"
+        keep = f"Keep the trials recorded before line {first}: head -n {first - 1} {path} > {path}.fixed && " \
+               f"mv {path}.fixed {path}"
+    else:
+        what = f"line {first} of {total} is not an Optuna record"
+        keep = "Restore it from a copy"
+    raise damaged_journal(path, what, keep)
+
+
+def _text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def hide_secret(text: str, url: str) -> str:
@@ -193,6 +282,70 @@ def fail_dead_trials(study) -> int:
     return failed
 
 
+SETTING_ATTR = "cnnlab_setting"  # the study's user attribute: the training options its trials run with
+
+
+def _unsearched(settings: dict, searched) -> dict:
+    """`settings` without what the search sets in every trial (training options and model hyperparameters)."""
+    out = {k: v for k, v in settings.items() if k not in searched}
+    if isinstance(out.get("model_params"), dict):
+        out["model_params"] = {k: v for k, v in out["model_params"].items() if k not in searched}
+    return out
+
+
+def _trial_settings(study, directory: Path) -> dict | None:
+    """A study written before cnnlab recorded its setting: the options its first readable trial ran with."""
+    for trial in study.get_trials(deepcopy=False):
+        path = Path(trial.user_attrs.get("run_dir") or directory / "trials" / f"trial-{trial.number:04d}") / runs.CONFIG
+        try:
+            if path.is_file():
+                return runs.read_json(path)
+        except (UserError, OSError):
+            continue
+    return None
+
+
+def require_same_setting(study, base: TrainConfig, space: dict, metric: str, directory: Path,
+                         storage: str | None) -> None:
+    """A study continues with the training options it started with (the searched ones aside), its metric, and
+    on the same data files, as `study` and `ensemble` do; its first worker records them in the study itself, so
+    workers on other machines (one database) are held to them too."""
+    import optuna
+
+    where = f"{directory}" if storage is None else f"study {study.study_name} in {mask_url(storage)}"
+    # workers sharing the journal's folder: the first records, the others compare (a database: no folder to lock)
+    with directory_lock(directory) if storage is None else contextlib.nullcontext():
+        stored = study.user_attrs.get(SETTING_ATTR)
+        wanted = {"train": base.to_dict(), "metric": metric}
+        if isinstance(stored, dict) and isinstance(stored.get("train"), dict):
+            train = stored["train"]
+        else:  # no setting recorded yet: a new study, or one started before cnnlab recorded it
+            stored, train = None, _trial_settings(study, directory)
+        old, new = _unsearched(train or {}, space), _unsearched(wanted["train"], space)
+        diff = differing_settings(old, new) if train is not None else []
+        # the study's direction says which metric a study of any age was searched for
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        old_metric = (stored or {}).get("metric") or ("val_accuracy" if maximize else "val_loss")
+        if old_metric != metric:
+            diff, old["metric"], new["metric"] = ["metric", *diff], old_metric, metric
+        if diff:
+            shown = "; ".join(f"{k} {_short(old.get(k))} in the study, {_short(new.get(k))} now" for k in diff)
+            raise UserError(f"{where}: holds a search with other training options ({shown}); use another "
+                            f"output folder (--out{'' if storage is None else ' and --study-name'}) or the "
+                            "same options")
+        if stored is not None:
+            if stored.get("data_files") is not None:
+                require_same_files(stored["data_files"], base.data, base.data_dir, f"continuing the search in {where}")
+            return
+        files = files_fingerprint(base.data, base.data_dir)
+        study.set_user_attr(SETTING_ATTR, {**wanted, **({"data_files": files} if files is not None else {})})
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class Pruning(Callback):
     """Hands each epoch's metric to Optuna and stops the run, with a reason, when the trial is pruned."""
 
@@ -231,18 +384,25 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
                "halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner}
     if isinstance(pruner, str) and pruner not in pruners:
         raise UserError(f"pruner: must be one of {', '.join(pruners)}, got {pruner!r}")
-    space = space or default_space(config.model)
+    space = default_space(config.model) if space is None else space
+    if not space:
+        raise UserError("search space: is empty; keep at least one parameter to search (or give none for "
+                        f"{config.model}'s default space)")
     validate_space(space, "search space")
     check_space_names(space, config.model)
     dataset = preflight(config)  # input mistakes fail before any trial starts; loaded once for every trial
     directory = Path(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_optuna_warnings()
-    study = optuna.create_study(storage=open_storage(storage, directory),
-                                study_name=study_name or f"cnnlab-{config.model}", load_if_exists=True,
-                                direction="maximize" if metric == "val_accuracy" else "minimize",
-                                pruner=pruners[pruner]() if isinstance(pruner, str) else pruner)
+    opened, name = open_storage(storage, directory), study_name or f"cnnlab-{config.model}"
+    chosen = pruners[pruner]() if isinstance(pruner, str) else pruner
+    try:  # loading writes nothing (create_study appends a record even for a study that exists)
+        study = optuna.load_study(storage=opened, study_name=name, pruner=chosen)
+    except KeyError:  # a new study (several new workers at once: one creates it, the others load it)
+        study = optuna.create_study(storage=opened, study_name=name, load_if_exists=True, pruner=chosen,
+                                    direction="maximize" if metric == "val_accuracy" else "minimize")
     base = replace(config, checkpoint_every=0, time_budget=0.0)  # the search has the budget, not each trial
+    require_same_setting(study, base, space, metric, directory, storage)
     if not isinstance(budget, Budget):
         budget = Budget.starting(budget if budget is not None else config.time_budget)
     now = budget.clock if budget is not None else time.monotonic
