@@ -126,5 +126,8 @@ def test_load_run_refuses_unfinished_and_missing(tmp_path):
     with pytest.raises(UserError, match="no such run directory"):
         cnnlab.load_run(tmp_path / "nope")
     (tmp_path / "half").mkdir()
+    with pytest.raises(UserError, match=r"half: not a cnnlab run directory \(no config.json\)"):
+        cnnlab.load_run(tmp_path / "half")
+    (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(UserError, match="not a finished cnnlab run directory .*status: fresh"):
         cnnlab.load_run(tmp_path / "half")

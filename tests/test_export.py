@@ -195,6 +195,12 @@ def test_unfinished_run_is_refused(runs_by_model, tmp_path):
     assert sorted(p.name for p in unfinished.iterdir()) == ["config.json"]
 
 
+def test_an_output_name_without_onnx_is_refused(runs_by_model, tmp_path):
+    with pytest.raises(UserError, match=r"out\.txt: an ONNX file is written; give a name ending in \.onnx"):
+        export_onnx(runs_by_model["cnn1"], tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_failed_check_leaves_nothing_behind(runs_by_model, images, tmp_path, monkeypatch):
     """A graph without the /255 is caught by the check; neither the output nor a temporary file remains,
     and an earlier export at that path is left as it was."""

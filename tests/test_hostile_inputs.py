@@ -269,8 +269,13 @@ def test_classes_as_a_list_in_toml_and_in_the_api(npz, tmp_path):
     cfg, _ = cnnlab.api.make_config("cnn1", data=str(npz), classes=[1, 2])
     assert cfg.classes == "1,2"
     toml.write_text('classes = [0, "x"]\n')
-    with pytest.raises(UserError, match=r"c\.toml: classes: must be a string"):
+    with pytest.raises(UserError, match=r"c\.toml: classes: give class numbers as a string or a list"):
         cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))
+    for value in (3, {0, 1}):
+        with pytest.raises(UserError, match=r"classes: give class numbers as a string or a list, e\.g\. '0,2' or \[0, 2\]"):
+            cnnlab.api.make_config("cnn1", data=str(npz), classes=value)
+    toml.write_bytes(b"\xef\xbb\xbfclasses = [0, 2]\n")  # a byte-order mark, as Windows editors save: was 'not valid TOML'
+    assert cnnlab.api.make_config("cnn1", data=str(npz), config=str(toml))[0].classes == "0,2"
 
 
 def test_an_out_folder_that_cannot_be_created(npz, cli):
@@ -419,3 +424,15 @@ def test_predict_on_a_group_folder_says_what_it_is(npz, tmp_path, cli):
                          (tmp_path / "study", "a study folder, not one run; give one of its runs")):
         code, _, err = cli("predict", folder, "--input", images, "-o", tmp_path / "p.csv")
         assert code == 2 and says in one_line(err)
+
+
+def test_api_values_of_the_wrong_type_are_one_line(npz, tmp_path):
+    # Each raised a TypeError from inside pathlib or list()
+    for call, says in ((lambda: cnnlab.train(data=str(npz), out=5, **FAST), "out: expected a folder's path"),
+                       (lambda: cnnlab.evaluate(None), r"expected a run directory's path \(a str or Path\), got NoneType"),
+                       (lambda: cnnlab.study(5, 1, data=str(npz)), "models: give model names"),
+                       (lambda: cnnlab.study("cnn1,cnn1", 1, data=str(npz), out=tmp_path / "s"),
+                        "models: cnn1 is named twice; name each model once")):
+        with pytest.raises(UserError, match=says):
+            call()
+    assert not (tmp_path / "s").exists()

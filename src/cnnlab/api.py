@@ -16,6 +16,7 @@ those keys and optionally class_names. The CLI calls these functions and holds n
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -64,6 +65,13 @@ class _Default:
 
 
 DEFAULT = _Default()
+
+
+def output_folder(out) -> Path:
+    """`out` as a Path; None or 5 from the Python API is one line (Path() raised a TypeError)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out: expected a folder's path (a str or Path), got {type(out).__name__}")
+    return Path(out)
 MAX_LR_FIND_STEPS = 10_000  # the sweep spans start_lr to end_lr in this many batches; fastai's default is 100
 
 
@@ -309,6 +317,7 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
     passed again).
     `time_budget` (seconds or "15m") counts from this call; a resume continues to the epochs it chose."""
     started = budgets.clock()
+    out = output_folder(out)
     with torchrun.session(options.get("device") or "auto") as dist:  # torchrun: rank 0 names the run, reports
         lead = dist is None or dist.lead
         extra = callback_list(callbacks) + (_tracking(tensorboard, mlflow, Path(resume).parent if resume else Path(out))
@@ -472,6 +481,7 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     the study (from this call to the report, which it does not count). `models`: names, and nn.Modules or
     factories of your own (named by class or factory; copied or called per seed; passed again to continue)."""
     started = budgets.clock()
+    out = output_folder(out)
     names, builders = study_models(models)
     require_models(Path(out), names, builders)  # a directory's models of your own come again, by name alone it refuses
     first = (CUSTOM_MODEL if names[0] in builders else names[0]) if names else DEFAULT
@@ -495,6 +505,9 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
 def study_models(models) -> tuple[list[str], dict]:
     """(names, name -> builder): model names (a list, or one string separated by commas), nn.Modules and
     factories, each of the user's own named by its class or factory."""
+    if not isinstance(models, (str, list, tuple)) and not is_custom(models):  # 5: list() raised a TypeError
+        raise UserError(f"models: give model names ('cnn1,cnn2' or a list), nn.Modules or factories; got "
+                        f"{type(models).__name__}")
     entries = models.split(",") if isinstance(models, str) else [models] if is_custom(models) else list(models)
     names, builders = [], {}
     for entry in entries:
@@ -504,6 +517,8 @@ def study_models(models) -> tuple[list[str], dict]:
         if name in names and (is_custom(entry) or name in builders):
             raise UserError(f"models: {name} is named twice (a model of your own is named by its class or factory); "
                             "give each model its own name, e.g. a subclass or a factory function")
+        if name in names:  # cnn1,cnn1 trained its runs once and listed them twice
+            raise UserError(f"models: {name} is named twice; name each model once (--repeats sets the runs per model)")
         names.append(name)
         if is_custom(entry):
             builders[name] = entry
@@ -520,6 +535,7 @@ def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT").
     `time_budget` covers every member (divided among those still wanted); no attempt starts once it is spent."""
     started = budgets.clock()
+    out = output_folder(out)
     builder, model = custom_model(model)
     require_builder(Path(out), builder)  # an ensemble of a model of your own continues with it passed again
     cfg, dataset = make_config(model, data, config, params, **options)
@@ -551,6 +567,7 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
     `time_budget` (or its alias `timeout`, seconds or "15m") is this worker's time: no trial starts once it
     is spent or when a trial like the finished ones would not fit in what is left; trials keep their epochs."""
     started = budgets.clock()
+    out = output_folder(out)
     if is_custom(model):
         raise UserError(f"model {model_name(model)}: a search takes a registered model; decorate its builder with "
                         "@cnnlab.register_model('mynet') and give the name")

@@ -97,6 +97,9 @@ class TrainConfig:
         if isinstance(self.classes, (list, tuple)) and self.classes and all(
                 isinstance(c, int) and not isinstance(c, bool) for c in self.classes):
             self.classes = ",".join(map(str, self.classes))  # TOML's and Python's list: classes = [0, 1, 2]
+        elif self.classes is not None and not isinstance(self.classes, str):  # 3, {0, 1}: said "must be a string"
+            raise UserError(f"classes: give class numbers as a string or a list, e.g. '0,2' or [0, 2]; got "
+                            f"{shorten(repr(self.classes))}")
         check_types(self)
         self.time_budget = parse_duration(self.time_budget, "time_budget")
         if self.model != CUSTOM_MODEL:  # a model of the user's own comes beside the config (cnnlab.train(module))
@@ -296,7 +299,7 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors save a byte-order mark
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:

@@ -342,6 +342,8 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, *, opset:
     onnx, _ = _require_onnx()
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / "model.onnx"
+    if output.suffix.lower() != ".onnx":  # as predict insists on .csv: out.txt held an ONNX graph no one would look for
+        raise UserError(f"{output}: an ONNX file is written; give a name ending in .onnx")
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
     if not tolerance >= 0:
         raise UserError(f"tolerance must be 0 or more, got {tolerance}")

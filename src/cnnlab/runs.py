@@ -263,6 +263,8 @@ class RunDir:
     """One run directory: names, status, ownership, writing and reading back."""
 
     def __init__(self, path: str | Path):
+        if not isinstance(path, (str, os.PathLike)):  # None or 5 from the Python API: Path() raised a TypeError
+            raise UserError(f"expected a run directory's path (a str or Path), got {type(path).__name__}")
         self.path = Path(path)
         self._lock = None
 
