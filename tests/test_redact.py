@@ -117,8 +117,8 @@ def test_urls_quoted_in_text_are_masked_even_when_not_named():
 
 def test_urls_without_credentials_are_unchanged():
     for url in ("http://host:5000?next=a:b@c", "http://host:5000/path?user=a@b", "sqlite:////tmp/cnnlab/mlflow.db",
-                "file:///tmp/mlruns", "postgresql://u@host/db", "postgresql://host/db?sslmode=require&authSource=admin",
-                "databricks"):
+                "file:///tmp/mlruns", "postgresql://host/db?sslmode=require&authSource=admin", "https://@host/",
+                "https://user:@host/", "databricks"):
         assert mask_url(url) == url and mask_secrets(f"at {url}.", url) == f"at {url}.", url
 
 
@@ -134,3 +134,47 @@ def test_a_url_without_a_scheme_is_read_as_if_it_had_one():
     assert mask_url("cnnlab:hunter22@db.example.com/db") == "cnnlab:***@db.example.com/db"
     assert mask_url("db.example.com/db?sslmode=require&password=a:b@c") == "db.example.com/db?sslmode=require&password=***"
     assert mask_url("127.0.0.1:5000") == "127.0.0.1:5000"
+
+
+# ------------------------------------------------------------------ a lone token as the user info (https://TOKEN@host)
+
+TOKEN_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=%@"  # anything a user info holds but ":"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(token=st.text(alphabet=TOKEN_CHARS, min_size=4, max_size=24),
+       scheme=st.sampled_from(["https", "http", "postgresql", "postgresql+psycopg", "mysql+pymysql"]),
+       host=st.sampled_from(["127.0.0.1", "db.example.com", "[::1]", "localhost"]),
+       port=st.sampled_from(["", ":5432", ":1"]), path=st.sampled_from(["/db", "/", ""]),
+       fields=st.lists(st.sampled_from(OTHER_FIELDS + [f"token={HOLE}", f"password={HOLE}"]), max_size=3, unique=True),
+       message=st.sampled_from(["connection to {url} failed", "token {token} was refused", "Invalid URL '{url}': {token!r}",
+                                "password authentication failed for user \"{token}\""]))
+@example(token="s3cret", scheme="https", host="127.0.0.1", port=":1", path="/", fields=[], message="token {token} was refused")
+def test_a_lone_token_as_the_user_info_is_masked_whole(token, scheme, host, port, path, fields, message):
+    query = "?" + "&".join(fields) if fields else ""
+    template = f"{scheme}://{HOLE}@{host}{port}{path}{query}"
+    assume(token not in template.replace(HOLE, "") and unquote(token) not in template.replace(HOLE, ""))
+    url = template.replace(HOLE, token, 1).replace(HOLE, quote(token, safe=""))  # in the query: encoded
+    masked = mask_url(url)
+    assert masked == template.replace(HOLE, "***"), (url, masked)
+    assert mask_url(masked) == masked
+    text = mask_secrets(message.format(url=url, token=token), url)
+    assert token not in text and unquote(token) not in text, text
+
+
+def test_the_cases_of_the_trial():
+    assert mask_url("https://s3cret@127.0.0.1:1/") == "https://***@127.0.0.1:1/"
+    assert mask_url("postgresql://s3cret@127.0.0.1/db") == "postgresql://***@127.0.0.1/db"
+    assert mask_url("postgresql://u@host/db") == "postgresql://***@host/db"  # a user name alone may be a token too
+    assert mask_url("https://tok%40en@host/x") == "https://***@host/x"
+    assert mask_url("s3cret@db.example.com/db") == "***@db.example.com/db"  # no scheme
+    assert mask_url("https://user:pw@h/?api_key=k1&access_token=k2&token=k3&password=k4&x=1") == \
+        "https://user:***@h/?api_key=***&access_token=***&token=***&password=***&x=1"
+
+
+def test_a_user_name_alone_is_masked_where_it_stands_alone_only():
+    """"postgres" is a common user name and also the start of "postgresql": the scheme stays readable."""
+    url = "postgresql://postgres@db.example.com/mlflow"
+    text = mask_secrets(f"(psycopg.OperationalError) {url}: FATAL: role \"postgres\" does not exist (postgresql)", url)
+    assert text == ("(psycopg.OperationalError) postgresql://***@db.example.com/mlflow: FATAL: role \"***\" does not "
+                    "exist (postgresql)")

@@ -4,7 +4,8 @@
         -> "postgresql://u:***@host/db?sslmode=require&password=***"
     mask_secrets("could not connect to postgresql://u:pw@host/db: ...", url)   # the URL and its secrets masked
 
-What is masked: the password of the user info (user:***@) and the value of every query key that names a
+What is masked: the password of the user info (user:***@), the whole user info where it has no password
+(a lone token, https://TOKEN@host -> https://***@host) and the value of every query key that names a
 credential (password, pwd, pass, secret, token, api_key, key, auth, sslpassword, ...; any case, the key
 itself possibly URL-encoded). Everything else is kept as written, so a masked URL still says which server,
 port, database and options were meant. A leaf module: nothing of cnnlab is imported.
@@ -39,7 +40,8 @@ def is_secret_key(name: str) -> bool:
 
 
 def _userinfo_end(rest: str) -> tuple[int, int] | None:
-    """(start, end) of the user info's password in `rest` (the URL after "scheme://"), or None.
+    """(start, end) of the user info's password in `rest` (the URL after "scheme://"), or None; of the whole
+    user info where it has no ":" (a token or a user name alone may be the credential: https://TOKEN@host).
 
     Two readings, the wider wins: the RFC's (urlsplit: the authority ends at the first / ? #, the
     user info at its last @, so a raw @ or : in a password is covered) and SQLAlchemy's (the password
@@ -51,9 +53,11 @@ def _userinfo_end(rest: str) -> tuple[int, int] | None:
         netloc = ""
     if not rest.startswith(netloc):  # urlsplit dropped a tab or newline: read the authority as written
         netloc = re.match(r"[^/?#]*", rest).group(0)
-    userinfo = netloc.rpartition("@")[0]
+    userinfo, at, _ = netloc.rpartition("@")
     if ":" in userinfo:
         spans.append((userinfo.index(":") + 1, len(userinfo)))
+    elif at and userinfo:  # a lone TOKEN@ (https://TOKEN@host, a PAT): the whole user info may be the secret
+        spans.append((0, len(userinfo)))
     match = _SQLALCHEMY_USERINFO.match(rest)
     if match and not _query_like(match.group(2)):
         spans.append(match.span(2))
@@ -104,17 +108,25 @@ def mask_url(url: str) -> str:
 
 def secrets(url: str) -> set[str]:
     """The credentials in a URL, as written and URL-decoded (what a library may repeat in a message)."""
+    return set().union(*_secrets(url))
+
+
+def _secrets(url: str) -> tuple[set[str], set[str]]:
+    """(passwords and query credentials, a lone user info: a token, or maybe just a user name such as "postgres"),
+    each as written and URL-decoded."""
     if not isinstance(url, str):
-        return set()
-    _, password, _, query = _parts(url)
-    raw = [password] if password else []
+        return set(), set()
+    prefix, password, _, query = _parts(url)
+    alone = bool(password) and not prefix.endswith(":")  # scheme://TOKEN@host: no "user:" before it
+    raw = [password] if password and not alone else []
     for field, key, value in _query_fields(query or ""):
         if "=" in field and is_secret_key(key) and value:
             raw.append(field.partition("=")[2])
-    found = set()
-    for value in raw:
-        found.update({value, unquote(value), unquote_plus(value)})
-    return {s for s in found if s}
+
+    def forms(values):
+        return {form for value in values for form in (value, unquote(value), unquote_plus(value)) if form}
+
+    return forms(raw), forms([password] if alone else [])
 
 
 def mask_secrets(text: str, *urls: str) -> str:
@@ -126,11 +138,15 @@ def mask_secrets(text: str, *urls: str) -> str:
     for url in sorted(urls, key=len, reverse=True):
         text = text.replace(url, mask_url(url))
     text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
-    for secret in sorted(set().union(*map(secrets, urls)), key=len, reverse=True):
+    found = [_secrets(url) for url in urls]
+    strong = set().union(*(s for s, _ in found))
+    alone = set().union(*(a for _, a in found)) - strong
+    for secret in sorted(strong | alone, key=len, reverse=True):
         if secret == MASK:
             continue
-        if len(secret) >= 4:
+        if len(secret) >= 4 and secret not in alone:
             text = text.replace(secret, MASK)
-        else:  # a very short password: only where it stands alone, so the message stays readable
+        else:  # a very short password, or a lone user info that may be a plain user name ("postgres" is also in
+            # "postgresql"): only where it stands alone, so the message stays readable
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     return text

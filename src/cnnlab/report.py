@@ -4,12 +4,16 @@ embedded, no external scripts or fonts) and a Markdown version with its figures 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import math
 import os
 import re
+import shutil
 import statistics
+import tempfile
+import uuid
 from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,17 +333,75 @@ def md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 
 def build_report(paths: list[Path], output: Path, title: str = "cnnlab study report") -> tuple[Path, Path]:
-    """Write OUTPUT (.html) and OUTPUT with .md beside it, plus the Markdown's figures folder."""
+    """Write OUTPUT (.html) and OUTPUT with .md beside it, plus the Markdown's figures folder: all three or,
+    where anything fails (a full disk), none of them (a previous report there is left as it was)."""
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"-o {output}: the report is HTML; give a file name ending in .html")
+    figure_dir, markdown = output.with_name(output.stem + "_files"), output.with_suffix(".md")
+    check_targets(output, markdown, figure_dir)
     loaded = [load_run(p) for p in find_runs(paths)]
+    with staging_folder(figure_dir) as staging:
+        return _build_report(loaded, output, markdown, figure_dir, staging, title)
+
+
+def check_targets(output: Path, markdown: Path, figure_dir: Path) -> None:
+    """What stands in the way of the report's files, told before any work."""
+    for path in (output, markdown):
+        if path.is_dir():
+            raise UserError(f"-o {output}: {path} is a folder; give another file name for the report")
+    if figure_dir.is_symlink() or (figure_dir.exists() and not figure_dir.is_dir()):
+        raise UserError(f"-o {output}: {figure_dir} is in the way of the report's figures folder (a file or a link); "
+                        "move it or give another file name for the report")
+
+
+@contextlib.contextmanager
+def staging_folder(target: Path):
+    """A temporary folder beside `target` (hidden, named as runs' temporary files are), removed whatever happens;
+    `publish` renames it onto `target`."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise runs.os_error(target.parent, exc) from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once published
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Rename the finished `staging` folder onto `target`, a previous one moved aside first and removed after
+    (put back if the rename fails)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 -> the user's normal permissions
+    previous = None
+    if target.is_dir():
+        previous = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.rename(target, previous)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if previous is not None:
+            os.rename(previous, target)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _build_report(loaded: list[Run], output: Path, markdown: Path, figure_dir: Path, staging: Path,
+                  title: str) -> tuple[Path, Path]:
     groups = group_runs(loaded)
     main_tables = tables(groups)
     best, warnings = best_model_line(groups), degenerate_warnings(loaded)
     summaries = layer_summaries(groups)
-    figure_dir = output.with_name(output.stem + "_files")
-    figs = figures(groups, figure_dir)
+    try:
+        figs = figures(groups, staging)
+    except UserError as exc:  # name the folder the user asked for, not the temporary one
+        named = UserError(str(exc).replace(str(staging), str(figure_dir)))
+        named.__dict__.update(exc.__dict__)  # what runs.os_error attached (the errno) goes along
+        raise named from None
     setup = setup_lines(loaded)
     varying = differing([{k: v for k, v in r.config.items() if k not in IGNORED_SETTINGS + ("model",)} for r in loaded])
     if varying:
@@ -362,7 +424,6 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
         parts.append(f"<details><summary>{_html(t)}</summary>{html_table(t, h, r)}</details>")
     relative = ", ".join(os.path.relpath(r.path, output.parent.resolve()) for r in loaded)
     parts.append(f"<p>Run directories (relative to this report): {_html(relative)}</p></body></html>")
-    runs.write_text(output, "".join(parts))
 
     md = [f"# {_md(title)}", "", "## Setup", ""] + [f"- {_md(line)}" for line in setup] + ["", "## Results", ""]
     md += [f"> **Warning:** {_md(w)}\n" for w in warnings] + [f"**{_md(best)}**", ""]
@@ -375,6 +436,9 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     for t, (h, r) in summaries.items():
         md += [md_table(t, h, r), ""]
     md += [f"Run directories (relative to this report): {_md(relative)}"]
-    markdown = output.with_suffix(".md")
-    runs.write_text(markdown, "\n".join(md) + "\n")
+    # every byte written before anything is renamed into place: a full disk leaves no part of the report
+    with runs.atomic_target(output) as html_tmp, runs.atomic_target(markdown) as md_tmp:
+        html_tmp.write_text("".join(parts))
+        md_tmp.write_text("\n".join(md) + "\n")
+        publish(staging, figure_dir)
     return output, markdown

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import matplotlib
 
@@ -256,8 +256,9 @@ def _setting(uri: str) -> str:
 
 def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
     """Fail in one line (the URI masked) where MLflow could not use the tracking store: a file store (MLflow 3
-    refuses it), a SQLite file in a missing folder, a server or database nobody answers at (checked with a
-    connection of at most `timeout` seconds, instead of MLflow's retries for about two minutes)."""
+    refuses it), a SQLite file in a missing folder, a server or database nobody answers at, at its host or, for a
+    database URI without one, at its Unix socket (checked with a connection of at most `timeout` seconds, instead
+    of MLflow's retries for minutes)."""
     if uri in _checked:
         return
     try:
@@ -281,8 +282,8 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
             raise UserError(f"{_setting(uri)}: the folder {folder} does not exist; create it or give another path")
     elif scheme in ("http", "https"):
         _check_server(uri, parts, timeout)
-    elif scheme in DATABASE_PORTS and parts.hostname:
-        _check_port(uri, parts.hostname, port or DATABASE_PORTS[scheme], timeout)
+    elif scheme in DATABASE_PORTS:
+        _check_database(uri, scheme, parts, port, timeout)
     _checked.add(uri)
 
 
@@ -322,6 +323,92 @@ def _check_port(uri: str, host: str, port: int, timeout: float) -> None:
         reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise UserError(f"{_setting(uri)}: the database does not answer at {host}:{port} ({mask_secrets(str(reason), uri)}); "
                         f"start it or correct the URI") from None
+
+
+# where libpq and the MySQL clients look for the server's socket where the URI names neither host nor socket
+POSTGRES_SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
+MYSQL_SOCKETS = ("/var/run/mysqld/mysqld.sock", "/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+
+
+def _check_database(uri: str, scheme: str, parts, port: int | None, timeout: float) -> None:
+    """A database server, at its host and port or, where the URI names no host, at its Unix socket (the host
+    or unix_socket option of the query string, PGHOST and PGPORT, or where the clients look by default)."""
+    query = {k.lower(): v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    if scheme in ("postgresql", "postgres"):
+        port = port or _port(uri, query.get("port") or os.environ.get("PGPORT"), DATABASE_PORTS[scheme])
+        host = parts.hostname or (query.get("host") or os.environ.get("PGHOST") or "").split(",")[0].strip()
+        if host.startswith(("/", "@")):  # libpq: a socket folder ("@name": Linux's abstract namespace)
+            return _check_socket(uri, f"{host.rstrip('/')}/.s.PGSQL.{port}", timeout)
+        if host:
+            return _check_port(uri, host, port, timeout)
+        reasons = []
+        for folder in POSTGRES_SOCKET_DIRS:
+            reason = _socket_answers(f"{folder}/.s.PGSQL.{port}", timeout)
+            if reason is None:
+                return
+            reasons.append(reason)
+        raise _no_host(uri, reasons, "postgresql://USER:PASSWORD@HOST/DB", "?host=/path/to/socket/folder")
+    if scheme in ("mysql", "mariadb") and query.get("unix_socket"):
+        return _check_socket(uri, query["unix_socket"], timeout)
+    if parts.hostname:
+        return _check_port(uri, parts.hostname, port or DATABASE_PORTS[scheme], timeout)
+    if scheme in ("mysql", "mariadb"):  # PyMySQL goes to localhost:3306, mysqlclient to a socket
+        reasons = [_port_answers("localhost", port or DATABASE_PORTS[scheme], timeout)]
+        for path in MYSQL_SOCKETS:
+            reasons.append(_socket_answers(path, timeout))
+        if None not in reasons:
+            raise _no_host(uri, reasons, f"{scheme}://USER:PASSWORD@HOST/DB", "?unix_socket=/path/to/mysqld.sock")
+    elif "odbc_connect" not in query:  # SQL Server: its server named in the host or in odbc_connect
+        raise UserError(f"{_setting(uri)}: names no database server; give its host ({scheme}://USER:PASSWORD@HOST/DB)")
+
+
+def _no_host(uri: str, reasons: list[str], host_form: str, socket_form: str) -> UserError:
+    return UserError(f"{_setting(uri)}: names no database host, and no database answers where its client then looks "
+                     f"({mask_secrets('; '.join(reasons), uri)}); start it, or give its host ({host_form}) or its "
+                     f"socket ({socket_form})")
+
+
+def _port(uri: str, text: str | None, default: int) -> int:
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{_setting(uri)}: the port {mask_secrets(text, uri)!r} is not a number; correct the URI") from None
+
+
+def _port_answers(host: str, port: int, timeout: float) -> str | None:
+    """None where something accepts a TCP connection at host:port within `timeout` seconds, else why not."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        return f"{host}:{port}: {reason}"
+
+
+def _socket_answers(path: str, timeout: float) -> str | None:
+    """None where the Unix socket `path` accepts a connection within `timeout` seconds, else why not."""
+    abstract = path.startswith("@")
+    if not abstract and not os.path.exists(path):
+        return f"{path}: no such socket"
+    if not hasattr(socket, "AF_UNIX"):
+        return f"{path}: Unix sockets are not available on this system"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect("\0" + path[1:] if abstract else path)
+        return None
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        return f"{path}: {reason}"
+
+
+def _check_socket(uri: str, path: str, timeout: float) -> None:
+    reason = _socket_answers(path, timeout)
+    if reason is not None:
+        raise UserError(f"{_setting(uri)}: the database does not answer at its Unix socket "
+                        f"({mask_secrets(reason, uri)}); start it or correct the URI")
 
 
 _STORE_LIBRARIES = ("mlflow", "requests", "urllib3", "sqlalchemy", "alembic", "psycopg", "psycopg2", "pymysql")
