@@ -567,3 +567,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, cli, case):
     assert code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ")
+
+
+def test_numbered_labels_with_a_gap_say_how_to_number_them(tmp_path):
+    # labels 7..9 only: was "class '0' has no training images", without the hint the other gap cases give
+    np.savez(tmp_path / "d.npz", images=X, labels=Y + 7)
+    refused(tmp_path / "d.npz", "class '0' has no training images (labels 0, 1, 2, 3, 4, ... never occur); number the "
+                                "classes 0..K-1 without gaps, or choose some with --classes")

@@ -222,7 +222,10 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
         names, class_ids = [names[i] for i in chosen], chosen
     missing = sorted(set(range(len(names))) - set(train.labels.unique().tolist()))
     if missing:
-        raise UserError(f"{source}: class {names[missing[0]]!r} has no training images")
+        hint = "" if class_names or chosen is not None else (  # numbered labels: the gap is in the numbering
+            f" (labels {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''} never occur); number "
+            "the classes 0..K-1 without gaps, or choose some with --classes")
+        raise UserError(f"{source}: class {names[missing[0]]!r} has no training images{hint}")
     if len(names) < 2:
         raise UserError(f"{source}: only one class ({names[0]!r}); a classifier needs at least 2 classes, "
                         "add images of another class")
