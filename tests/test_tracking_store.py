@@ -13,13 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cnnlab import tracking
 from cnnlab.errors import UserError
 
-from conftest import make_images
+from conftest import write_npz_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "S3cretTok"
@@ -133,10 +132,7 @@ needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    x, y = make_images(60, 8, classes=3)
-    np.savez(root / "d.npz", images=x, labels=y)
-    return root / "d.npz"
+    return write_npz_dataset(tmp_path_factory.mktemp("store") / "d.npz", 60, 20, size=8)
 
 
 def train_args(data, out, uri):

@@ -16,7 +16,7 @@ from cnnlab import search
 from cnnlab.config import build_config
 from cnnlab.errors import UserError
 
-from conftest import make_images, mounted_tmpfs
+from conftest import mounted_tmpfs, write_npz_dataset
 
 SPACE = {"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}, "replace": True}
 
@@ -24,8 +24,7 @@ SPACE = {"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}, "r
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-tune")
-    x, y = make_images(120, 16, classes=3)
-    np.savez(root / "d.npz", images=x, labels=y)
+    write_npz_dataset(root / "d.npz", 120, 30)
     (root / "space.json").write_text(json.dumps(SPACE))
     return root
 
