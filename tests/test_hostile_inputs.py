@@ -436,3 +436,12 @@ def test_api_values_of_the_wrong_type_are_one_line(npz, tmp_path):
         with pytest.raises(UserError, match=says):
             call()
     assert not (tmp_path / "s").exists()
+
+
+def test_predict_on_a_source_with_a_test_split_predicts_the_test_split(npz, tmp_path, cli):
+    # It predicted x_train: a Kaggle submission of the wrong images (60,000 rows for the Fashion-MNIST folder)
+    run = cnnlab.train(data=str(npz), out=tmp_path / "runs", **FAST).path
+    code, out, err = cli("predict", run, "--input", npz, "-o", tmp_path / "p.csv")
+    assert code == 0, err
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "id,label" and len(rows) - 1 == len(np.load(npz)["x_test"]) == 30

@@ -364,7 +364,8 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
 
 @app.command("predict")
 def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble directory, or an exported .onnx file."),
-                input: Path = typer.Option(..., "--input", help="Unlabeled images: Kaggle test CSV, .npz/.npy, IDX or image folder."),
+                input: Path = typer.Option(..., "--input", help="Images to predict: Kaggle test CSV, .npz/.npy, IDX or image folder "
+                                    "(a source with a test split, such as the Fashion-MNIST folder, gives that split)."),
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
                 device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
     """Write a Kaggle-style submission: id and predicted label per image (ids as in the input, else 1-based)."""

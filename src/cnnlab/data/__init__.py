@@ -233,9 +233,11 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
 
 
 def load_unlabeled(path: str | Path, keep_rgb: bool = False) -> Split:
-    """Images to predict on (a Kaggle test CSV, NPZ/NPY, IDX folder or image folder); labels ignored."""
-    raw, _ = _read_path(Path(path).expanduser(), keep_rgb)
-    return _to_split(raw, keep_rgb)
+    """Images to predict on (a Kaggle test CSV, NPZ/NPY, IDX folder or image folder); labels ignored. A source
+    holding a training and a test split (the IDX folder, an NPZ with x_train and x_test) gives its test split, the
+    images a submission is for (it gave the training split: 60,000 Fashion-MNIST predictions, not 10,000)."""
+    raw, test = _read_path(Path(path).expanduser(), keep_rgb)
+    return _to_split(test if test is not None else raw, keep_rgb)
 
 
 def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Splits:
