@@ -262,6 +262,20 @@ def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, s
     assert [run.config["epochs"] for run in result["runs"]] == [2, 2, 3, 3]
 
 
+def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):
+    """Epochs take 30 s where the probe says 10: the first run (20 s, 1 epoch the least) spends 30 of the 40 s,
+    the second gets the 10 left and spends 30 more; the third and fourth do not start (they did, past the
+    budget: a 30 s study took 64 s on a 2-core Zen 5 EPYC)."""
+    speed(10.0, epochs_take=30.0)
+    said = []
+    cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", report=False, progress=False, say=said.append,
+                 **dict(SETTINGS, epochs=10, time_budget=40))
+    started = sorted(p.name for p in (tmp_path / "study" / "runs").iterdir() if (p / "history.csv").is_file())
+    assert len(started) == 2 and len(list((tmp_path / "study" / "runs").iterdir())) <= 4
+    assert sum("not started, the time budget" in line and "is spent; run the same command again" in line
+               for line in said) == 2, said
+
+
 def test_an_ensemble_shares_its_budget_and_starts_nothing_once_it_is_spent(data, tmp_path, clock, speed):
     """The probe says 10 s per epoch, epochs take 30: the first member's 20 s hold 2 epochs by the probe, and
     after its first epoch the re-plan ends it there (one epoch is the least); the second gets half of what

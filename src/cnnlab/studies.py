@@ -165,6 +165,10 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             return
         resume = run.resumable()
         share = None
+        if budget is not None and budget.spent and not resume:  # as an ensemble's attempts: none starts once spent
+            say(f"[{i}/{len(jobs)}] {run.path.name}: not started, the time budget ({format_seconds(budget.seconds)}) "
+                "is spent; run the same command again to go on (each call has a budget of its own)")
+            return
         if budget is not None:  # this run and every later or deferred one still unfinished
             left = {r.path: r for r in [r for _, r, _ in jobs[i - 1:]] + [r for _, _, r, _ in deferred]}
             share = budget.share(sum(r.status() != runs.FINISHED for r in left.values()))
