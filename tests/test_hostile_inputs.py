@@ -445,3 +445,37 @@ def test_predict_on_a_source_with_a_test_split_predicts_the_test_split(npz, tmp_
     assert code == 0, err
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "id,label" and len(rows) - 1 == len(np.load(npz)["x_test"]) == 30
+
+
+def test_a_ray_address_with_a_password_is_masked(npz, tmp_path, cli):
+    pytest.importorskip("ray", reason="ray extra not installed (pip install 'cnnlab[ray]')")
+    code, out, err = cli("study", "--models", "cnn1", "--repeats", "1", "--data", npz, "--epochs", "1", "--ray",
+                         "--ray-address", "http://user:s3cretPW@127.0.0.1:6379", "--out", tmp_path / "s")
+    assert code == 2 and "cannot start or join the cluster at http://user:***@127.0.0.1:6379" in one_line(err)
+    assert "s3cretPW" not in out + err
+
+
+@pytest.mark.parametrize("device", ["tpu", "", "meta", "mps"])
+def test_predict_on_a_device_cnnlab_does_not_run_on_is_one_line(npz, tmp_path, cli, device):
+    run = cnnlab.train(data=str(npz), out=tmp_path / "runs", **FAST).path
+    code, _, err = cli("predict", run, "--input", npz, "-o", tmp_path / "p.csv", "--device", device)
+    assert code == 2 and f"device: must be auto, cpu or cuda (or cuda:N), got {device!r}" in one_line(err)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--end-lr", "inf"], "lr_find: end_lr must be a finite rate (e.g. 10), got inf"),
+    (["--plot", "lr.txt"], "lr.txt: give a picture's name ending in .png, .pdf, .svg or .jpg"),
+])
+def test_lr_find_refuses_what_it_cannot_use_before_the_sweep(npz, tmp_path, cli, args, says):
+    code, _, err = cli("lr-find", "cnn1", "--data", npz, "--device", "cpu", "--steps", "10", *args)
+    assert code == 2 and says in one_line(err)
+
+
+@pytest.mark.parametrize("args", [["data", "preview", "fashion-mnist", "--seed", "-1"],
+                                  ["data", "info", "fashion-mnist", "--split-seed", "-1"],
+                                  ["data", "info", "fashion-mnist", "--split-seed", "99999999999"]])
+def test_data_commands_refuse_seeds_out_of_range(cli, tmp_path, args):
+    # numpy's and scikit-learn's tracebacks before
+    code, _, err = cli(*args)
+    assert code == 2 and "Invalid value for '--" in one_line(err)
+    assert "greater than or equal to 0" in err or "less than or equal to 4294967295" in err

@@ -16,6 +16,7 @@ those keys and optionally class_names. The CLI calls these functions and holds n
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -361,6 +362,10 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
     `start_lr` to `end_lr` over `steps` batches, stopped when the smoothed loss diverges; returns the rates,
     losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot`. Trains nothing
     permanently and writes no run directory."""
+    if not math.isfinite(end_lr):  # inf passed 0 < start_lr < end_lr and suggested start_lr after 2 steps
+        raise UserError(f"lr_find: end_lr must be a finite rate (e.g. 10), got {end_lr:g}")
+    if Path(plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):  # refused by matplotlib after the sweep
+        raise UserError(f"--plot {plot}: give a picture's name ending in .png, .pdf, .svg or .jpg")
     if not (0 < start_lr < end_lr) or not 2 <= steps <= MAX_LR_FIND_STEPS:
         raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps from 2 to {MAX_LR_FIND_STEPS:,}, got "
                         f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")

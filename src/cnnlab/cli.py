@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cnnlab import api, torchrun
 from cnnlab.budget import parse_budget_width
+from cnnlab.config import MAX_SEED
 from cnnlab.data import BUILTIN, load_dataset, pixel_stats, train_val_split
 from cnnlab.data.image_folders import image_folder_notes
 from cnnlab.errors import UserError
@@ -53,7 +54,7 @@ KeepRgbOpt = typer.Option(False, "--keep-rgb", help="Keep 3 colour channels inst
 def data_info(dataset: str = DatasetArg, data_dir: Optional[Path] = DataDirOpt,
               classes: Optional[str] = ClassesOpt, keep_rgb: bool = KeepRgbOpt,
               val_fraction: float = typer.Option(0.2, help="Share of the training pool held out for validation."),
-              split_seed: int = typer.Option(0, help="Seed of the stratified train/validation split.")) -> None:
+              split_seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the stratified train/validation split.")) -> None:
     """Images per split and per class, image shape, pixel mean/std."""
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     splits = train_val_split(ds, val_fraction, split_seed)
@@ -87,7 +88,7 @@ def data_preview(dataset: str = DatasetArg,
                  output: Path = typer.Option(Path("preview.png"), "-o", "--output", help="PNG file to write."),
                  per_class: int = typer.Option(8, min=1, max=32, help="Examples per class."),
                  data_dir: Optional[Path] = DataDirOpt, classes: Optional[str] = ClassesOpt,
-                 keep_rgb: bool = KeepRgbOpt, seed: int = typer.Option(0, help="Which examples to draw.")) -> None:
+                 keep_rgb: bool = KeepRgbOpt, seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Which examples to draw.")) -> None:
     """Write a PNG grid with a row of examples per class."""
     if output.suffix.lower() != ".png":
         raise UserError(f"-o {output}: the preview is a PNG; give a file name ending in .png")

@@ -29,7 +29,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda: no CUDA device is available here; use device cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # "tpu", "": torch's own traceback (predict passed it straight through)
+        raise UserError(f"device: must be auto, cpu or cuda (or cuda:N), got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xla: devices cnnlab does not train or predict on
+        raise UserError(f"device: must be auto, cpu or cuda (or cuda:N), got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name}: no CUDA device is available here; use device cpu or auto")
+    return device
 
 
 def cpu_has_amx() -> bool:

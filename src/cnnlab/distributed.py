@@ -27,6 +27,7 @@ from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
 from cnnlab.models.custom import model_name
+from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.runs import RunDir
 
 TASK_RETRIES = 3  # a worker (or node) dying mid-task: Ray runs the task again, at most this often
@@ -57,8 +58,9 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        target = "a local cluster" if address is None else f"the cluster at {address}"
-        raise UserError(f"ray: cannot start or join {target} ({str(exc).splitlines()[0]}); start one with "
+        target = "a local cluster" if address is None else f"the cluster at {mask_url(address)}"
+        reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, *([address] if address else []))
+        raise UserError(f"ray: cannot start or join {target} ({reason}); start one with "
                         "'ray start --head --node-ip-address=127.0.0.1' and pass --ray auto") from None
     try:
         yield ray
