@@ -147,8 +147,9 @@ def test_an_ensemble_of_a_model_of_your_own(data, tmp_path, kind):
     # continuing needs the model again: by name alone (or another model) it refuses
     with pytest.raises(cnnlab.UserError, match="model of your own.*pass it"):
         cnnlab.ensemble(manifest["model"], 3, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
-    more = cnnlab.ensemble(given, 3, 0.0, data=str(data), out=tmp_path / "e", **QUIET)
-    assert more["qualified"] == 2  # the settings were fixed by the first invocation (members 2)
+    with pytest.raises(cnnlab.UserError, match=r"holds an ensemble of members 2 \(asked: members 3\)"):
+        cnnlab.ensemble(given, 3, 0.0, data=str(data), out=tmp_path / "e", **QUIET)  # fixed by the first call
+    assert cnnlab.ensemble(given, 2, 0.0, data=str(data), out=tmp_path / "e", **QUIET)["qualified"] == 2
 
 
 def test_a_custom_ensemble_exports(data, tmp_path):

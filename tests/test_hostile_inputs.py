@@ -4,6 +4,7 @@ says what was done. The data readers' cases are in test_data_hostile.py."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -479,3 +480,20 @@ def test_data_commands_refuse_seeds_out_of_range(cli, tmp_path, args):
     code, _, err = cli(*args)
     assert code == 2 and "Invalid value for '--" in one_line(err)
     assert "greater than or equal to 0" in err or "less than or equal to 4294967295" in err
+
+
+def test_an_ensemble_rerun_with_another_vote_is_refused_and_may_try_more_attempts(npz, tmp_path):
+    # --members 4, --threshold 0.7 or --vote soft on a rerun printed the old result and trained nothing
+    rng = np.random.default_rng(0)  # noise: no member comes near the threshold
+    np.savez(tmp_path / "noise.npz", x_train=rng.integers(0, 256, (120, 16, 16), dtype=np.uint8),
+             y_train=np.arange(120) % 3)
+    settings = dict(data=str(tmp_path / "noise.npz"), out=tmp_path / "ens", progress=False, say=lambda text: None,
+                    **{k: v for k, v in FAST.items() if k != "progress"})
+    manifest = cnnlab.ensemble(members=2, threshold=0.99, max_attempts=2, **settings)  # none can qualify
+    assert manifest["qualified"] == 0 and manifest["attempts"] == 2
+    for change, says in (({"members": 3}, "holds an ensemble of members 2 (asked: members 3)"),
+                         ({"vote": "soft"}, "holds an ensemble of vote hard (asked: vote soft)")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            cnnlab.ensemble(**{"members": 2, "threshold": 0.99, "max_attempts": 2, **change}, **settings)
+    manifest = cnnlab.ensemble(members=2, threshold=0.99, max_attempts=3, **settings)  # was ignored: still 2
+    assert manifest["attempts"] == 3

@@ -133,7 +133,12 @@ def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict
             raise UserError(f"{directory}: holds an ensemble trained with other options ({', '.join(diff)}); "
                             "use another output folder or the same options")
         require_same_files(stored.get("data_files"), config.data, config.data_dir, f"continuing the ensemble in {directory}")
-        return stored
+        # what the vote is: a rerun with others kept the stored ones in silence and printed the old result
+        votes = [k for k in ("members", "threshold", "vote") if k in stored and stored[k] != wanted[k]]
+        if votes:
+            raise UserError(f"{directory}: holds an ensemble of {', '.join(f'{k} {stored[k]}' for k in votes)} (asked: "
+                            f"{', '.join(f'{k} {wanted[k]}' for k in votes)}); use another output folder or the same")
+        return {**stored, "max_attempts": wanted["max_attempts"]}  # a rerun may try more attempts (or fewer)
 
     files = files_fingerprint(config.data, config.data_dir)
     wanted = {"train": config.to_dict(), **settings, **({"data_files": files} if files is not None else {})}
