@@ -265,6 +265,14 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def require_seeds_fit(seed: int, count: int, what: str) -> None:
+    """Run or attempt i of a study or ensemble trains seed + i: every one must fit the 32 bits a resume checks
+    (seed 4294967295 with 2 repeats trained a run no resume accepted)."""
+    if seed + count - 1 > MAX_SEED:
+        raise UserError(f"seed: {seed} + {count} {what} passes the largest seed, {MAX_SEED}; use a seed of at most "
+                        f"{MAX_SEED - count + 1}")
+
+
 def _at_least(key: str, value, low: int, wanted: str) -> None:
     if value < low:
         raise UserError(f"{key}: must be {wanted}, got {value!r}")

@@ -27,8 +27,6 @@ FORCEABLE = ("fp32", "bf16", "fp16")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda: no CUDA device is available here; use device cpu or auto")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):  # "tpu", "": torch's own traceback (predict passed it straight through)

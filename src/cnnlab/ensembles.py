@@ -25,7 +25,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.budget import Budget, format_seconds
-from cnnlab.config import MAX_RUNS, MAX_SEED, TrainConfig, differing_settings, require_validation, shorten
+from cnnlab.config import MAX_RUNS, TrainConfig, differing_settings, require_seeds_fit, require_validation, shorten
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.device import resolve_device
@@ -171,10 +171,7 @@ def check_settings(members: int, threshold: float, method: str, max_attempts: in
             raise UserError(f"{name}: must be at most {MAX_RUNS:,}, got {shorten(repr(value))}")
     if not isinstance(fuse, int) or isinstance(fuse, bool) or fuse < 0:
         raise UserError(f"fuse: must be 0 (chosen for you) or a positive integer, got {fuse!r}")
-    attempts = max_attempts or members * 3
-    if seed + attempts - 1 > MAX_SEED:  # attempt a trains seed + a: every seed must fit the 32 bits a resume checks
-        raise UserError(f"seed: {seed} + {attempts} attempts passes the largest seed, {MAX_SEED}; use a seed of at "
-                        f"most {MAX_SEED - attempts + 1}")
+    require_seeds_fit(seed, max_attempts or members * 3, "attempts")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise UserError(f"threshold: is an accuracy between 0 and 1, got {threshold!r}")
     if method not in ("hard", "soft"):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from cnnlab import runs
 from cnnlab.budget import Budget, format_seconds
-from cnnlab.config import MAX_RUNS, MAX_SEED, TrainConfig, build_config, differing_settings, require_validation, shorten
+from cnnlab.config import (MAX_RUNS, TrainConfig, build_config, differing_settings, require_seeds_fit,
+                           require_validation, shorten)
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
@@ -65,9 +66,7 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path,
         raise UserError(f"repeats: must be a positive integer, got {repeats!r}")
     if repeats > MAX_RUNS:
         raise UserError(f"repeats: must be at most {MAX_RUNS:,} runs per model, got {shorten(repr(repeats))}")
-    if config.seed + repeats - 1 > MAX_SEED:  # run r trains seed + r: every seed must fit the 32 bits a resume checks
-        raise UserError(f"seed: {config.seed} + {repeats} repeats passes the largest seed, {MAX_SEED}; "
-                        f"use a seed of at most {MAX_SEED - repeats + 1}")
+    require_seeds_fit(config.seed, repeats, "repeats")
     if not models:
         raise UserError("models: name at least one model (see `cnnlab models`)")
     require_models(directory, models, builders)

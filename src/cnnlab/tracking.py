@@ -317,12 +317,10 @@ def _check_server(uri: str, parts, timeout: float) -> None:
 
 
 def _check_port(uri: str, host: str, port: int, timeout: float) -> None:
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise UserError(f"{_setting(uri)}: the database does not answer at {host}:{port} ({mask_secrets(str(reason), uri)}); "
-                        f"start it or correct the URI") from None
+    reason = _port_answers(host, port, timeout)
+    if reason is not None:
+        raise UserError(f"{_setting(uri)}: the database does not answer at {mask_secrets(reason, uri)}; "
+                        f"start it or correct the URI")
 
 
 # where libpq and the MySQL clients look for the server's socket where the URI names neither host nor socket

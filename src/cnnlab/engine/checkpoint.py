@@ -160,9 +160,7 @@ def refuse_lost_checkpoint(run_dir: RunDir) -> None:
     has nothing to lose and starts over."""
     if run_dir.has_checkpoint():
         return
-    history = run_dir.file(runs.HISTORY)
-    epochs = max(0, sum(1 for line in history.read_text(errors="replace").splitlines() if line.strip()) - 1) \
-        if history.is_file() else 0
+    epochs = len(run_dir.history()) if run_dir.file(runs.HISTORY).is_file() else 0
     if epochs or run_dir.file(runs.MODEL).is_file():
         raise UserError(f"{run_dir}: {epochs} finished epoch(s) but no {runs.CHECKPOINT} to continue from (deleted, "
                         f"or checkpoint_every = 0); restore that file, or train a new run without --resume "

@@ -2,8 +2,10 @@
 
 A registry model whose dense layer grows with the image (cnn1 on 2000x2000 images: 4.1 billion parameters)
 was built for real, and the kernel's OOM killer ended the process with no message, again on every resume.
-Built on the meta device first, it costs no memory (cnn1 at 2000x2000: 0.56 s on a 2-core Zen 5 EPYC) and
-draws no random numbers, so the seeded build that follows is unchanged."""
+Built on the meta device first, it costs no memory and draws no random numbers, so the seeded build that
+follows is unchanged. Its cost (2-core Zen 5 EPYC): 1-4 ms a registry model at 28x28, after a first meta forward
+imports torch._dynamo and sympy (0.3-0.9 s), which a training run imports anyway (compile off included): one
+epoch of cnn1 on 120 images took 1.49 s with the check and 1.47 s without."""
 
 from __future__ import annotations
 
