@@ -90,12 +90,16 @@ def format_seconds(seconds: float) -> str:
 
 
 class Budget:
-    """`seconds` on the clock from `start` on (default: now)."""
+    """`seconds` on the clock from `start` on (default: now). A share of a command's budget knows how many
+    such shares the command had left (`parts`) and what it had spent before (`spent_before`), so a share too
+    small for one epoch can say what budget the whole command needs."""
 
-    def __init__(self, seconds: float, start: float | None = None, clock_fn: Callable[[], float] | None = None):
+    def __init__(self, seconds: float, start: float | None = None, clock_fn: Callable[[], float] | None = None,
+                 parts: float = 1.0, spent_before: float = 0.0):
         self.clock = clock_fn or (lambda: clock())  # late binding: a test's replacement clock counts
         self.seconds = float(seconds)
         self.start = self.clock() if start is None else start
+        self.parts, self.spent_before = parts, spent_before
 
     @classmethod
     def starting(cls, seconds: float, start: float | None = None) -> "Budget | None":
@@ -120,7 +124,12 @@ class Budget:
         train (these included): their part of what is left, from now on."""
         now = self.clock()
         left = max(0.0, self.seconds - (now - self.start))
-        return Budget(left * runs / max(runs_left, runs, 1), now, self.clock)
+        parts = max(runs_left, runs, 1) / runs
+        return Budget(left / parts, now, self.clock, parts, now - self.start)
+
+    def needed_for(self, run_seconds: float) -> float:
+        """The command budget in which each of this share's `parts` runs gets `run_seconds`."""
+        return self.spent_before + self.parts * run_seconds
 
 
 # ------------------------------------------------------------------ choosing the epochs
@@ -138,9 +147,9 @@ def choose_epochs(seconds: float, spent: float, epoch_seconds: float, final_seco
 
     The rule: the most epochs whose predicted end lies within the budget; one more if that ends below 80% of
     it and the one more still ends within 110%; at most `max_epochs` (the config's `epochs`), at least 1.
-    The note says when the end cannot lie within [80%, 110%]: a budget too small for one epoch (1 epoch is
-    trained all the same), `epochs` too few to use it, or epochs too long to land in the window (the run
-    then ends early rather than late)."""
+    The note says when the end cannot lie within [80%, 110%]: a budget too small for one epoch (1 epoch, for a
+    re-plan after epochs are done; before the first, `require_one_epoch` refuses such a budget), `epochs` too
+    few to use it, or epochs too long to land in the window (the run then ends early rather than late)."""
     epoch_seconds = max(epoch_seconds, 1e-9)
     fits = (seconds - spent - final_seconds) / epoch_seconds
     epochs = max(0, math.floor(fits))
@@ -162,6 +171,34 @@ def choose_epochs(seconds: float, spent: float, epoch_seconds: float, final_seco
         return epochs, (f"an epoch takes about {format_seconds(epoch_seconds)}: {epochs} end at about "
                         f"{format_seconds(end(epochs))}, {epochs + 1} would end past 110% of {format_seconds(seconds)}")
     return epochs, None
+
+
+class TooSmall(UserError):
+    """A budget that cannot hold one epoch: refused before the first step, since one epoch is the least a run
+    trains (that floor overran: `train cnn4 --time-budget 3s` took 26.5 s, 2-core Zen 5 EPYC)."""
+
+
+def suggest_duration(seconds: float) -> str:
+    """A budget to suggest, rounded up, as --time-budget takes it: 44.2 -> '45s', 136 -> '2m30s', 301 -> '5m30s'."""
+    if seconds < 120:
+        return f"{5 * math.ceil(seconds / 5):.0f}s"
+    minutes, rest = divmod(30 * math.ceil(seconds / 30), 60)
+    return f"{minutes:.0f}m" + ("30s" if rest else "")
+
+
+def require_one_epoch(budget: Budget, spent: float, epoch_seconds: float, final_seconds: float, what: str) -> None:
+    """TooSmall unless one epoch of `what` (e.g. "cnn4 (48,000 images)") ends within 110% of `budget`."""
+    one = predicted_seconds(1, spent, epoch_seconds, final_seconds)
+    if one <= HIGH * budget.seconds:
+        return
+    shared = budget.parts > 1 or budget.spent_before > 0
+    scope = (f"this run's share of the command's budget, {format_seconds(budget.seconds)},"
+             if shared else f"time budget {format_seconds(budget.seconds)}")
+    need = suggest_duration(budget.needed_for(one))
+    raise TooSmall(f"{scope} cannot hold one epoch of {what} on this machine: set-up took {format_seconds(spent)}, an "
+                   f"epoch about {format_seconds(epoch_seconds)}, the final evaluation {format_seconds(final_seconds)}; "
+                   f"give --time-budget {need} or more{' for the whole command' if shared else ''}, "
+                   "or fewer training images (--train-images), or --time-budget 0 with --epochs N")
 
 
 @dataclass

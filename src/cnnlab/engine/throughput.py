@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 
 from cnnlab import runs, test_time
-from cnnlab.budget import HIGH, Budget, Plan, choose_epochs, overruns
+from cnnlab.budget import HIGH, Budget, Plan, choose_epochs, overruns, require_one_epoch
 from cnnlab.device import synchronize
 from cnnlab.runs import RunDir
 
@@ -176,7 +176,7 @@ def agree(setup: Setup, *values: float) -> list[float]:
 def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list[dict] | None = None,
          speed: Throughput | None = None) -> Plan:
     """Measure (unless `speed` was measured on this setup already), choose the epochs for `budget`, and set them
-    on the config(s) before the first step. With `run_dirs` (and each member's checkpoint `states`), an epoch's
+    on the config(s) before the first step; budget.TooSmall where one epoch would end past 110% of it. With `run_dirs` (and each member's checkpoint `states`), an epoch's
     share of a checkpoint counts too.
 
     A warm-up longer than the chosen epochs is cut to them (the schedule cut it to the total anyway)."""
@@ -187,6 +187,7 @@ def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list
     epoch_seconds, final_seconds, saving, spent = agree(setup, speed.epoch_seconds, speed.final_seconds, saving * world,
                                                         budget.elapsed())
     epoch_seconds += saving  # the lead's, the others' being 0
+    require_one_epoch(budget, spent, epoch_seconds, final_seconds, f"{setup.config.model} ({len(setup.train):,} images)")
     chosen = Plan.choose(budget.seconds, spent, epoch_seconds, final_seconds, setup.config.epochs)
     set_epochs(setup, chosen.chosen_epochs, setup.config.warmup_epochs)
     for state in setup.states:
