@@ -171,3 +171,16 @@ def test_what_stands_in_the_way_of_the_report_is_told_before_any_work(run_copy, 
     code, _, err = cli("report", run_copy, "-o", tmp_path / "report.html")
     assert code == 2 and "report.md is a folder" in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "run"]
+
+
+def test_a_run_reached_twice_counts_once(run_copy, tmp_path, cli):
+    """A folder and a run inside it, ./run and run, a link to it: one run, not three weighing triple in each
+    mean and spread."""
+    from cnnlab.report import find_runs
+
+    (tmp_path / "link").symlink_to(run_copy, target_is_directory=True)
+    paths = [tmp_path, run_copy, tmp_path / "." / "run", tmp_path / "link"]
+    assert find_runs(paths) == [run_copy]
+    code, out, err = cli("report", *paths, "-o", tmp_path / "r" / "report.html")
+    assert code == 0, err
+    assert "\n- Runs: 1 (seeds 0)\n" in (tmp_path / "r" / "report.md").read_text()

@@ -58,7 +58,12 @@ def find_runs(paths: list[Path]) -> list[Path]:
         found += [c for c in candidates if RunDir(c).is_finished()]
     if not found:
         raise UserError(f"{', '.join(map(str, paths))}: no finished run directories found")
-    return list(dict.fromkeys(found))
+    # once each, however it was reached (a folder and a run inside it, ./a and a, a link): counted twice, a
+    # run weighed double in every mean and spread
+    unique: dict[Path, Path] = {}
+    for candidate in found:
+        unique.setdefault(candidate.resolve(), candidate)
+    return list(unique.values())
 
 
 def load_run(path: Path) -> Run:
