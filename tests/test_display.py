@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import types
 import warnings
@@ -147,8 +148,14 @@ def test_study_result_is_the_dict_and_shows_its_comparison(arrays, tmp_path):
 
 def test_ensemble_vote_evaluates_with_figures(arrays, tmp_path):
     x, y, xt, yt = arrays
-    cnnlab.ensemble("cnn1", 2, 0.0, data=(x, y, xt, yt), class_names=NAMES, out=tmp_path / "e", say=lambda s: None,
-                    **FAST)
+    result = cnnlab.ensemble("cnn1", 2, 0.0, data=(x, y, xt, yt), class_names=NAMES, out=tmp_path / "e",
+                             say=lambda s: None, **FAST)
+    # the manifest, still the dict, shows the vote in a notebook: its accuracy, per-class table, growth figure
+    assert result["qualified"] == 2 and json.loads(json.dumps(result)) == dict(result)
+    page = result._repr_html_()
+    assert f"{100 * result['test_accuracy']:.2f}%" in page and "trouser" in page and "data:image/png;base64," in page
+    assert type(pickle.loads(pickle.dumps(result))) is dict
+    assert "data:image/png;base64," in cnnlab.combine(tmp_path / "e")._repr_html_()
     vote = cnnlab.load_run(tmp_path / "e")
     ev = vote.evaluate("val")
     assert ev["accuracy"] >= 0 and list(ev.per_class.index) == NAMES

@@ -34,7 +34,7 @@ from cnnlab.data.arrays import dataset_from_arrays
 from cnnlab.data.formats import validate_arrays
 from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx
-from cnnlab.display import Evaluation, StudyResult, run_html, run_text, show_files
+from cnnlab.display import EnsembleResult, Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
 from cnnlab.ensembles import combine as combine_members
@@ -534,8 +534,9 @@ def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote
              out: str | Path = "ensemble", max_attempts: int | None = None, only_members: str | None = None,
              fuse: int = 0, config=None, params=None, callbacks=(), progress: bool = True, say=print, ray: bool = False,
              ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
-             **options) -> dict:
-    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth). `model`: a
+             **options) -> EnsembleResult:
+    """The report's threshold-filtered vote; returns the manifest (members, vote accuracy, growth: a dict that
+    shows the vote's accuracy, per-class scores and growth figure in a notebook). `model`: a
     name, or an nn.Module or factory of your own (copied or called per member; passed again to continue).
     ray: members train as Ray tasks (a local cluster on 127.0.0.1, or ray_address="auto" / "IP:PORT").
     `time_budget` covers every member (divided among those still wanted); no attempt starts once it is spent."""
@@ -554,11 +555,11 @@ def ensemble(model="tuned-cnn", members: int = 30, threshold: float = 0.91, vote
     if ray:
         group.log_dirs([Path(out) / m["path"] for m in manifest["members"] + manifest["discarded"]])
     group.close({f"vote_{k}": manifest[k] for k in ("val_accuracy", "test_accuracy") if k in manifest})
-    return manifest
+    return EnsembleResult(manifest, out)
 
 
-def combine(directory: str | Path) -> dict:
-    return combine_members(Path(directory))
+def combine(directory: str | Path) -> EnsembleResult:
+    return EnsembleResult(combine_members(Path(directory)), directory)
 
 
 def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Path = "tune",

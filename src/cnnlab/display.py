@@ -297,6 +297,34 @@ class StudyResult(dict):
         return "".join(parts) + "</div>"
 
 
+class EnsembleResult(dict):
+    """cnnlab.ensemble's (and combine's) manifest, still the dict (members, vote accuracy, growth), that shows the
+    vote's accuracy, its per-class scores and the accuracy-against-members figure in a notebook."""
+
+    def __init__(self, manifest: dict, directory: str | Path):
+        super().__init__(manifest)
+        self.directory = Path(directory)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+    def _repr_html_(self) -> str:
+        rows = [("Model", self.get("model")), ("Vote", f"{self.get('vote')} vote of {self.get('qualified')} members "
+                                                       f"({self.get('members_wanted')} wanted)"),
+                ("Attempts", f"{self.get('attempts')}; threshold {self.get('threshold')} on validation accuracy"),
+                ("Validation accuracy", _pct(self.get("val_accuracy"))), ("Test accuracy", _pct(self.get("test_accuracy")))]
+        parts = [f"<div><b>Ensemble</b> <code>{_h(self.directory)}</code>{_rows(rows)}"]
+        split = "test" if self.get("test_metrics") else "val"
+        if self.get(f"{split}_metrics"):
+            frame = pd.DataFrame(self[f"{split}_metrics"]["per_class"]).set_index("name")
+            parts.append(f"<p>Per class, {split} split</p>"
+                         + frame[["precision", "recall", "f1", "support"]].to_html(float_format="{:.3f}".format))
+        growth = self.directory / "growth.png"
+        if growth.is_file():
+            parts.append(img_tag(growth.read_bytes(), "vote accuracy against the number of members", 520))
+        return "".join(parts) + "</div>"
+
+
 def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_h(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
