@@ -146,3 +146,16 @@ def test_report_names_the_best_model_and_warns_on_degenerate_runs(study, tmp_pat
     assert len(learned) >= 1  # on this tiny data a short run can get stuck on one class (either dropout); those warn
     clean, _ = build_report(learned, tmp_path / "clean.html")
     assert "class='warning'" not in clean.read_text(), re.findall(r"class='warning'[^>]*>([^<]*)", clean.read_text())
+
+
+def test_a_rerun_asking_fewer_models_keeps_the_whole_study_in_its_report(tmp_path):
+    """The report is the study's: a rerun for one of its models (to continue it) rewrote it with that model alone."""
+    import cnnlab
+
+    data = write_npz_dataset(tmp_path / "d.npz", 120, 30)
+    options = dict(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False, say=lambda text: None)
+    cnnlab.study(["cnn1", "cnn2"], 1, str(data), out=tmp_path / "s", **options)
+    again = cnnlab.study(["cnn1"], 1, str(data), out=tmp_path / "s", **options)
+    assert [run.path.name for run in again["runs"]] == ["cnn1-seed0"]
+    rows = re.findall(r"^\| (cnn\d) \| 1 \|", again["markdown"].read_text(), re.M)
+    assert sorted(set(rows)) == ["cnn1", "cnn2"], again["markdown"].read_text()[:2000]

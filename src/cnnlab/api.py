@@ -52,7 +52,7 @@ from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
 from cnnlab.search import read_space_file, run_tune
-from cnnlab.studies import require_models, run_study
+from cnnlab.studies import require_models, run_study, study_dir
 
 
 # ------------------------------------------------------------------ configuration and data
@@ -482,7 +482,8 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
           say=print, report: bool = True, ray: bool = False, ray_address: str | None = None,
           tensorboard: bool | str = False, mlflow: bool | str = False, **options) -> StudyResult:
     """Train each model `repeats` times; returns {"runs": [Run...], "report": path or None, "markdown": path}
-    (a dict that shows its comparison tables and figures in a notebook). `time_budget` covers every run of
+    (a dict that shows its comparison tables and figures in a notebook); the report covers every finished run
+    in `out`, also those of models a rerun did not ask for. `time_budget` covers every run of
     the study (from this call to the report, which it does not count). `models`: names, and nn.Modules or
     factories of your own (named by class or factory; copied or called per seed; passed again to continue)."""
     started = budgets.clock()
@@ -502,8 +503,9 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     result = StudyResult(runs=[Run(d, builders.get(Path(d).name.rsplit("-seed", 1)[0])) for d in dirs], report=None,
                          markdown=None)
     group.close({})
-    if report:
-        result["report"], result["markdown"] = build_report(dirs, Path(out) / "report.html")
+    if report:  # the study's report covers all its finished runs: a rerun asking fewer models rewrote it with those
+        every = [run.path for run in study_dir(Path(out)).run_dirs()]
+        result["report"], result["markdown"] = build_report([*dirs, *every], Path(out) / "report.html")
     return result
 
 
