@@ -365,11 +365,14 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
 
 @app.command("predict")
 def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble directory, or an exported .onnx file."),
-                input: Path = typer.Option(..., "--input", help="Images to predict: Kaggle test CSV, .npz/.npy, IDX or image folder "
-                                    "(a source with a test split, such as the Fashion-MNIST folder, gives that split)."),
+                input: Path = typer.Option(..., "--input", help="Images to predict: Kaggle test CSV (pixel columns by name, "
+                                    "ids from its id/ImageId column), .npz/.npy, an IDX images file or folder, or a folder of "
+                                    "images, flat or in subfolders (ids: the file names' stems; sorted 1.png, 2.png, 10.png). "
+                                    "A source with a test split, such as the Fashion-MNIST folder, gives that split."),
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
                 device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
-    """Write a Kaggle-style submission: id and predicted label per image (ids as in the input, else 1-based)."""
+    """Write a Kaggle-style submission: id and predicted label per image (ids from the input's id column or file
+    names, else 1-based)."""
     result = predict_run(run_dir, input, output, device)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
                   highlight=False)

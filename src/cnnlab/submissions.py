@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from cnnlab import runs
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data import load_unlabeled
+from cnnlab.data.common import shorten
 from cnnlab.deploy import onnx_predict_logits, read_onnx_metadata
 from cnnlab.device import resolve_device
 from cnnlab.errors import UserError
@@ -27,7 +29,9 @@ def validate_submission(rows: list[dict], expected: int, allowed_labels: list[in
         raise UserError(f"submission has {len(rows)} rows for {expected} images")
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
-        raise UserError("the input has duplicate ids; a submission needs one row per id")
+        twice = next(i for i, n in Counter(ids).items() if n > 1)
+        raise UserError(f"the input has duplicate ids (id {shorten(twice)!r} is there twice); a submission needs one "
+                        "row per id")
     bad = [r["label"] for r in rows if r["label"] not in allowed_labels]
     if bad:
         raise UserError(f"predicted label {bad[0]} is not one of the classes {allowed_labels}")
@@ -46,7 +50,8 @@ def load_inputs(path: str | Path, input_shape: list[int]):
     split = load_unlabeled(path, keep_rgb=input_shape[0] == 3)
     if list(split.images.shape[1:]) != list(input_shape):
         raise UserError(f"{path}: images are {'x'.join(map(str, split.images.shape[1:]))} but the model was trained "
-                        f"on {'x'.join(map(str, input_shape))}")
+                        f"on {'x'.join(map(str, input_shape))}; give images of that size (cnnlab does not resize "
+                        "them)")
     return split
 
 

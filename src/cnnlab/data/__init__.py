@@ -19,6 +19,8 @@ from .builtin import BUILTIN, load_builtin
 from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
                       read_image_folder, read_npy, read_npz)
 from .common import notice
+from .idx import idx_images_in, is_idx_file, read_idx_images
+from .image_folders import read_unlabeled_images
 
 __all__ = ["Split", "Dataset", "Splits", "load_dataset", "load_unlabeled", "train_val_split",
            "parse_classes", "BUILTIN", "known_datasets"]
@@ -233,11 +235,37 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
 
 
 def load_unlabeled(path: str | Path, keep_rgb: bool = False) -> Split:
-    """Images to predict on (a Kaggle test CSV, NPZ/NPY, IDX folder or image folder); labels ignored. A source
-    holding a training and a test split (the IDX folder, an NPZ with x_train and x_test) gives its test split, the
-    images a submission is for (it gave the training split: 60,000 Fashion-MNIST predictions, not 10,000)."""
-    raw, test = _read_path(Path(path).expanduser(), keep_rgb)
-    return _to_split(test if test is not None else raw, keep_rgb)
+    """Images to predict on, labels ignored: a Kaggle test CSV, NPZ/NPY, an IDX images file or folder, or a folder
+    of images (flat, as Kaggle ships a test set, or in subfolders; ids are the file names' stems). A source holding
+    a training and a test split (the IDX folder, an NPZ with x_train and x_test, train/ and test/ image folders)
+    gives its test split, the images a submission is for (it gave the training split: 60,000 Fashion-MNIST
+    predictions, not 10,000)."""
+    path = Path(path).expanduser()
+    try:
+        raw = _read_unlabeled(path, keep_rgb)
+    except OSError as exc:  # anything the readers did not turn into a UserError themselves
+        raise os_error(path, exc) from None
+    return _to_split(raw, keep_rgb)
+
+
+def _read_unlabeled(path: Path, keep_rgb: bool) -> RawSplit:
+    suffix = _suffix(path)
+    if path.is_dir() and suffix not in _FILE_SUFFIXES:
+        images = idx_images_in(path)
+        if images is not None:  # only the images file: predict needs no labels, nor the training split
+            return read_idx_images(images)
+        if {"train", "test"} <= {p.name for p in list_dir(path) if p.is_dir()}:
+            return read_unlabeled_images(path / "test", keep_rgb)
+        return read_unlabeled_images(path, keep_rgb)
+    if path.is_file() and suffix not in _FILE_SUFFIXES:
+        if is_idx_file(path):
+            return read_idx_images(path)
+        raise UserError(f"{path}: unknown format {suffix or '(no extension)'}; predict reads a .csv, .npz or .npy "
+                        "file, an IDX images file (t10k-images-idx3-ubyte.gz) or a folder of images")
+    if suffix in (".csv", ".csv.gz") and path.is_file():
+        return read_csv(path, with_labels=False)
+    raw, test = _read_path(path, keep_rgb)
+    return test if test is not None else raw
 
 
 def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Splits:

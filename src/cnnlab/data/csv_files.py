@@ -1,5 +1,9 @@
 """Kaggle-style CSV: a header row, optional `label` and `id` columns, then one column per pixel of a square image.
 
+Pixel columns named pixel0..pixelN-1 or pixel1..pixelN are taken in the order of their numbers, wherever they
+stand in the file (a tool that sorted the columns as text put pixel10 before pixel2); other names keep their
+order in the file. The id column is `id` or `ImageId` (any case).
+
 The header is checked on its own, before the rows are read or parsed: a file whose first line cannot be a
 header of a square image (its width, numbers for names, a ';' or tab separator) is refused after reading
 that line, however large the rest is. Pixels must be whole numbers 0..255; label problems are tagged
@@ -175,8 +179,39 @@ def _read_checked(path: Path) -> bytes:
     return raw
 
 
-def read_csv(path: Path) -> RawSplit:
-    """Kaggle layout: a header row, optional `label` column, optional `id` column, then one column per pixel."""
+_PIXEL_NAME = re.compile(r"pixel([0-9]+)")
+
+
+def _pixel_order(pixel_cols: list[str], path: Path) -> list[str]:
+    """The pixel columns in image order: by number when they are named pixel<number>, else as in the file."""
+    numbers = [m and int(m.group(1)) for m in map(_PIXEL_NAME.fullmatch, pixel_cols)]
+    if not any(n is not None for n in numbers):
+        return pixel_cols
+    odd = next((c for c, n in zip(pixel_cols, numbers) if n is None), None)
+    if odd is not None:  # guessing where it goes would shift every pixel after it
+        raise UserError(f"{path}: column {shorten(odd)!r} is neither id, label nor a pixel<number> column like the "
+                        "others; rename or remove it")
+    ordered = sorted(zip(numbers, pixel_cols), key=lambda pair: pair[0])  # stable: ties named in file order
+    for (n, first), (m, second) in zip(ordered, ordered[1:]):
+        if n == m:
+            raise UserError(f"{path}: columns {shorten(first)!r} and {shorten(second)!r} are both pixel {n}; give "
+                            "each pixel one column")
+    numbers = [n for n, _ in ordered]
+    if numbers[0] not in (0, 1):
+        raise UserError(f"{path}: the pixel columns start at {shorten(ordered[0][1])!r}; number them from pixel0 "
+                        "or pixel1, one column per pixel")
+    if numbers[-1] - numbers[0] + 1 != len(numbers):
+        have = set(numbers)
+        missing = next(n for n in range(numbers[0], numbers[-1]) if n not in have)
+        raise UserError(f"{path}: column 'pixel{missing}' is missing between {shorten(ordered[0][1])!r} and "
+                        f"{shorten(ordered[-1][1])!r}; give one column per pixel")
+    return [c for _, c in ordered]
+
+
+def read_csv(path: Path, with_labels: bool = True) -> RawSplit:
+    """Kaggle layout: a header row, optional `label` column, optional `id` column, then one column per pixel.
+
+    with_labels=False (images to predict on): a label column is left out, unread."""
     raw = _read_checked(path)
     import pandas as pd  # after the header check: a refusal need not wait for the import
 
@@ -199,7 +234,7 @@ def read_csv(path: Path) -> RawSplit:
     if len(frame) == 0:
         raise UserError(f"{path}: the dataset is empty (header but no rows)")
     labels_col = "label" if "label" in header else None
-    pixel_cols = [c for c in header if c not in (labels_col, id_col)]
+    pixel_cols = _pixel_order([c for c in header if c not in (labels_col, id_col)], path)
     empty = frame[pixel_cols] == ""
     if empty.values.any():
         row = int(empty.any(axis=1).values.argmax())
@@ -221,7 +256,7 @@ def read_csv(path: Path) -> RawSplit:
         raise UserError(f"{path}: pixel value {cell(*np.argwhere(fractional)[0])} is not a whole number; CSV pixels "
                         "are integers 0..255, save them without decimals")
     labels = None
-    if labels_col:
+    if labels_col and with_labels:
         numeric = pd.to_numeric(frame[labels_col], errors="coerce")
         if numeric.isna().any():
             row = int(numeric.isna().values.argmax())

@@ -2,13 +2,15 @@
 
 A folder holds `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]`, and maybe the same for
 `t10k` or `test`. A file present both gzipped and raw must hold the same data in both (then the .gz is
-read); different contents are refused, naming both, rather than one picked silently.
+read); different contents are refused, naming both, rather than one picked silently. To predict, one images
+file alone (`t10k-images-idx3-ubyte[.gz]`, as Fashion-MNIST ships it) is read too (`read_idx_images`).
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -23,9 +25,9 @@ IDX_IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 
 
-def read_idx(path: Path, expect_magic: int) -> np.ndarray:
+def read_idx(path: Path, expect_magic: int, raw: bytes | None = None) -> np.ndarray:
     """Read one IDX file (the MNIST format: big-endian magic, dimension sizes, then uint8 data)."""
-    raw = read_file(path)
+    raw = read_file(path) if raw is None else raw
     gzipped = raw[:2] == GZIP_MAGIC
     try:
         return _read_idx_data(raw, gzipped, path, expect_magic)
@@ -123,3 +125,54 @@ def read_idx_folder(folder: Path) -> tuple[RawSplit, RawSplit | None]:
         raise UserError(f"{folder}: no train-images-idx3-ubyte[.gz] / train-labels-idx1-ubyte[.gz] files")
     test = find_idx_pair(folder, "t10k") or find_idx_pair(folder, "test")
     return read_idx_split(*train), (read_idx_split(*test) if test else None)
+
+
+_IDX_NAME = re.compile(r"idx[0-9]-ubyte(\.gz)?$", re.IGNORECASE)
+
+
+def _magic(raw: bytes, path: Path) -> int | None:
+    head = gunzip(raw, path, 3) if raw[:2] == GZIP_MAGIC else raw
+    return int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+
+
+def is_idx_file(path: Path) -> bool:
+    """Whether a file is named like an IDX file (t10k-images-idx3-ubyte.gz) or starts with an unsigned-byte
+    IDX magic number (0x000008..), whatever its name."""
+    if _IDX_NAME.search(path.name):
+        return True
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(4)
+            if head[:2] == GZIP_MAGIC:
+                fp.seek(0)
+                head = gzip.GzipFile(fileobj=fp).read(4)
+    except (OSError, EOFError, zlib.error):
+        return False  # not IDX as far as can be told; the caller's "unknown format" line names the file
+    return head[:3] == b"\0\0\x08"
+
+
+def read_idx_images(path: Path) -> RawSplit:
+    """One IDX images file without its labels (the images to predict on); a labels file is refused as such."""
+    raw = read_file(path)
+    try:
+        magic = _magic(raw, path)
+    except UserError:
+        magic = None  # a damaged gzip stream: read_idx says so
+    if magic == IDX_LABEL_MAGIC:
+        raise UserError(f"{path}: holds labels (IDX magic 0x{magic:08x}), not images; give the images file "
+                        "beside it, e.g. t10k-images-idx3-ubyte.gz")
+    images, _ = validate_arrays(read_idx(path, IDX_IMAGE_MAGIC, raw), None, str(path))
+    return RawSplit(images, None)
+
+
+def idx_images_in(folder: Path) -> Path | None:
+    """The IDX images file in `folder` to predict on: the test split's (t10k- or test-), else the training
+    split's; None if the folder holds no IDX files. Labels may be missing: predict does not need them."""
+    for prefix in ("t10k", "test", "train"):
+        images = idx_file(folder, f"{prefix}-images-idx3-ubyte")
+        if images is not None:
+            return images
+        if idx_file(folder, f"{prefix}-labels-idx1-ubyte") is not None:  # its images must not be skipped for another split's
+            raise UserError(f"{folder}: found {prefix} labels but no {prefix}-images-idx3-ubyte[.gz] beside them; "
+                            "add the images file (predict reads the images, not the labels)")
+    return None

@@ -5,11 +5,15 @@ to that class (as in Keras's image_dataset_from_directory; links to folders belo
 followed). The test split's classes are matched to the training split's by name: a test class that
 training lacks is refused, a subset keeps training's indices. Folders beside train/ and test/ are ignored
 with a one-line warning on stderr; `cnnlab data info` lists them and counts the images found in subfolders.
+
+Images to predict (`read_unlabeled_images`) may lie in one flat folder, the usual Kaggle test folder, or in
+subfolders; their ids are the file names' stems.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -38,12 +42,13 @@ def _contains(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
-def class_images(class_dir: Path, root: Path) -> tuple[list[Path], int]:
+def class_images(class_dir: Path, root: Path, skipped: list[Path] | None = None) -> tuple[list[Path], int]:
     """The image files of one class folder of `root`, its subfolders' included; and how many lie in subfolders.
 
     Sorted folder by folder, depth first; hidden names skipped; links to folders below the class folder not
     followed; a class folder that links to `root` or above it is not descended into (it would hold the
-    dataset itself). An entry named like an image is taken for one, even a folder (reading it says so)."""
+    dataset itself). An entry named like an image is taken for one, even a folder (reading it says so).
+    Files not named like images are appended to `skipped` when it is given."""
     files, nested = [], 0
     descend = not _contains(os.path.realpath(class_dir), os.path.realpath(root))
     pending = [(class_dir, 0)]
@@ -56,6 +61,8 @@ def class_images(class_dir: Path, root: Path) -> tuple[list[Path], int]:
                 nested += depth > 0
             elif descend and not entry.is_symlink() and entry.is_dir():
                 subfolders.append((entry, depth + 1))
+            elif skipped is not None and not entry.is_dir():
+                skipped.append(entry)
         pending.extend(reversed(subfolders))
     return files, nested
 
@@ -115,28 +122,82 @@ def read_image_folder(folder: Path, keep_rgb: bool = False, *, train_classes: li
         class_ids, names = [index[name] for name in names], list(train_classes)
     else:
         class_ids = list(range(len(names)))
-    images, labels, first_shape, first_file = [], [], None, None
-    mode = "RGB" if keep_rgb else "L"
+    files, labels = [], []
     for label, class_dir in zip(class_ids, class_dirs):
-        files, _ = class_images(class_dir, folder)
-        if not files:
+        found, _ = class_images(class_dir, folder)
+        if not found:
             raise UserError(f"{class_dir}: class folder has no images (PNG or JPEG); add some or remove the folder")
-        for file in files:
-            array = _read_image(file, mode)
-            if first_shape is None:
-                first_shape, first_file = array.shape, file
-            elif array.shape != first_shape:
-                raise UserError(f"{file}: image size {array.shape[1]}x{array.shape[0]} differs from "
-                                f"{first_file.name}'s {first_shape[1]}x{first_shape[0]}; mixed image sizes "
-                                "are not supported, resize them to one size")
-            images.append(array)
-            labels.append(label)
+        files += found
+        labels += [label] * len(found)
+    images = _read_images(files, keep_rgb)
+    return RawSplit(images, np.asarray(labels, dtype=np.int64), class_names=names)
+
+
+def _read_images(files: list[Path], keep_rgb: bool) -> np.ndarray:
+    """The files' images, all of one size, as uint8 N x C x H x W (grayscale unless keep_rgb)."""
+    images, first_shape, first_file = [], None, None
+    mode = "RGB" if keep_rgb else "L"
+    for file in files:
+        array = _read_image(file, mode)
+        if first_shape is None:
+            first_shape, first_file = array.shape, file
+        elif array.shape != first_shape:
+            raise UserError(f"{file}: image size {array.shape[1]}x{array.shape[0]} differs from "
+                            f"{first_file.name}'s {first_shape[1]}x{first_shape[0]}; mixed image sizes "
+                            "are not supported, resize them to one size")
+        images.append(array)
     stacked = np.stack(images)
-    if stacked.ndim == 3:
-        stacked = stacked[:, None]
-    else:
-        stacked = stacked.transpose(0, 3, 1, 2)
-    return RawSplit(np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64), class_names=names)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stacked)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting 2.png before 10.png: runs of digits compare as numbers (ties broken by the name)."""
+    parts = re.split(r"([0-9]+)", name)  # digits at odd places, so no str is ever compared with an int
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name
+
+
+def _ids(files: list[Path], folder: Path) -> list[str]:
+    """The files' stems; where two files share a stem (cat/0.png, dog/0.png), every id is the path below
+    `folder` without suffix (cat/0, dog/0), so the ids stay one per file and one kind for the whole input."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    ids = [f.relative_to(folder).with_suffix("").as_posix() for f in files]
+    first: dict[str, Path] = {}
+    for file, id_ in zip(files, ids):
+        if id_ in first:  # a.png beside a.jpg: no id can tell them apart
+            raise UserError(f"{file}: has the same name as {first[id_]} but for the suffix, so both would get the "
+                            f"id {shorten(id_)!r}; a submission needs one id per image: rename or remove one")
+        first[id_] = file
+    return ids
+
+
+def read_unlabeled_images(folder: Path, keep_rgb: bool = False) -> RawSplit:
+    """The images in `folder` and its subfolders (no labels), to predict on; ids are the file names' stems.
+
+    Files are sorted by path, numbers in names by value (2.png before 10.png); subfolders are read as class
+    folders are (hidden names skipped, links to folders below them not followed); files not named like
+    images are skipped with a one-line warning."""
+    files, skipped = [], []
+    for entry in list_dir(folder):
+        if entry.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(entry)
+        elif entry.is_dir():
+            files += class_images(entry, folder, skipped)[0]
+        else:
+            skipped.append(entry)
+    if not files:
+        raise UserError(f"{folder}: no images (PNG, JPEG, ...) in the folder or its subfolders; give the folder "
+                        "that holds the images to predict")
+    files.sort(key=lambda f: tuple(map(natural_key, f.relative_to(folder).parts)))
+    ids = _ids(files, folder)
+    images = _read_images(files, keep_rgb)
+    if skipped:  # said after reading, so a refusal stays the only line
+        names = ", ".join(str(f.relative_to(folder)) for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        notice(f"{folder}: skipped {len(skipped)} file{'s' * (len(skipped) != 1)} not named like an image "
+               f"({shorten(names)}); only {', '.join(sorted(IMAGE_SUFFIXES))} files are read")
+    return RawSplit(images, None, ids=ids)
 
 
 def image_folder_notes(path: Path) -> list[str]:
