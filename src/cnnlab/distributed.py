@@ -11,12 +11,16 @@ rerunning a killed driver continues from the runs already written.
     ray_cluster(None)       a local cluster for this process only: bound to 127.0.0.1, no dashboard
     ray_cluster("auto")     join the cluster `ray start` runs on this machine
     ray_cluster("IP:6379")  join a cluster by its address
+
+An address to join is checked first (it is found, its port answers within CONNECT_SECONDS): otherwise one line
+at once, not Ray's minutes of connection retries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +45,15 @@ def require_ray():
     return ray
 
 
+CONNECT_SECONDS = 2.0  # a cluster's address that does not answer within this fails at once (Ray retries for minutes)
+# A head bound to 127.0.0.1 only: on Linux `ray start` replaces a loopback --node-ip-address by the machine's network
+# address and its servers listen on every interface, unless the single-machine switch below is off.
+START_HEAD = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address=127.0.0.1 "
+              "--include-dashboard=false")
+START_HINT = (f"start one on this machine with '{START_HEAD}' and pass --ray-address auto, "
+              "or leave out --ray-address for a private local cluster")
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iterator[object]:
     """Ray, initialised for this block: a private local cluster on loopback, or a running one joined."""
@@ -51,21 +64,94 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():  # the caller (a notebook, a test) set Ray up already
         yield ray
         return
+    if address is not None:
+        require_answering(address)
     options = dict(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
     try:
-        if address is None:
-            ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, **options)
+        if address is None:  # "local": a new cluster even where RAY_ADDRESS or a `ray start` cluster would be joined
+            ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, **options)
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         target = "a local cluster" if address is None else f"the cluster at {mask_url(address)}"
         reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, *([address] if address else []))
-        raise UserError(f"ray: cannot start or join {target} ({reason}); start one with "
-                        "'ray start --head --node-ip-address=127.0.0.1' and pass --ray auto") from None
+        raise UserError(f"ray: cannot start or join {target} ({reason}); {START_HINT}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT', with an optional ray:// scheme) -> (host, port); one line when it is not one."""
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"ray_address: expected 'auto' or HOST:PORT (such as 127.0.0.1:6379), got {mask_url(address)!r}")
+    return host, int(port)
+
+
+def answers(host: str, port: int, seconds: float = CONNECT_SECONDS) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            return True
+    except OSError:  # refused, timed out, no route, unknown host
+        return False
+
+
+def require_answering(address: str) -> None:
+    """Before ray.init(address=...): the cluster is found and its port answers, or one line at once. Ray itself
+    retries a dead address for minutes (its connect timeouts are internal settings, not public options)."""
+    shown = mask_url(address)
+    if address == "auto":
+        shown, address = "auto", auto_address()
+        if address == "auto":  # this Ray resolves it some other way: ray.init decides
+            return
+    host, port = split_address(address)
+    if "://" in address:  # Ray Client: dialled as given
+        if not answers(host, port):
+            raise UserError(f"ray: nothing answers at {shown} ({host}:{port}); check the address, or {START_HINT}")
+        return
+    dialled = ray_dials(host)
+    if answers(dialled, port):
+        return
+    if dialled != host and answers(host, port):
+        # a loopback address Ray would replace by the network address (where nothing listens): a head started
+        # bound to 127.0.0.1 only, joined on loopback as a private cluster is
+        loopback_only()
+        return
+    where = f"{shown} ({mask_url(address)})" if shown != mask_url(address) else shown
+    raise UserError(f"ray: nothing answers at {where}; check the address and that its cluster runs, or {START_HINT}")
+
+
+def auto_address() -> str:
+    """'auto' the way ray.init resolves it: RAY_ADDRESS, else the cluster `ray start` recorded on this machine
+    (its temp folder's ray_current_cluster), else a running local GCS; one line when there is none."""
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # another Ray: its own lookup decides, in ray.init
+        return "auto"
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise UserError(f"ray: --ray-address auto found no running cluster on this machine (none recorded by "
+                        f"`ray start`, no RAY_ADDRESS); {START_HINT}") from None
+
+
+def ray_dials(host: str) -> str:
+    """The host ray.init connects to for `host`: Ray replaces a loopback one by this machine's network address
+    unless the single-machine switch (loopback_only) is set."""
+    try:
+        from ray._private import ray_constants, services
+        if services.is_localhost(host) and ray_constants.ENABLE_RAY_CLUSTER:
+            return services.get_node_ip_address()
+    except (ImportError, AttributeError):
+        pass
+    return host
 
 
 def loopback_only() -> None:

@@ -124,8 +124,9 @@ def require_builder(directory: Path, builder=None) -> None:
                         f"{class_path(builder)}; use another output folder or the same model")
 
 
-def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict:
-    """The first invocation fixes the settings; later ones (other workers, restarts) must agree."""
+def write_settings(directory: Path, config: TrainConfig, settings: dict, check_only: bool = False) -> dict | None:
+    """The first invocation fixes the settings; later ones (other workers, restarts) must agree.
+    check_only: refuse (UserError) where they disagree, write nothing."""
     def agree(stored: dict, wanted: dict) -> dict:
         # the device may differ between workers (one CPU machine, one GPU machine); results may not
         diff = differing_settings(wanted["train"], stored.get("train", {}))
@@ -142,7 +143,10 @@ def write_settings(directory: Path, config: TrainConfig, settings: dict) -> dict
 
     files = files_fingerprint(config.data, config.data_dir)
     wanted = {"train": config.to_dict(), **settings, **({"data_files": files} if files is not None else {})}
-    return ensemble_dir(directory).fix_settings(wanted, agree)
+    group = ensemble_dir(directory)
+    if check_only:
+        return agree(group.read_settings(), wanted) if group.has_settings() else None
+    return group.fix_settings(wanted, agree)
 
 
 # ------------------------------------------------------------------ training and combining
@@ -213,14 +217,19 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     if ray and builder is not None:  # before anything is written
         require_importable(builder, "or train the ensemble without ray")
     custom = {"custom_model": class_path(builder)} if builder is not None else {}
-    settings = write_settings(directory, config, {"members": members, "threshold": threshold, "vote": method,
-                                                  "max_attempts": max_attempts, **custom})
+    wanted = {"members": members, "threshold": threshold, "vote": method, "max_attempts": max_attempts, **custom}
+    if ray:
+        write_settings(directory, config, wanted, check_only=True)  # a refused rerun says so before Ray starts
+        # Ray up before the settings are written: a cluster that cannot start or be joined leaves none behind
+        with ray_cluster(ray_address) as cluster:
+            settings = write_settings(directory, config, wanted)
+            candidates = [a for a in range(settings["max_attempts"]) if only is None or a in only]
+            train_members_on_ray(config, directory, settings["members"], settings["threshold"], candidates, fuse, say,
+                                 dataset, cluster, builder)
+        return combine(directory)
+    settings = write_settings(directory, config, wanted)
     members, threshold, method = settings["members"], settings["threshold"], settings["vote"]
     candidates = [a for a in range(settings["max_attempts"]) if only is None or a in only]
-    if ray:
-        train_members_on_ray(config, directory, members, threshold, candidates, fuse, say, dataset, ray_address,
-                             builder)
-        return combine(directory)
     say(f"training path: {text}")
     while True:
         done = finished_members(directory)
@@ -280,49 +289,49 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
 
 
 def train_members_on_ray(config: TrainConfig, directory: Path, members: int, threshold: float, candidates: list[int],
-                        fuse: int, say, dataset, address: str | None, builder=None) -> None:
-    """Members as Ray tasks: one per member, or per fused group where the cluster has GPUs. Submits attempts
-    until enough members qualify (counting those in flight), writing each member's directory from its task."""
-    with ray_cluster(address) as ray:
-        gpus = cluster_has_gpus(ray)
-        fusable, why = can_fuse_config(config)
-        group = (fuse or 30) if gpus and fusable else 1
-        say(f"training path: Ray, {'fused groups of up to %d members, one GPU each' % group if group > 1 else 'one task per member'}"
-            f"{', a quarter GPU each' if gpus and group == 1 else ''}")
-        data_ref = put_dataset(ray, dataset)
-        left = [a for a in candidates if not RunDir(member_dir(directory, a)).is_finished()]
-        state = {"qualified": sum(m["val_accuracy"] >= threshold for m in finished_members(directory))}
+                        fuse: int, say, dataset, ray, builder=None) -> None:
+    """Members as Ray tasks (on `ray`, started or joined by the caller): one per member, or per fused group where
+    the cluster has GPUs. Submits attempts until enough members qualify (counting those in flight), writing each
+    member's directory from its task."""
+    gpus = cluster_has_gpus(ray)
+    fusable, why = can_fuse_config(config)
+    group = (fuse or 30) if gpus and fusable else 1
+    say(f"training path: Ray, {'fused groups of up to %d members, one GPU each' % group if group > 1 else 'one task per member'}"
+        f"{', a quarter GPU each' if gpus and group == 1 else ''}")
+    data_ref = put_dataset(ray, dataset)
+    left = [a for a in candidates if not RunDir(member_dir(directory, a)).is_finished()]
+    state = {"qualified": sum(m["val_accuracy"] >= threshold for m in finished_members(directory))}
 
-        def on_done(attempts, results, error):
-            for attempt, metrics in zip(attempts, results or [None] * len(attempts)):
-                if metrics is None:
-                    say(f"  attempt {attempt}: failed ({error})")
-                    continue
-                kept = metrics["val_accuracy"] >= threshold
-                state["qualified"] += kept
-                say(f"  attempt {attempt}: val {metrics['val_accuracy']:.4f}" +
-                    (f", test {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "") +
-                    f" -> {'kept' if kept else 'discarded'}")
+    def on_done(attempts, results, error):
+        for attempt, metrics in zip(attempts, results or [None] * len(attempts)):
+            if metrics is None:
+                say(f"  attempt {attempt}: failed ({error})")
+                continue
+            kept = metrics["val_accuracy"] >= threshold
+            state["qualified"] += kept
+            say(f"  attempt {attempt}: val {metrics['val_accuracy']:.4f}" +
+                (f", test {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "") +
+                f" -> {'kept' if kept else 'discarded'}")
 
-        while state["qualified"] < members and left:
-            wanted = members - state["qualified"]
-            batch, left = left[:wanted], left[wanted:]
-            owned = [(a, RunDir(member_dir(directory, a))) for a in batch]
-            owned = [(a, run) for a, run in owned if run.try_own()]  # another driver may be on it
-            jobs = []
-            for start in range(0, len(owned), group):
-                part = owned[start:start + group]
-                attempts = [a for a, _ in part]
-                if len(part) > 1:
-                    ensemble_dir(directory).record_group(attempts)
-                jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part],
-                             builder))
-            say(f"attempts {', '.join(str(a) for a, _ in owned)} on Ray; {state['qualified']}/{members} qualified so far")
-            try:
-                run_tasks(ray, jobs, 1.0 if group > 1 else (0.25 if gpus else 0), data_ref, on_done)
-            finally:
-                for _, run in owned:
-                    run.release()
+    while state["qualified"] < members and left:
+        wanted = members - state["qualified"]
+        batch, left = left[:wanted], left[wanted:]
+        owned = [(a, RunDir(member_dir(directory, a))) for a in batch]
+        owned = [(a, run) for a, run in owned if run.try_own()]  # another driver may be on it
+        jobs = []
+        for start in range(0, len(owned), group):
+            part = owned[start:start + group]
+            attempts = [a for a, _ in part]
+            if len(part) > 1:
+                ensemble_dir(directory).record_group(attempts)
+            jobs.append((attempts, config.to_dict(), [config.seed + a for a in attempts], [run for _, run in part],
+                         builder))
+        say(f"attempts {', '.join(str(a) for a, _ in owned)} on Ray; {state['qualified']}/{members} qualified so far")
+        try:
+            run_tasks(ray, jobs, 1.0 if group > 1 else (0.25 if gpus else 0), data_ref, on_done)
+        finally:
+            for _, run in owned:
+                run.release()
 
 
 def config_for_member(config: TrainConfig, run: RunDir, seed: int, resume: bool) -> TrainConfig:

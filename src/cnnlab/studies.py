@@ -102,8 +102,9 @@ def merge_settings(directory: Path, config: TrainConfig):
     return merge
 
 
-def run_on_ray(jobs: list[tuple[TrainConfig, RunDir, object]], say, dataset, address: str | None) -> None:
-    """Every unfinished run as a Ray task; the driver writes each run directory from what its task returns."""
+def run_on_ray(jobs: list[tuple[TrainConfig, RunDir, object]], say, dataset, ray) -> None:
+    """Every unfinished run as a Ray task (on `ray`, started or joined by the caller); the driver writes each
+    run directory from what its task returns."""
     todo = [(cfg, run, builder) for cfg, run, builder in jobs if run.status() != runs.FINISHED and run.try_own()]
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished earlier (or owned by another process); "
         f"{len(todo)} to train on Ray")
@@ -118,11 +119,10 @@ def run_on_ray(jobs: list[tuple[TrainConfig, RunDir, object]], say, dataset, add
             say(f"    {name}: val {m['val_accuracy']:.4f}" + (f", test {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""))
 
     try:
-        with ray_cluster(address) as ray:
-            data_ref = put_dataset(ray, dataset)
-            gpus = 0.25 if cluster_has_gpus(ray) else 0
-            run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run], builder) for cfg, run, builder in todo],
-                      gpus, data_ref, on_done)
+        data_ref = put_dataset(ray, dataset)
+        gpus = 0.25 if cluster_has_gpus(ray) else 0
+        run_tasks(ray, [(run.path.name, cfg.to_dict(), [cfg.seed], [run], builder) for cfg, run, builder in todo],
+                  gpus, data_ref, on_done)
     finally:
         for _, run, _ in todo:
             run.release()
@@ -148,13 +148,18 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     dataset = preflight(config, dataset)  # bad data fails before anything is written; loaded once
     files = files_fingerprint(config.data, config.data_dir)
     custom = {name: class_path(builder) for name, builder in builders.items() if name in models}
-    study_dir(directory).fix_settings({"models": models, "repeats": repeats, "train": config.to_dict(),
-                                       **({"custom_models": custom} if custom else {}),
-                                       **({"data_files": files} if files is not None else {})},
-                                      merge_settings(directory, config))
+    group, merge = study_dir(directory), merge_settings(directory, config)
+    wanted = {"models": models, "repeats": repeats, "train": config.to_dict(),
+              **({"custom_models": custom} if custom else {}), **({"data_files": files} if files is not None else {})}
     if ray:
-        run_on_ray(jobs, say, dataset, ray_address)
+        if group.has_settings():  # a refused rerun says so before Ray starts
+            merge(group.read_settings(), wanted)
+        # Ray up before the settings are written: a cluster that cannot start or be joined leaves none behind
+        with ray_cluster(ray_address) as cluster:
+            group.fix_settings(wanted, merge)
+            run_on_ray(jobs, say, dataset, cluster)
         return [run.path for _, run, _ in jobs]
+    group.fix_settings(wanted, merge)
     deferred = []
 
     def train_owned(i: int, cfg: TrainConfig, run: RunDir, builder) -> None:
