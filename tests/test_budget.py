@@ -303,17 +303,36 @@ def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, s
 
 
 def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):
-    """Epochs take 30 s where the probe says 10: the first run (20 s, 1 epoch the least) spends 30 of the 40 s,
-    the second gets the 10 left and spends 30 more; the third and fourth do not start (they did, past the
-    budget: a 30 s study took 64 s on a 2-core Zen 5 EPYC)."""
+    """Epochs take 30 s where the probe says 10: the first two runs (20 s each, 2 epochs by the probe, 1 after
+    the re-plan) spend 60 s of the 60; the third and fourth do not start (they did, past the budget: a 30 s
+    study took 64 s on a 2-core Zen 5 EPYC)."""
     speed(10.0, epochs_take=30.0)
     said = []
     cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", report=False, progress=False, say=said.append,
-                 **dict(SETTINGS, epochs=10, time_budget=40))
+                 **dict(SETTINGS, epochs=10, time_budget=60))
     started = sorted(p.name for p in (tmp_path / "study" / "runs").iterdir() if (p / "history.csv").is_file())
     assert len(started) == 2 and len(list((tmp_path / "study" / "runs").iterdir())) <= 4
     assert sum("not started, the time budget" in line and "is spent; run the same command again" in line
                for line in said) == 2, said
+
+
+def test_a_study_starts_no_run_once_a_share_cannot_hold_one_epoch(data, tmp_path, clock, speed):
+    """Epochs take 30 s where the probe says 10: the first run's 10 s of 40 hold one epoch by the probe and spend
+    30; the second's share of the 10 left (3.3 s) cannot hold one, so it and the later runs do not start, named
+    with the budget the whole study needs (it trained one epoch each, past the budget)."""
+    speed(10.0, epochs_take=30.0)
+    said = []
+    result = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=said.append,
+                          **dict(SETTINGS, epochs=10, time_budget=40))
+    assert [run.dir.status() for run in result["runs"]] == ["finished", "fresh", "fresh", "fresh"]
+    (refused,) = [line for line in said if "cannot hold one epoch of cnn1" in line]
+    assert refused.startswith("[2/4] cnn1-seed4: not started: this run's share of the command's budget, 3.3 s,")
+    assert "give --time-budget 60s or more for the whole command" in refused  # 30 s spent + 3 runs x 10 s
+    assert sum("not started, the budget's share cannot hold one epoch" in line for line in said) == 2, said
+    assert result["report"].is_file()  # of the run that finished
+    again = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=said.append,
+                         **dict(SETTINGS, epochs=10, time_budget=200))  # the budget it named, and more: allowed
+    assert [run.dir.status() for run in again["runs"]] == ["finished"] * 4
 
 
 def test_an_ensemble_shares_its_budget_and_starts_nothing_once_it_is_spent(data, tmp_path, clock, speed):
@@ -330,6 +349,22 @@ def test_an_ensemble_shares_its_budget_and_starts_nothing_once_it_is_spent(data,
     assert first["replanned_epochs"] == 1 and first["replan_seconds_per_epoch"] == 30
     assert "training 1 epoch (the least)" in first["budget_note"] and not first.get("stop_reason")
     assert second["time_budget_seconds"] == 15 and second["chosen_epochs"] == 1
+
+
+def test_an_ensemble_starts_no_attempt_once_a_share_cannot_hold_one_epoch(data, tmp_path, clock, speed):
+    """Probe 10 s, epochs 30: the first member's 13.3 s of 40 hold one epoch by the probe and spend 30; the
+    second's 5 s cannot hold one, so no attempt starts; the same command with a budget that holds them goes on."""
+    speed(10.0, epochs_take=30.0)
+    said = []
+    options = dict(members=3, threshold=0.0, data=str(data), out=tmp_path / "ens", fuse=1, progress=False,
+                   say=said.append)
+    manifest = cnnlab.ensemble("cnn1", **options, **dict(SETTINGS, epochs=10, time_budget=40))
+    assert manifest["attempts"] == 1 and manifest["qualified"] == 1
+    (refused,) = [line for line in said if "cannot hold one epoch of cnn1" in line]
+    assert refused.startswith("this run's share of the command's budget, 5.0 s,")
+    assert refused.endswith("; 1/3 qualified, no further attempt starts")
+    manifest = cnnlab.ensemble("cnn1", **options, **dict(SETTINGS, epochs=10, time_budget=100))
+    assert manifest["attempts"] == 3 and manifest["qualified"] == 3
 
 
 def test_the_first_epochs_pace_chooses_the_epochs_again_and_the_schedule_follows(data, tmp_path, clock, speed):

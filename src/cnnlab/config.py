@@ -289,7 +289,10 @@ def _in_range(key: str, value: float, low: float, high: float, low_open: bool = 
 
 FIELDS = {f.name for f in fields(TrainConfig)}
 # settings that only record how a run was made and do not change what it learns
-RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs", "deterministic")
+# may differ between the calls that continue a study or ensemble; time_budget too: it is the call's time (each call
+# has its own, and a budget too small for one epoch names a larger one), and each run records the epochs it chose
+RESULT_NEUTRAL = ("device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs", "deterministic",
+                  "time_budget")
 
 
 def _normalize_keys(data: dict, source: str) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnlab import runs
-from cnnlab.budget import Budget, format_seconds
+from cnnlab.budget import Budget, TooSmall, format_seconds
 from cnnlab.config import MAX_RUNS, TrainConfig, differing_settings, require_seeds_fit, require_validation, shorten
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
@@ -268,13 +268,17 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
                     + (", resumed" if resume else "") + f"; {qualified}/{members} qualified so far"
                     + (f"; {format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left"
                        if share is not None and not resume else ""))
-                if len(job) > 1:
-                    results = train_members_fused(config, seeds, dirs, callbacks, resume=resume, dataset=dataset,
-                                                  budget=share)
-                else:
-                    member_config = config_for_member(config, dirs[0], seeds[0], resume)
-                    results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset, builder=builder,
-                                   budget=share)]
+                try:
+                    if len(job) > 1:
+                        results = train_members_fused(config, seeds, dirs, callbacks, resume=resume, dataset=dataset,
+                                                      budget=share)
+                    else:
+                        member_config = config_for_member(config, dirs[0], seeds[0], resume)
+                        results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset,
+                                       builder=builder, budget=share)]
+                except TooSmall as exc:  # as a spent budget: the next share would be no larger
+                    say(f"{exc}; {qualified}/{members} qualified, no further attempt starts")
+                    return combine(directory)
                 for attempt, result in zip(attempts, results):
                     verdict = "kept" if result["val_accuracy"] >= threshold else "discarded"
                     qualified += verdict == "kept"

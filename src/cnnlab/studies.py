@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.budget import Budget, format_seconds
+from cnnlab.budget import Budget, TooSmall, format_seconds
 from cnnlab.config import (MAX_RUNS, TrainConfig, build_config, differing_settings, require_seeds_fit,
                            require_validation, shorten)
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
@@ -161,6 +161,7 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         return [run.path for _, run, _ in jobs]
     group.fix_settings(wanted, merge)
     deferred = []
+    too_small: list[str] = []  # a run's share could not hold one epoch (budget.TooSmall)
 
     def train_owned(i: int, cfg: TrainConfig, run: RunDir, builder) -> None:
         status = run.status()
@@ -173,13 +174,21 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             say(f"[{i}/{len(jobs)}] {run.path.name}: not started, the time budget ({format_seconds(budget.seconds)}) "
                 "is spent; run the same command again to go on (each call has a budget of its own)")
             return
+        if too_small and not resume:
+            say(f"[{i}/{len(jobs)}] {run.path.name}: not started, the budget's share cannot hold one epoch (above)")
+            return
         if budget is not None:  # this run and every later or deferred one still unfinished
             left = {r.path: r for r in [r for _, r, _ in jobs[i - 1:]] + [r for _, _, r, _ in deferred]}
             share = budget.share(sum(r.status() != runs.FINISHED for r in left.values()))
         say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}"
             + (f" ({format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left)"
                if share is not None and not resume else ""))
-        metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, builder=builder, budget=share)
+        try:
+            metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, builder=builder, budget=share)
+        except TooSmall as exc:  # as a spent budget: no later run starts, since its share would be no larger
+            too_small.append(str(exc))
+            say(f"[{i}/{len(jobs)}] {run.path.name}: not started: {exc}")
+            return
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
                                                        if "test_accuracy" in metrics else "")
             + (f"; {metrics['chosen_epochs']} epochs chosen" if metrics.get("chosen_epochs") and not resume else "")
