@@ -83,6 +83,21 @@ def test_a_dead_address_leaves_no_ensemble_settings(cli, data, tmp_path):
     assert code == 0, err
 
 
+def test_a_dead_address_records_no_search_and_a_refused_one_says_so_before_ray(cli, data, tmp_path):
+    """tune --ray: the search's settings are recorded once Ray is up (a failed join recorded them, so the folder
+    refused other options); a search that exists is held to its options before Ray is asked."""
+    out, space = tmp_path / "t", tmp_path / "space.json"
+    space.write_text(json.dumps({"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}, "replace": True}))
+    tune = ["tune", "cnn1", "--data", data, "--space", space, "--out", out, "--trials", "1", "--epochs", "1",
+            "--batch-size", "32", "--device", "cpu"]
+    code, _, err = cli(*tune, "--ray", "--ray-address", f"127.0.0.1:{dead_port()}")
+    assert code == 2 and "nothing answers" in one_line(err)
+    code, _, err = cli(*tune, "--train-images", "90")  # other options, without Ray: a new search
+    assert code == 0, err
+    code, _, err = cli(*tune, "--ray", "--ray-address", f"127.0.0.1:{dead_port()}")  # without --train-images
+    assert code == 2 and "holds a search with other training options" in one_line(err)
+
+
 def test_settings_that_existed_stay_and_a_refused_rerun_says_so_before_ray(cli, data, tmp_path):
     out = tmp_path / "s"
     assert cli("study", "--models", "cnn1", "--repeats", "1", "--data", data, "--out", out, *quick())[0] == 0

@@ -396,13 +396,26 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
     quiet_optuna_warnings()
     opened, name = open_storage(storage, directory), study_name or f"cnnlab-{config.model}"
     chosen = pruners[pruner]() if isinstance(pruner, str) else pruner
-    try:  # loading writes nothing (create_study appends a record even for a study that exists)
-        study = optuna.load_study(storage=opened, study_name=name, pruner=chosen)
-    except KeyError:  # a new study (several new workers at once: one creates it, the others load it)
-        study = optuna.create_study(storage=opened, study_name=name, load_if_exists=True, pruner=chosen,
-                                    direction="maximize" if metric == "val_accuracy" else "minimize")
     base = replace(config, checkpoint_every=0, time_budget=0.0)  # the search has the budget, not each trial
-    require_same_setting(study, base, space, metric, directory, storage)
+
+    def existing_study():
+        """The study already in the storage (held to its settings), or None; loading writes nothing (create_study
+        appends a record even for a study that exists)."""
+        try:
+            found = optuna.load_study(storage=opened, study_name=name, pruner=chosen)
+        except KeyError:
+            return None
+        require_same_setting(found, base, space, metric, directory, storage)
+        return found
+
+    def opened_study():
+        study = existing_study()
+        if study is None:  # a new study (several new workers at once: one creates it, the others load it)
+            study = optuna.create_study(storage=opened, study_name=name, load_if_exists=True, pruner=chosen,
+                                        direction="maximize" if metric == "val_accuracy" else "minimize")
+            require_same_setting(study, base, space, metric, directory, storage)  # records them, or compares
+        return study
+
     if not isinstance(budget, Budget):
         budget = Budget.starting(budget if budget is not None else config.time_budget)
     now = budget.clock if budget is not None else time.monotonic
@@ -424,9 +437,13 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         return True
 
     if ray:
-        run_trials_on_ray(study, base, space, metric, trials, directory, say, ray_address, dataset, no_time,
-                          trial_seconds)
+        existing_study()  # a refused rerun says so before Ray starts
+        with ray_cluster(ray_address) as cluster:  # up before a new study records its settings: a failed start records none
+            study = opened_study()
+            run_trials_on_ray(study, base, space, metric, trials, directory, say, cluster, dataset, no_time,
+                              trial_seconds)
         return write_results(study, directory, metric, config)
+    study = opened_study()
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", _worker_id())
@@ -568,64 +585,64 @@ def same_data(cfg: TrainConfig, base: TrainConfig) -> bool:
 
 
 def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
-                      address: str | None, dataset, no_time=lambda in_flight=0: False, trial_seconds=None) -> None:
-    """no_time(in_flight): whether the time budget forbids starting a trial; trial_seconds: finished trials'
-    durations, appended here (what no_time judges by)."""
+                      ray, dataset, no_time=lambda in_flight=0: False, trial_seconds=None) -> None:
+    """Trials as Ray tasks on `ray` (started or joined by the caller). no_time(in_flight): whether the time
+    budget forbids starting a trial; trial_seconds: finished trials' durations, appended here (what no_time
+    judges by)."""
     from optuna.trial import TrialState
 
-    with ray_cluster(address) as ray:
-        board = ray.remote(PruningBoard).options(num_cpus=0).remote()
-        task = ray.remote(trial_task).options(num_cpus=1, num_gpus=0.25 if cluster_has_gpus(ray) else 0,
-                                               max_retries=TASK_RETRIES)
-        data_ref = put_dataset(ray, dataset)
-        running: dict = {}  # trial number -> trial
-        started: dict = {}  # trial number -> when it was submitted
+    board = ray.remote(PruningBoard).options(num_cpus=0).remote()
+    task = ray.remote(trial_task).options(num_cpus=1, num_gpus=0.25 if cluster_has_gpus(ray) else 0,
+                                           max_retries=TASK_RETRIES)
+    data_ref = put_dataset(ray, dataset)
+    running: dict = {}  # trial number -> trial
+    started: dict = {}  # trial number -> when it was submitted
 
-        def counted(*states) -> int:
-            return len(study.get_trials(deepcopy=False, states=states))
+    def counted(*states) -> int:
+        return len(study.get_trials(deepcopy=False, states=states))
 
-        def next_job(in_flight: int):
-            # more trials to start (not when everything fails: a broken search must end)
-            finished = counted(TrialState.COMPLETE, TrialState.PRUNED)
-            if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials) or no_time(in_flight):
-                return None
-            trial = study.ask()
-            trial.set_user_attr("worker", f"ray:{_worker_id()}")
-            params = suggest(trial, space)
-            train_part, model_part = split_params(params)
-            cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
-            running[trial.number] = trial
-            started[trial.number] = time.monotonic()
-            return (trial, params, cfg), (cfg.to_dict(), trial.number, metric, board, data_ref)
+    def next_job(in_flight: int):
+        # more trials to start (not when everything fails: a broken search must end)
+        finished = counted(TrialState.COMPLETE, TrialState.PRUNED)
+        if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials) or no_time(in_flight):
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", f"ray:{_worker_id()}")
+        params = suggest(trial, space)
+        train_part, model_part = split_params(params)
+        cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
+        running[trial.number] = trial
+        started[trial.number] = time.monotonic()
+        return (trial, params, cfg), (cfg.to_dict(), trial.number, metric, board, data_ref)
 
-        def report_epochs() -> None:  # pruning decisions, as the trials report
-            for number, epoch, value in ray.get(board.drain.remote()):
-                trial = running[number]
-                trial.report(value, epoch)
-                board.decide.remote(number, epoch, trial.should_prune())
+    def report_epochs() -> None:  # pruning decisions, as the trials report
+        for number, epoch, value in ray.get(board.drain.remote()):
+            trial = running[number]
+            trial.report(value, epoch)
+            board.decide.remote(number, epoch, trial.should_prune())
 
-        def on_error(job, exc) -> None:
-            trial, params, _ = job
-            running.pop(trial.number, None)
-            say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
-            study.tell(trial, state=TrialState.FAIL)
+    def on_error(job, exc) -> None:
+        trial, params, _ = job
+        running.pop(trial.number, None)
+        say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
+        study.tell(trial, state=TrialState.FAIL)
 
-        def on_result(job, result) -> None:
-            trial, params, cfg = job
-            running.pop(trial.number, None)
-            RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
-            if result["pruned"]:
-                epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
-                trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
-                study.tell(trial, state=TrialState.PRUNED)
-                say(f"trial {trial.number}: pruned after epoch {result['epochs_done']} {params}")
-            else:
-                study.tell(trial, result["metrics"][metric])
-                say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
-                if trial_seconds is not None:
-                    trial_seconds.append(time.monotonic() - started.pop(trial.number))
+    def on_result(job, result) -> None:
+        trial, params, cfg = job
+        running.pop(trial.number, None)
+        RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
+        if result["pruned"]:
+            epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
+            trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
+            study.tell(trial, state=TrialState.PRUNED)
+            say(f"trial {trial.number}: pruned after epoch {result['epochs_done']} {params}")
+        else:
+            study.tell(trial, result["metrics"][metric])
+            say(f"trial {trial.number}: {metric} {result['metrics'][metric]:.4f} {params}")
+            if trial_seconds is not None:
+                trial_seconds.append(time.monotonic() - started.pop(trial.number))
 
-        dispatch(ray, task, next_job, on_result, cpu_slots(ray), on_error, poll=report_epochs)
+    dispatch(ray, task, next_job, on_result, cpu_slots(ray), on_error, poll=report_epochs)
 
 
 def trials_table(study, metric: str) -> list[dict]:
