@@ -452,7 +452,8 @@ def test_a_ray_address_with_a_password_is_masked(npz, tmp_path, cli):
     pytest.importorskip("ray", reason="ray extra not installed (pip install 'cnnlab[ray]')")
     code, out, err = cli("study", "--models", "cnn1", "--repeats", "1", "--data", npz, "--epochs", "1", "--ray",
                          "--ray-address", "http://user:s3cretPW@127.0.0.1:6379", "--out", tmp_path / "s")
-    assert code == 2 and "cannot start or join the cluster at http://user:***@127.0.0.1:6379" in one_line(err)
+    line = one_line(err)  # masked, and never the host part either (the check before Ray printed it whole)
+    assert code == 2 and "http://user:***@127.0.0.1:6379" in line and ("nothing answers" in line or "cannot start" in line)
     assert "s3cretPW" not in out + err
 
 

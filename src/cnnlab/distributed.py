@@ -84,7 +84,7 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 def split_address(address: str) -> tuple[str, int]:
     """'HOST:PORT' (or '[v6]:PORT', with an optional ray:// scheme) -> (host, port); one line when it is not one."""
-    rest = address.split("://", 1)[-1]
+    rest = address.split("://", 1)[-1].rpartition("@")[2]  # user:password@ is not the host (nor ever shown)
     host, sep, port = rest.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
