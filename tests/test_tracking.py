@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,14 @@ def test_without_the_extra_the_flag_is_one_line(monkeypatch, data, tmp_path, cli
     monkeypatch.setitem(sys.modules, "mlflow", None)
     code, _, err = cli("train", "cnn1", "--data", data, "--epochs", "1", "--mlflow", "--out", tmp_path)
     assert code == 2 and "pip install 'cnnlab[tracking]'" in err and len(err.strip().splitlines()) == 1
+
+
+UNWRITABLE = "/proc/cnnlab-nope"  # a folder nobody can create, root included (chmod does not stop root)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc for a folder root cannot create")
+@pytest.mark.parametrize("args", [["--mlflow", "--out", UNWRITABLE], ["--tensorboard", "--tensorboard-dir", UNWRITABLE]])
+def test_a_tracking_folder_that_cannot_be_made_is_one_line(data, cli, args):
+    code, _, err = cli("train", "cnn1", "--data", data, "--epochs", "1", "--device", "cpu", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines == [f"cnnlab: error: {UNWRITABLE}: cannot be created there; choose another path"], err

@@ -30,7 +30,7 @@ import matplotlib
 from cnnlab.callbacks import Callback
 from cnnlab.errors import UserError
 from cnnlab.redact import mask_secrets, mask_url
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, os_error
 
 matplotlib.use("Agg")  # figures for the logs only; no display needed
 
@@ -90,6 +90,11 @@ class TensorBoard(Callback):
         if existing is not None and not existing.is_dir():  # checked before any run directory is made
             raise UserError(f"--tensorboard-dir {self.log_dir}: {existing} is a file, not a folder; "
                             "give a folder for the event files")
+        if self.log_dir is not None:  # made now, so a folder that cannot be (/proc/x, read-only) is one line first
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise os_error(self.log_dir, exc) from None
 
     def on_train_start(self, ctx) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -97,7 +102,10 @@ class TensorBoard(Callback):
         self.close()
         for run in ctx.run_dirs:
             folder = (self.log_dir or run.path.parent / "tensorboard") / run.path.name
-            self.writers.append(SummaryWriter(str(folder)))
+            try:
+                self.writers.append(SummaryWriter(str(folder)))
+            except OSError as exc:
+                raise os_error(folder, exc) from None
         self.train_images = len(ctx.setup.train)
 
     def on_epoch_end(self, ctx, rows: list[dict]) -> None:
@@ -188,7 +196,10 @@ def now_ms() -> int:
 def default_store(near: Path) -> str:
     """MLflow's current default backend (SQLite), beside the output folder rather than in the working directory."""
     near = Path(near).resolve()
-    near.mkdir(parents=True, exist_ok=True)
+    try:
+        near.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc/x, a read-only folder: one line, as the same --out without --mlflow
+        raise os_error(near, exc) from None
     return f"sqlite:///{near / 'mlflow.db'}"
 
 
