@@ -75,7 +75,7 @@ def test_help_shows_boolean_options_as_flags(command, data, tmp_path, cli):
         # ... and the flags are spelled as before
         code, out, err = cli("train", "cnn1", "--data", data, "--epochs", "1", "--batch-size", "32", "--device", "cpu",
                              "--out", tmp_path / "r", "--augment", "--hflip", "--no-tta", "--quiet")
-        assert code == 0 and out == "", err
         (run,) = (tmp_path / "r").iterdir()
+        assert code == 0 and out == f"{run}\n", err  # --quiet: the run directory alone
         config = json.loads((run / "config.json").read_text())
         assert config["augment"] is True and config["hflip"] is True and config["tta"] is False

@@ -193,13 +193,17 @@ def load_dataset(data: str | Path = "fashion-mnist", *, data_dir: str | Path | N
                     classes=classes, keep_rgb=keep_rgb, test_source=str(test_data) if test_data is not None else None)
 
 
+class NoLabels(UserError):
+    """Images without labels where training needs them (`data info` describes such a file instead)."""
+
+
 def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, source: str, class_names: list[str] | None,
              verified: bool = False, classes: str | list | None = None, keep_rgb: bool = False,
              test_source: str | None = None) -> Dataset:
     """Read splits -> a checked Dataset: labels in range, one image size, --classes applied, every class present."""
     names = class_names
     if raw_train.labels is None:
-        raise UserError(f"{source}: the training data has no labels")
+        raise NoLabels(f"{source}: the training data has no labels (a test file? `cnnlab predict RUN --input` reads it)")
     n_classes = len(names) if names else int(raw_train.labels.max()) + 1
     if not names and n_classes > len(raw_train.labels):  # some class would have no image; don't name a billion
         raise UserError(f"{source}: labels go up to {n_classes - 1} but there are only {len(raw_train.labels)} "
