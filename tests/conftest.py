@@ -26,6 +26,11 @@ def make_images(n: int = 60, size: int = 8, classes: int = 3, seed: int = 0) -> 
     return images, labels.astype(np.int64)
 
 
+def train_test_images(n: int = 240, n_test: int = 60, classes: int = 3, size: int = 16) -> tuple:
+    """(x, y, x_test, y_test) of make_images' blobs, the test images drawn with another seed."""
+    return (*make_images(n, size, classes=classes), *make_images(n_test, size, classes=classes, seed=7))
+
+
 def write_npz_dataset(path: Path, n_train: int, n_test: int, size: int = 16, classes: int = 3) -> Path:
     """A learnable train/test NPZ (the test images come from another seed)."""
     x, y = make_images(n_train, size, classes=classes)

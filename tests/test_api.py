@@ -12,7 +12,7 @@ import torch
 import cnnlab
 from cnnlab.errors import UserError
 
-from conftest import FASHION_DIR, make_images, needs_fashion
+from conftest import FASHION_DIR, needs_fashion, train_test_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,7 @@ def test_readme_notebook_example_runs_as_written(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def arrays():
-    x, y = make_images(300, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=7)
-    return x, y, xt, yt
+    return train_test_images(300, 60)
 
 
 def test_train_on_arrays_and_use_the_run(arrays, tmp_path):

@@ -20,7 +20,7 @@ import cnnlab
 from cnnlab import display, inference, runs
 from cnnlab.errors import UserError
 
-from conftest import make_images
+from conftest import train_test_images
 
 FAST = dict(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
 NAMES = ["top", "trouser", "bag"]
@@ -28,9 +28,7 @@ NAMES = ["top", "trouser", "bag"]
 
 @pytest.fixture(scope="module")
 def arrays():
-    x, y = make_images(300, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=7)
-    return x, y, xt, yt
+    return train_test_images(300, 60)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cnnlab import inference, onnx_route
 from cnnlab.metrics import softmax
 from cnnlab.models import create_architecture
 
-from conftest import make_images
+from conftest import train_test_images
 
 FAST = dict(batch_size=32, device="cpu", precision="fp32", progress=False)
 CPU = torch.device("cpu")
@@ -114,9 +114,7 @@ def test_models_of_ones_own_get_their_own_scores(model, lean):
 
 @pytest.fixture(scope="module")
 def arrays():
-    x, y = make_images(240, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=7)
-    return x, y, xt, yt
+    return train_test_images()
 
 
 @pytest.fixture(scope="module")

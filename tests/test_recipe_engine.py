@@ -12,14 +12,12 @@ from cnnlab.engine import class_weight_tensor, final_weights, prepare, split_log
 from cnnlab.errors import UserError
 from cnnlab.schedules import lr_at
 
-from conftest import make_images
+from conftest import train_test_images
 
 
 @pytest.fixture(scope="module")
 def arrays():
-    x, y = make_images(320, 16, classes=4)
-    xt, yt = make_images(80, 16, classes=4, seed=7)
-    return x, y, xt, yt
+    return train_test_images(320, 80, classes=4)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import cnnlab
 from cnnlab import runs
 from cnnlab.errors import UserError
 
-from conftest import interrupt_at, make_images, write_npz_dataset
+from conftest import interrupt_at, train_test_images, write_npz_dataset
 
 FAST = dict(batch_size=32, device="cpu", precision="fp32", progress=False)
 ALTERED = "its bytes differ from what cnnlab wrote (SHA-256 mismatch: the file was damaged or edited)"
@@ -25,9 +25,7 @@ ALTERED = "its bytes differ from what cnnlab wrote (SHA-256 mismatch: the file w
 
 @pytest.fixture(scope="module")
 def arrays():
-    x, y = make_images(240, 16, classes=3)
-    xt, yt = make_images(60, 16, classes=3, seed=7)
-    return x, y, xt, yt
+    return train_test_images()
 
 
 @pytest.fixture(scope="module")
