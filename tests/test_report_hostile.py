@@ -184,3 +184,16 @@ def test_a_run_reached_twice_counts_once(run_copy, tmp_path, cli):
     code, out, err = cli("report", *paths, "-o", tmp_path / "r" / "report.html")
     assert code == 0, err
     assert "\n- Runs: 1 (seeds 0)\n" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_folder_in_the_way_of_the_figures_that_is_not_a_reports_is_left_alone(run_copy, tmp_path, cli):
+    """`report run -o run.html` would replace run_files: a run named so was deleted for the report's figures."""
+    shutil.copytree(run_copy, tmp_path / "x_files")
+    before = sorted(p.name for p in (tmp_path / "x_files").iterdir())
+    code, _, err = cli("report", tmp_path / "x_files", "-o", tmp_path / "x.html")
+    assert code == 2 and "holds more than a report's figures" in one_line(err)
+    assert sorted(p.name for p in (tmp_path / "x_files").iterdir()) == before and not (tmp_path / "x.html").exists()
+    code, _, err = cli("report", tmp_path / "x_files", "-o", tmp_path / "r.html")
+    assert code == 0, err
+    code, _, err = cli("report", tmp_path / "x_files", "-o", tmp_path / "r.html")  # its own figures: replaced
+    assert code == 0, err

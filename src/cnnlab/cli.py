@@ -26,7 +26,7 @@ from cnnlab.models import (REPORT_STUDY_MODELS, count_parameters, create_archite
                            model_info, summarize)
 from cnnlab.plots import preview_grid
 from cnnlab.report import build_report
-from cnnlab.runs import RunDir, write_json
+from cnnlab.runs import RunDir, require_free_output, write_json
 from cnnlab.submissions import predict_run
 from cnnlab.text import visible
 from cnnlab.version import __version__
@@ -101,6 +101,7 @@ def data_preview(dataset: str = DatasetArg,
     """Write a PNG grid with a row of examples per class."""
     if output.suffix.lower() != ".png":
         raise UserError(f"-o {output}: the preview is a PNG; give a file name ending in .png")
+    require_free_output(output, inputs=[dataset], what="-o")  # not into the dataset's image folders
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     path = preview_grid(ds.train.images.numpy(), ds.train.labels.numpy(), ds.class_names, output, per_class, seed)
     console.print(f"wrote {escape(str(path))}", highlight=False)
@@ -356,6 +357,8 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
                  split: str = typer.Option("val", "--split", help="val (the 20% holdout) or test (the official test split)."),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
     """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
+    if json_out:
+        require_free_output(json_out, inputs=[run_dir], what="--json")  # not the run's own metrics.json
     m = api.evaluate(run_dir, split)
     console.print(f"[bold]{split}[/bold] accuracy {m['accuracy']:.4f}  loss {m.get('loss', float('nan')):.4f}  "
                   f"macro F1 {m['macro_f1']:.4f}")

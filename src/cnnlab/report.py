@@ -358,6 +358,11 @@ def check_targets(output: Path, markdown: Path, figure_dir: Path) -> None:
     if figure_dir.is_symlink() or (figure_dir.exists() and not figure_dir.is_dir()):
         raise UserError(f"-o {output}: {figure_dir} is in the way of the report's figures folder (a file or a link); "
                         "move it or give another file name for the report")
+    # the folder is replaced whole: a previous report's figures (PNGs) may go, anything else (a run named
+    # x_files beside -o x.html was deleted) may not
+    if figure_dir.is_dir() and any(p.is_dir() or p.suffix.lower() != ".png" for p in figure_dir.iterdir()):
+        raise UserError(f"-o {output}: {figure_dir} holds more than a report's figures, and the report would replace "
+                        "it; move it or give another file name for the report")
 
 
 @contextlib.contextmanager

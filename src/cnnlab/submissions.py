@@ -55,13 +55,32 @@ def load_inputs(path: str | Path, input_shape: list[int]):
     return split
 
 
+def onnx_device(name: str) -> None:
+    """--device for an .onnx model: checked as for a run (tpu refused, cuda only where there is CUDA), then cuda
+    refused in one line, because deploy runs ONNX models with ONNX Runtime's CPU provider only."""
+    if resolve_device(name).type != "cuda" or name == "auto":
+        return  # cpu, or auto: the CPU provider
+    try:
+        import onnxruntime
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        return  # read_onnx_metadata names the missing package
+    if "CUDAExecutionProvider" not in providers:
+        raise UserError(f"device {name}: the installed onnxruntime has no CUDA provider; use --device cpu or auto, "
+                        "or predict with the run directory on CUDA")
+    raise UserError(f"device {name}: cnnlab runs .onnx models with ONNX Runtime's CPU provider; use --device cpu "
+                    "or auto, or predict with the run directory on CUDA")
+
+
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",
                 batch_size: int = EVAL_BATCH_SIZE) -> dict:
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
+    runs.require_free_output(output, inputs=[input_path, run_dir], what="-o")  # not the input, not a run's files
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
+        onnx_device(device)
         meta = read_onnx_metadata(run_dir)
         split = load_inputs(input_path, meta["input_shape"])
         predictions = onnx_predict_logits(run_dir, split.images, batch_size).argmax(1)
