@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -30,10 +31,9 @@ from cnnlab import budget as budgets
 from cnnlab import runs, torchrun, tracking
 from cnnlab.callbacks import Callback
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
-from cnnlab.data.arrays import dataset_from_arrays
-from cnnlab.data.formats import validate_arrays
+from cnnlab.data.arrays import dataset_from_arrays, tensor_numpy, validate_memory
 from cnnlab.data.prepared import data_fingerprint, preflight
-from cnnlab.deploy import export_onnx
+from cnnlab.deploy import export_onnx, onnx_predict_logits, read_onnx_metadata
 from cnnlab.display import EnsembleResult, Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
@@ -83,7 +83,7 @@ def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfi
         config = config.to_dict()
     base = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
     if model is None and not (base.get("model") or base.get("recipe") or options.get("recipe") or params):
-        raise UserError("model: None names no model; give a name (see cnnlab.models.list_models()), a model in "
+        raise UserError("model: None names no model; give a name (see cnnlab.list_models()), a model in "
                         "config or a recipe, or leave the argument out for the default (tuned-cnn)")
     model = None if model is DEFAULT else model
     dataset = None
@@ -231,11 +231,14 @@ class Run:
         return self._predictor.model("cpu")
 
     def predict_proba(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities (N x classes) for images as the data readers accept them (uint8 pixels 0..255;
-        N x H x W, N x H x W x C or N x C x H x W; numpy or torch)."""
+        """Class probabilities (N x classes) for images as the data readers accept them (pixels 0..255;
+        N x H x W, N x H x W x C or N x C x H x W; numpy, torch, nested lists or PIL images). One image of
+        exactly the model's shape (H x W, C x H x W or H x W x C, or a PIL image) is a batch of one: 1 x classes."""
         return softmax(self.logits(images, device, batch_size))
 
     def logits(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+        """The model's raw scores (N x classes, float32; an ensemble's vote scores) for images as
+        predict_proba takes them, in the run's own precision and test-time augmentation."""
         return self._scores(images, device, batch_size)[0]
 
     def _scores(self, images, device, batch_size) -> tuple[np.ndarray, dict]:
@@ -244,7 +247,8 @@ class Run:
         return self._predictor.scores(as_images(images, meta["input_shape"]), device, batch_size, refresh=False), meta
 
     def predict(self, images, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-        """Predicted labels (the source's class ids) for the images."""
+        """Predicted labels (the source's class ids), one per image, for images as predict_proba takes them;
+        one image of exactly the model's shape gives an array of length 1."""
         scores, meta = self._scores(images, device, batch_size)
         return np.asarray(meta["class_ids"])[scores.argmax(1)]
 
@@ -265,28 +269,132 @@ class Run:
 
 
 def as_images(images, input_shape: list[int]) -> torch.Tensor:
-    if torch.is_tensor(images):
-        images = images.detach().cpu().numpy()
+    """Images as predict takes them -> uint8 N x C x H x W of the model's input shape. One image of exactly the
+    model's shape (H x W, C x H x W, H x W x C, H*W pixels flat for one channel, or a PIL image) is a batch
+    of one: a 28x28 array given to a model of 28x28 images is one image, not 28 rows of pixels."""
     shape = tuple(input_shape)
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and len(images) and images.shape[1:] in \
-            (shape, shape[1:] if shape[0] == 1 else None) and images.max() != 1:
+    if torch.is_tensor(images):
+        images = tensor_numpy(images)
+    elif not isinstance(images, np.ndarray):
+        images = _python_images(images, shape[0])
+    given = images.shape
+    fast = _model_shaped(images, shape)
+    if not fast:
+        images = _one_image(images, shape)
+        fast = _model_shaped(images, shape)
+    if fast:
         # uint8 already in the model's shape, which validate_arrays would pass unchanged: a predict loop's
         # case (one 28x28 image, 2-core AVX2-only EPYC: 8 us a call against its 34)
         array = np.ascontiguousarray(images).reshape(len(images), *shape)
     else:
-        array, _ = validate_arrays(np.asarray(images), None, "images")
+        array, _ = validate_memory(images, None, "images")
     if not array.flags.writeable:  # read-only input (np.frombuffer): torch.from_numpy would warn
         array = array.copy()
     if list(array.shape[1:]) != list(input_shape):
-        raise UserError(f"images: shape {'x'.join(map(str, array.shape[1:]))} per image, but the model was trained "
-                        f"on {'x'.join(map(str, input_shape))}")
+        one = len(given) == 3 and (given[0] in (1, 3) or given[-1] in (1, 3))  # it may have been one image
+        raise UserError(f"images: shape {_shape(array.shape[1:])} per image, but the model was trained on "
+                        f"{_shape(input_shape)}" + ("; one image? pass images[None] (N x H x W)" if one else ""))
     return torch.from_numpy(array)
+
+
+def _model_shaped(images: np.ndarray, shape: tuple) -> bool:
+    """uint8 N x C x H x W (or N x H x W for one channel) of the model's shape, not all 0 and 1."""
+    return images.dtype == np.uint8 and images.ndim > 1 and len(images) > 0 and \
+        images.shape[1:] in (shape, shape[1:] if shape[0] == 1 else None) and images.max() != 1
+
+
+def _one_image(images: np.ndarray, shape: tuple) -> np.ndarray:
+    """One image of exactly the model's shape as a batch of one; flattened rows as N x C x H x W; a 2-D array
+    that is neither refused (validate_arrays would read it as rows of a square image: not what was meant)."""
+    channels, height, width = shape
+    given = images.shape
+    if given == (height, width, channels) and given != shape:
+        images = np.moveaxis(images, -1, 0)  # channels last -> first (one channel: the reshape below does it)
+    if images.shape in (shape, (height, width), (height * width,)) and images.size == height * width * channels:
+        return images.reshape(1, *shape)
+    if images.ndim == 2 and images.shape[1] == height * width * channels == height * width:
+        return images.reshape(len(images), *shape)  # also rows of an image that is not square
+    if images.ndim == 2:
+        rows = f" nor rows of {height * width} pixels" if channels == 1 else ""
+        raise UserError(f"images: shape {_shape(given)} is neither one image of the model's {_shape(shape)}{rows}; "
+                        f"one image? pass images[None] (N x H x W), of {height}x{width} pixels (cnnlab does not "
+                        "resize)")
+    return images
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _python_images(images, channels: int) -> np.ndarray:
+    """A PIL image, a list of PIL images or tensors, or nested lists -> numpy."""
+    if isinstance(images, (str, os.PathLike)):
+        raise UserError(f"images: {str(images)!r} is a path; predict takes pixels (numpy, torch, PIL): open the file "
+                        "with PIL.Image.open, or use the CLI: cnnlab predict RUN --input FILE")
+    pil = sys.modules.get("PIL.Image")  # imported already wherever a PIL image exists
+    if pil is not None and isinstance(images, pil.Image):
+        return _pil_array(images, channels)
+    items = images if isinstance(images, (list, tuple)) else ()
+    try:
+        if items and any(torch.is_tensor(i) or (pil is not None and isinstance(i, pil.Image)) for i in items):
+            return np.stack([tensor_numpy(i) if torch.is_tensor(i) else
+                             _pil_array(i, channels) if pil is not None and isinstance(i, pil.Image) else np.asarray(i)
+                             for i in items])
+        return np.asarray(images)
+    except ValueError:  # numpy refuses ragged lists
+        raise UserError("images: not a rectangular array (images of different sizes?); give N x H x W pixels "
+                        "of one size") from None
+
+
+def _pil_array(image, channels: int) -> np.ndarray:
+    """A PIL image as the data readers read a file: gray ("L") for a one-channel model, else RGB."""
+    if image.mode.split(";")[0] in ("I", "F"):  # 16/32-bit or float pixels: checked against 0..255, never clipped
+        return np.asarray(image)
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"))
+
+
+def _refuse_onnx(path, what: str) -> None:
+    """An exported .onnx file given where a run directory goes: one line naming what takes it."""
+    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir():
+        raise UserError(f"{path}: an exported ONNX model, not a run directory; {what} (for labels: "
+                        f"cnnlab.predict({str(path)!r}, images))")
+
+
+def _own_model_class(run: RunDir) -> str | None:
+    """The import path of the model of the user's own a run (or an ensemble's members) holds; None: a
+    registered model."""
+    meta = run.read_model_meta()
+    if meta.get("ensemble") and meta.get("members"):
+        meta = RunDir(run.path / meta["members"][0]).read_model_meta()
+    spec = meta.get("spec", {})
+    return str(spec.get("class", "?")) if spec.get("name") == CUSTOM_MODEL else None
+
+
+def _check_model_argument(run: RunDir, model) -> None:
+    """load_run's `model` fits the run: a module or factory for a model of the user's own, nothing otherwise."""
+    own = _own_model_class(run)
+    if own is not None and not is_custom(model):
+        got = f"the name {model!r}" if isinstance(model, str) else f"a value of type {type(model).__name__}"
+        raise UserError(f"model: {run.path} holds a model of your own ({own}); pass the nn.Module or factory it was "
+                        f"trained with, e.g. cnnlab.load_run(path, model=MyNet), not {got}")
+    if own is None:
+        spec = run.read_model_meta().get("spec") or {}
+        holds = spec.get("name") or "an ensemble of registered models"
+        if is_custom(model):  # ignored before: predictions came from the run's model, not this one
+            raise UserError(f"model: {run.path} holds {holds}, not a model of your own; load it without model=: "
+                            "cnnlab.load_run(path)")
+        raise UserError(f"model: load_run's model= takes a model of your own (an nn.Module or factory), not "
+                        f"{model!r}; {run.path} holds {holds}, which needs none: cnnlab.load_run(path)")
 
 
 def load_run(path: str | Path, model=None) -> Run:
     """A finished run (or ensemble) directory; `model` is the nn.Module or factory a run of a model of your
-    own was trained with (needed to predict or export; a run directory never causes code to be imported)."""
-    RunDir(path).require_finished()
+    own was trained with (needed to predict or export; a run directory never causes code to be imported).
+    A run of a registered model takes no `model`. An exported .onnx file is no run: cnnlab.predict takes it."""
+    _refuse_onnx(path, "load the run directory it was exported from")
+    run = RunDir(path).require_finished()
+    if model is not None:
+        _check_model_argument(run, model)
     return Run(path, model)
 
 
@@ -414,6 +522,7 @@ def summary(model_or_run, *, num_classes: int = 10, in_chans: int = 1, image_siz
     """The Keras-style layer table of a model name (built with `num_classes`, `in_chans`, `image_size`,
     `model_params`), an nn.Module (input `in_chans` x `image_size`, default 28), or a run directory / Run
     (its model as saved, at its input shape)."""
+    _refuse_onnx(model_or_run, "summarize the run directory it came from")  # not an unknown model's name
     if isinstance(model_or_run, torch.nn.Module):
         size = image_size or 28
         return ModelSummary(type(model_or_run).__name__, (in_chans, size, size),
@@ -463,15 +572,42 @@ def export(run: str | Path | Run, output: str | Path | None = None, format: str 
         raise UserError(f"format: must be onnx, got {format!r}")
     if model is None and isinstance(run, Run):
         model = run._builder
+    if not isinstance(run, Run):
+        _refuse_onnx(run, "export the run directory it came from")
+    if torch.is_tensor(check_images):  # a bfloat16 tensor's .numpy() raised a TypeError, not the uint8 line
+        check_images = tensor_numpy(check_images)
     return export_onnx(run.path if isinstance(run, Run) else run, output, check_images=check_images, model=model)
 
 
 def evaluate(run: str | Path | Run, split: str = "val") -> dict:
+    """Run.evaluate of a run directory or Run: metrics of a stored split (read from its stored logits)."""
+    if not isinstance(run, Run):
+        _refuse_onnx(run, "evaluate reads a run directory's stored logits: give the run directory it was "
+                          "exported from")
     return (run if isinstance(run, Run) else load_run(run)).evaluate(split)
 
 
 def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
+    """Predicted labels (the source's class ids) for images as Run.predict takes them (one image of the
+    model's shape: an array of length 1), from a Run, a run or ensemble directory, or an exported .onnx file
+    (run by onnxruntime on the CPU, whatever `device`; class ids and input shape from its metadata)."""
+    if isinstance(run, (str, os.PathLike)) and Path(run).suffix.lower() == ".onnx" and not Path(run).is_dir():
+        return _onnx_predict(Path(run), images)
     return (run if isinstance(run, Run) else load_run(run)).predict(images, device)
+
+
+def _onnx_predict(path: Path, images) -> np.ndarray:
+    meta = read_onnx_metadata(path)
+    shape, ids = meta.get("input_shape"), meta.get("class_ids")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)) or \
+            not isinstance(ids, list) or not ids:
+        raise UserError(f"{path}: its metadata has no input_shape or class_ids; cnnlab.predict takes models written "
+                        "by cnnlab export")
+    logits = onnx_predict_logits(path, as_images(images, shape))
+    if logits.ndim != 2 or logits.shape[1] != len(ids):
+        raise UserError(f"{path}: the model gives {_shape(logits.shape[1:])} scores per image but its metadata names "
+                        f"{len(ids)} classes; the file was edited, export it again")
+    return np.asarray(ids)[logits.argmax(1)]
 
 
 # ------------------------------------------------------------------ studies, ensembles, searches

@@ -174,15 +174,17 @@ def _shape_error(images: np.ndarray, source: str) -> UserError:
 
 
 def validate_arrays(images: np.ndarray, labels: np.ndarray | None, source: str,
-                    labels_source: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                    labels_source: str | None = None, in_memory: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Check pixel and label values and return (uint8 N x C x H x W, int64 labels).
 
-    `source` names the images in messages, `labels_source` (default `source`) the labels, e.g. "d.npz[labels]"."""
+    `source` names the images in messages, `labels_source` (default `source`) the labels, e.g. "d.npz[labels]";
+    `in_memory`: arrays passed to the API, so the advice speaks of converting them, not of saving a file."""
     images = np.asarray(images)
+    store, first = ("convert them to", "first") if in_memory else ("save them as", "before saving")
     if images.dtype == object or not np.issubdtype(images.dtype, np.number):
-        raise UserError(f"{source}: images are not numeric (dtype {images.dtype}); save them as uint8 0..255")
+        raise UserError(f"{source}: images are not numeric (dtype {images.dtype}); {store} uint8 0..255")
     if np.issubdtype(images.dtype, np.complexfloating):
-        raise UserError(f"{source}: images are complex numbers (dtype {images.dtype}); save them as uint8 0..255")
+        raise UserError(f"{source}: images are complex numbers (dtype {images.dtype}); {store} uint8 0..255")
     if images.ndim not in (2, 3, 4):
         raise _shape_error(images, source)
     if len(images) == 0:
@@ -196,13 +198,13 @@ def validate_arrays(images: np.ndarray, labels: np.ndarray | None, source: str,
             raise UserError(f"{source}: image {bad} contains NaN or infinite pixel values")
         if images.max() <= 1.0 and (images != np.round(images)).any():
             raise UserError(f"{source}: pixel values look scaled to 0..1; cnnlab expects 0..255 "
-                            "(multiply by 255 before saving)")
+                            f"(multiply by 255 {first})")
     lo, hi = images.min(), images.max()
     if lo < 0 or hi > 255:
         raise UserError(f"{source}: pixel values must lie in 0..255, found {lo}..{hi}")
     if hi == 1:
         raise UserError(f"{source}: every pixel is 0 or 1; cnnlab expects 0..255 (if 1 means white, multiply by 255 "
-                        "before saving)")
+                        f"{first})")
     images = to_nchw(np.rint(images).astype(np.uint8) if images.dtype != np.uint8 else images, source)
     if labels is None:
         return np.ascontiguousarray(images), None
