@@ -15,6 +15,7 @@ import contextlib
 import html
 import inspect
 import json
+import math
 import os
 import re
 import socket
@@ -28,14 +29,16 @@ from pathlib import Path
 from cnnlab import runs
 from cnnlab.budget import Budget, format_seconds
 from cnnlab.callbacks import Callback
-from cnnlab.config import FIELDS, TrainConfig, build_config, differing_settings, require_validation
+from cnnlab.config import (FIELDS, RECIPES, RESULT_NEUTRAL, TrainConfig, build_config, differing_settings,
+                           require_validation)
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
 from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.groups import directory_lock
-from cnnlab.models import model_info
+from cnnlab.models import create_architecture, model_info
+from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.report import CSS, html_table
 from cnnlab.runs import RunDir
@@ -57,6 +60,9 @@ def read_space_file(path: Path, model: str) -> dict:
     """TOML or JSON: [space] entries override the default's, `exclude` drops names, `replace = true` starts empty."""
     path = Path(path)
     kind = "JSON" if path.suffix == ".json" else "TOML"
+    if path.suffix.lower() in (".yaml", ".yml"):  # read as TOML it failed with a parse error that named no cause
+        raise UserError(f"--space {path}: a YAML file; --space reads TOML (.toml) or JSON (.json): write the same "
+                        "[space] table in one of those")
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
@@ -65,7 +71,8 @@ def read_space_file(path: Path, model: str) -> dict:
     except UnicodeDecodeError:
         raise UserError(f"--space {path}: not a text file (not UTF-8); give a TOML or JSON search space") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"--space {path}: cannot parse ({exc})") from None
+        raise UserError(f"--space {path}: cannot parse as {kind} ({exc}); --space reads TOML, or JSON from a .json "
+                        "file") from None
     except RecursionError:
         raise UserError(f"--space {path}: nested too deeply to read; give a {kind} search space") from None
     except OSError as exc:
@@ -82,8 +89,14 @@ def read_space_file(path: Path, model: str) -> dict:
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(name, str) for name in exclude):
         raise UserError(f"--space {path}: exclude must be a list of parameter names, got {exclude!r}")
+    if not isinstance(data.get("replace", False), bool):
+        raise UserError(f"--space {path}: replace must be true or false, got {data['replace']!r}")
     space = {} if data.get("replace") else default_space(model)
     space.update(data.get("space", {}))
+    stray = [name for name in exclude if name not in space]
+    if stray:  # a typo would silently keep the parameter it meant to drop
+        raise UserError(f"--space {path}: exclude names {', '.join(map(repr, stray))}, not in the search space "
+                        f"({', '.join(space) or 'empty'}); fix the name or remove it")
     for name in exclude:
         space.pop(name, None)
     if not space:
@@ -104,16 +117,97 @@ def check_space_names(space: dict, model: str) -> None:
                         f"or {model}'s own hyperparameters ({', '.join(sorted(info.tunable)) or 'none'})")
 
 
+# the keys each kind of parameter takes (what Optuna's suggest_categorical / suggest_int / suggest_float take)
+SPEC_KEYS = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log", "step"),
+             "int": ("type", "low", "high", "log", "step")}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_space(space: dict, source: str) -> None:
+    """The shape of each parameter's spec, before any trial: Optuna would fail (or, worse, iterate a string's
+    letters as choices) only once a trial asks for it."""
     for name, spec in space.items():
+        where = f"{source}: parameter {name!r}"
         kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind == "categorical" and spec.get("choices"):
+        if kind not in SPEC_KEYS:
+            raise UserError(f"{where} needs type categorical (with choices) or float/int (with low <= high), got "
+                            f"{_short(spec)}")
+        unknown = [key for key in spec if key not in SPEC_KEYS[kind]]
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type {kind}; its keys are "
+                            f"{', '.join(SPEC_KEYS[kind])}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise UserError(f"{where} needs choices as a non-empty list, e.g. choices = [0.001, 0.01], got "
+                                f"{_short(choices)}")
+            bad = [c for c in choices if not (c is None or isinstance(c, (bool, str)) or _number(c))]
+            if bad:
+                raise UserError(f"{where}: each choice must be a finite number, a string or true/false, got "
+                                f"{_short(bad[0])}")
             continue
-        if kind in ("float", "int") and spec.get("low") is not None and spec.get("high") is not None \
-                and spec["low"] <= spec["high"]:
-            continue
-        raise UserError(f"{source}: parameter {name!r} needs type categorical (with choices) or float/int "
-                        f"(with low <= high), got {spec!r}")
+        if spec.get("low") is None or spec.get("high") is None:
+            raise UserError(f"{where} needs low and high (low <= high), got {_short(spec)}")
+        for key in ("low", "high", "step"):
+            value = spec.get(key)
+            if value is None:
+                continue
+            if not _number(value):
+                raise UserError(f"{where}: {key} must be a finite number, got {_short(value)}")
+            if kind == "int" and not isinstance(value, int):
+                raise UserError(f"{where}: type int needs integer {key}, got {value!r} (type float for real values)")
+        if spec["low"] > spec["high"]:
+            raise UserError(f"{where} needs low <= high, got low {spec['low']!r}, high {spec['high']!r}")
+        log, step = spec.get("log", False), spec.get("step")
+        if not isinstance(log, bool):
+            raise UserError(f"{where}: log must be true or false, got {_short(log)}")
+        if log and spec["low"] <= 0:
+            raise UserError(f"{where}: log = true needs low > 0 (a log scale has no 0 or below), got low {spec['low']!r}")
+        if step is not None and step <= 0:
+            raise UserError(f"{where}: step must be positive, got {step!r}")
+        if step is not None and log:
+            raise UserError(f"{where}: step and log = true do not go together in Optuna; give one of them")
+
+
+def _candidates(spec: dict) -> list:
+    """The values a parameter's spec can give a trial, as far as validity goes: each choice, or both ends."""
+    if spec["type"] == "categorical":
+        return list(spec["choices"])
+    cast = int if spec["type"] == "int" else float
+    return [cast(spec["low"]), cast(spec["high"])]
+
+
+def _value_error(base: dict, values: dict) -> str | None:
+    """Why a trial with `values` (searched names) over `base` (a config dict) could not train, or None."""
+    train, own = split_params(values)
+    try:
+        cfg = build_config(base, train, {"model_params": own})
+        if own and cfg.model != CUSTOM_MODEL:  # the model's own checks (e.g. a dropout rate in [0, 1])
+            create_architecture(cfg.model, image_size=cfg.image_size, **cfg.model_params)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def check_space_values(space: dict, config: TrainConfig) -> None:
+    """Each choice (each end of a range) is a value the training config and the model accept, so a typo fails
+    here in one line, not in every trial. A value valid only beside another searched one (tta_translate = true
+    with tta = true) passes."""
+    base = config.to_dict()
+    candidates = {name: _candidates(spec) for name, spec in space.items()}
+    for name, values in candidates.items():
+        for value in values:
+            error = _value_error(base, {name: value})
+            if error is None or any(_value_error(base, {name: value, other: v}) is None
+                                    for other, vs in candidates.items() if other != name for v in vs):
+                continue
+            what = "choice" if space[name]["type"] == "categorical" else \
+                ("low" if value == _candidates(space[name])[0] else "high")
+            raise UserError(f"search space: parameter {name!r}: {what} {_short(value)} cannot train ({error}); "
+                            "fix the search space")
 
 
 def suggest(trial, space: dict) -> dict:
@@ -122,10 +216,52 @@ def suggest(trial, space: dict) -> dict:
         if spec["type"] == "categorical":
             params[name] = trial.suggest_categorical(name, spec["choices"])
         elif spec["type"] == "int":
-            params[name] = trial.suggest_int(name, spec["low"], spec["high"])
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step") or 1,
+                                             log=spec.get("log", False))
         else:
-            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
+                                               log=spec.get("log", False))
     return params
+
+
+def distribution(spec: dict):
+    """The Optuna distribution suggest() asks for with this spec."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if spec["type"] == "categorical":
+        return CategoricalDistribution(spec["choices"])
+    if spec["type"] == "int":
+        return IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step") or 1)
+    return FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
+
+
+def _describe(dist) -> str:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return f"choices {list(dist.choices)}"
+    kind = "an int" if type(dist).__name__.startswith("Int") else "a float"
+    return f"{kind} range" + (" on a log scale" if dist.log else "")  # its bounds may change
+
+
+def require_same_space(study, space: dict, where: str, fix: str) -> None:
+    """Optuna refuses, inside a trial (a traceback, a failed trial), another kind, other choices or another log
+    scale for a parameter its study has sampled; ranges may change. Refused here, before any trial."""
+    from optuna.distributions import check_distribution_compatibility
+
+    wanted = {name: distribution(spec) for name, spec in space.items()}
+    seen = set()
+    for trial in study.get_trials(deepcopy=False):
+        for name, old in trial.distributions.items():
+            if name in seen or name not in wanted:
+                continue
+            seen.add(name)
+            try:
+                check_distribution_compatibility(old, wanted[name])
+            except ValueError:
+                raise UserError(f"{where}: the study searched {name} over {_describe(old)}, the search space now "
+                                f"gives {_describe(wanted[name])}, which Optuna cannot change within a study; {fix}, "
+                                f"or keep {_describe(old)} for {name}") from None
 
 
 def split_params(params: dict) -> tuple[dict, dict]:
@@ -170,8 +306,7 @@ def open_storage(storage: str | None, directory: Path):
         except (ValueError, UnicodeDecodeError) as exc:  # damaged after check_journal looked (JSONDecodeError too)
             raise damaged_journal(journal, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                                   "Restore it from a copy") from None
-    if "://" not in storage:
-        raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
+    check_storage(storage)
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
         optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
@@ -187,6 +322,43 @@ def open_storage(storage: str | None, directory: Path):
 
 
 JOURNAL = "optuna.journal"
+# sqlite:// and sqlite:///:memory: (SQLAlchemy's in-memory database): the study would vanish when the command ends
+IN_MEMORY_SQLITE = re.compile(r"sqlite(\+\w+)?://(/(:memory:)?)?(\?.*)?|sqlite.*mode=memory.*", re.IGNORECASE)
+
+
+def check_storage(storage: str | None) -> None:
+    if storage is None:
+        return
+    if "://" not in storage:
+        raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
+    if IN_MEMORY_SQLITE.fullmatch(storage.strip()):
+        raise UserError(f"storage {mask_url(storage)}: an in-memory SQLite database, lost when this command ends and "
+                        "closed to other workers; give a file, e.g. sqlite:///path/to/study.db (or no --storage: a "
+                        "journal in --out)")
+
+
+def require_one_study(opened, name: str, directory: Path, storage: str | None) -> None:
+    """One --out holds one study: trials/trial-NNNN, best.json, trials.csv and tune.html are named per folder, so
+    a second study there (another model's default cnnlab-MODEL, or another --study-name) would overwrite the
+    first's. Refusing is simpler to explain than per-study folders, and another --out costs nothing."""
+    import optuna
+
+    if storage is None:  # the journal lists every study written to this folder
+        others = [n for n in optuna.get_all_study_names(storage=opened) if n != name]
+    else:  # a database holds many studies; the folder's last summary says which one wrote there
+        try:
+            summary = runs.read_json(directory / "tune.json") if (directory / "tune.json").is_file() else {}
+        except (UserError, OSError):
+            summary = {}
+        others = [summary["study"]] if isinstance(summary, dict) and summary.get("study") not in (None, name) else []
+    if not others:
+        return
+    model = None
+    if storage is None:
+        setting = optuna.load_study(storage=opened, study_name=others[0]).user_attrs.get(SETTING_ATTR)
+        model = setting.get("train", {}).get("model") if isinstance(setting, dict) else None
+    raise UserError(f"{directory}: holds the search {others[0]}{f' (model {model})' if model else ''}, whose "
+                    f"trials and results the search {name} would overwrite; use another --out")
 
 
 def damaged_journal(path: Path, what: str, keep: str) -> UserError:
@@ -390,6 +562,8 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
                         f"{config.model}'s default space)")
     validate_space(space, "search space")
     check_space_names(space, config.model)
+    check_space_values(space, config)
+    check_storage(storage)
     dataset = preflight(config)  # input mistakes fail before any trial starts; loaded once for every trial
     directory = Path(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -397,6 +571,10 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
     opened, name = open_storage(storage, directory), study_name or f"cnnlab-{config.model}"
     chosen = pruners[pruner]() if isinstance(pruner, str) else pruner
     base = replace(config, checkpoint_every=0, time_budget=0.0)  # the search has the budget, not each trial
+    require_one_study(opened, name, directory, storage)
+
+    where = f"{directory}" if storage is None else f"study {name} in {mask_url(storage)}"
+    fix = "use another --out" if storage is None else "use another --out and --study-name"
 
     def existing_study():
         """The study already in the storage (held to its settings), or None; loading writes nothing (create_study
@@ -406,6 +584,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         except KeyError:
             return None
         require_same_setting(found, base, space, metric, directory, storage)
+        require_same_space(found, space, where, fix)
         return found
 
     def opened_study():
@@ -414,6 +593,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
             study = optuna.create_study(storage=opened, study_name=name, load_if_exists=True, pruner=chosen,
                                         direction="maximize" if metric == "val_accuracy" else "minimize")
             require_same_setting(study, base, space, metric, directory, storage)  # records them, or compares
+            require_same_space(study, space, where, fix)  # another worker's new study may hold trials already
         return study
 
     if not isinstance(budget, Budget):
@@ -436,18 +616,39 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
             say(said[0])
         return True
 
+    failures: list[tuple[int, str]] = []  # this worker's failed trials (number, reason): not counted toward --trials
+    finished: list[int] = []  # this worker's complete and pruned trials
+
+    def check_outcome(summary: dict) -> dict:
+        """A search whose every trial of this call failed is an error (exit 2), named by its first reason."""
+        if failures and not finished:
+            number, reason = failures[0]
+            raise UserError(f"no trial finished: {len(failures)} failed, the first (trial {number}) with: {reason}; "
+                            "fix that and run the same command again (failed trials do not count toward --trials)")
+        return summary
+
     if ray:
         existing_study()  # a refused rerun says so before Ray starts
         with ray_cluster(ray_address) as cluster:  # up before a new study records its settings: a failed start records none
             study = opened_study()
             run_trials_on_ray(study, base, space, metric, trials, directory, say, cluster, dataset, no_time,
-                              trial_seconds)
-        return write_results(study, directory, metric, config)
+                              trial_seconds, failures, finished)
+        return check_outcome(write_results(study, directory, metric, config))
     study = opened_study()
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", _worker_id())
         params = suggest(trial, space)
+        try:
+            value = train_trial(trial, params)
+        except UserError as exc:  # the study records the trial failed (optimize's catch); said here in one line
+            failures.append((trial.number, str(exc)))
+            say(f"trial {trial.number}: failed ({exc}) {params}")
+            raise
+        finished.append(trial.number)
+        return value
+
+    def train_trial(trial, params: dict) -> float:
         train_part, model_part = split_params(params)
         cfg = build_config(base.to_dict(), train_part, {"model_params": model_part})
         run_dir = directory / "trials" / f"trial-{trial.number:04d}"
@@ -456,6 +657,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         started = now()
         metrics = fit(cfg, run_dir, [pruning, *callbacks], dataset=dataset if same_data(cfg, base) else None)
         if pruning.pruned:
+            finished.append(trial.number)
             epoch_time = sum(pruning.epoch_seconds) / max(1, len(pruning.epoch_seconds))
             trial.set_user_attr("seconds_saved", (cfg.epochs - pruning.epochs_done) * epoch_time)
             say(f"trial {trial.number}: pruned after epoch {pruning.epochs_done} {params}")
@@ -471,10 +673,10 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         if revived:
             say(f"{revived} trial(s) of a stopped worker marked failed and queued again")
         counted = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if len(failed) >= max(3, trials):  # a search where nothing trains must end, not loop
-            say(f"stopping: {len(failed)} trials failed (see the messages above); check the search space and data")
-        return len(counted) >= trials or len(failed) >= max(3, trials) or no_time()
+        if too_many_failures(failures, finished, trials):  # a search where nothing trains must end, not loop
+            say(f"stopping: {len(failures)} trial(s) failed (see the messages above); check the search space and data")
+            return True
+        return len(counted) >= trials or no_time()
 
     def stop_when_enough(study, trial) -> None:
         if enough(study):
@@ -497,7 +699,13 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         finally:
             for handler in handlers:
                 handler.removeFilter(no_interrupt_traceback)
-    return write_results(study, directory, metric, config)
+    return check_outcome(write_results(study, directory, metric, config))
+
+
+def too_many_failures(failures: list, finished: list, trials: int) -> bool:
+    """This worker's failures (not the study's: a rerun after a fix must train) end it: min(3, --trials) when none
+    of its trials finished (so --trials 1 tries once), --trials once some did (a space with a few bad corners)."""
+    return len(failures) >= (trials if finished else min(3, trials))
 
 
 def during_ctrl_c(exc: BaseException | None) -> bool:
@@ -516,7 +724,8 @@ def during_ctrl_c(exc: BaseException | None) -> bool:
 def no_interrupt_traceback(record) -> bool:
     """Optuna logs a trial stopped by Ctrl-C as a failure with its traceback; cnnlab says it in one line."""
     message = record.getMessage()
-    return not (record.exc_info and during_ctrl_c(record.exc_info[1])) and \
+    said = record.exc_info and isinstance(record.exc_info[1], UserError)  # the objective said it in one line
+    return not (record.exc_info and during_ctrl_c(record.exc_info[1])) and not said and \
         "KeyboardInterrupt" not in message and not re.fullmatch(r"Trial \d+ failed with value None\.", message)
 
 
@@ -585,10 +794,13 @@ def same_data(cfg: TrainConfig, base: TrainConfig) -> bool:
 
 
 def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials: int, directory: Path, say,
-                      ray, dataset, no_time=lambda in_flight=0: False, trial_seconds=None) -> None:
+                      ray, dataset, no_time=lambda in_flight=0: False, trial_seconds=None, failures=None,
+                      finished=None) -> None:
     """Trials as Ray tasks on `ray` (started or joined by the caller). no_time(in_flight): whether the time
     budget forbids starting a trial; trial_seconds: finished trials' durations, appended here (what no_time
-    judges by)."""
+    judges by); failures, finished: as in run_tune, appended here."""
+    failures = [] if failures is None else failures
+    finished = [] if finished is None else finished
     from optuna.trial import TrialState
 
     board = ray.remote(PruningBoard).options(num_cpus=0).remote()
@@ -603,8 +815,8 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
 
     def next_job(in_flight: int):
         # more trials to start (not when everything fails: a broken search must end)
-        finished = counted(TrialState.COMPLETE, TrialState.PRUNED)
-        if finished + in_flight >= trials or counted(TrialState.FAIL) >= max(3, trials) or no_time(in_flight):
+        settled = counted(TrialState.COMPLETE, TrialState.PRUNED)
+        if settled + in_flight >= trials or too_many_failures(failures, finished, trials) or no_time(in_flight):
             return None
         trial = study.ask()
         trial.set_user_attr("worker", f"ray:{_worker_id()}")
@@ -624,13 +836,16 @@ def run_trials_on_ray(study, base: TrainConfig, space: dict, metric: str, trials
     def on_error(job, exc) -> None:
         trial, params, _ = job
         running.pop(trial.number, None)
-        say(f"trial {trial.number}: failed ({str(exc).strip().splitlines()[-1]}) {params}")
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        failures.append((trial.number, reason))
+        say(f"trial {trial.number}: failed ({reason}) {params}")
         study.tell(trial, state=TrialState.FAIL)
 
     def on_result(job, result) -> None:
         trial, params, cfg = job
         running.pop(trial.number, None)
         RunDir(directory / "trials" / f"trial-{trial.number:04d}").write_files(result["files"])
+        finished.append(trial.number)
         if result["pruned"]:
             epoch_time = result["metrics"]["train_seconds_total"] / max(1, result["epochs_done"])
             trial.set_user_attr("seconds_saved", (cfg.epochs - result["epochs_done"]) * epoch_time)
@@ -665,8 +880,14 @@ def trials_table(study, metric: str) -> list[dict]:
     return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
-# what best.json records of the setting a search ran in, so `train --params best.json` repeats it
-TUNED_SETTING = ("model", "recipe", "data", "data_dir", "classes", "val_fraction", "split_seed", "epochs", "augment")
+def tuned_setting(config: TrainConfig) -> dict:
+    """What best.json records of the setting the trials trained in, so `train --params best.json` repeats the best
+    trial: every option that changes what a run learns (the result-neutral ones aside, data_dir kept: where the
+    data is). The trials train unbudgeted: a recipe's time budget (cpu-budget) is turned off as in them."""
+    setting = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL or k == "data_dir"}
+    if RECIPES.get(config.recipe, {}).get("time_budget"):
+        setting["time_budget"] = 0.0
+    return setting
 
 
 def write_results(study, directory: Path, metric: str, config: TrainConfig | None = None) -> dict:
@@ -692,7 +913,7 @@ def _write_results(study, directory: Path, metric: str, config: TrainConfig | No
     if complete:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
-        setting = {k: v for k, v in config.to_dict().items() if k in TUNED_SETTING} if config else {}
+        setting = tuned_setting(config) if config else {}
         runs.write_json(directory / "best.json", {"params": best.params, "setting": setting, metric: best.value,
                                                   "trial": best.number, "study": study.study_name})
     figures = _plots(study, directory) if len(complete) >= 2 else []
