@@ -147,10 +147,16 @@ def test_a_lone_config_json_does_not_make_a_folder_cnnlabs(tmp_path):
 def test_images_inside_an_input_folder_and_folders_are_refused(tmp_path):
     data = tmp_path / "data" / "cat"
     data.mkdir(parents=True)
+    (data / "0.png").write_bytes(b"")  # a class folder's image: a new PNG beside it would be read as another
     with pytest.raises(UserError, match="read as one of its images"):
         require_free_output(data / "new.png", inputs=[tmp_path / "data"], what="--plot")
     assert require_free_output(data / "notes.csv", inputs=[tmp_path / "data"])
     assert require_free_output(tmp_path / "plot.png", inputs=[tmp_path / "data"])
+    assert require_free_output(tmp_path / "data" / "grid.png", inputs=[tmp_path / "data"])  # above the class folders
+    idx = tmp_path / "idx"  # an IDX folder reads no images: a preview may be written into it
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte").write_bytes(b"")
+    assert require_free_output(idx / "grid.png", inputs=[idx])
     with pytest.raises(UserError, match="is a folder"):
         require_free_output(data, inputs=[], what="-o")
 

@@ -328,7 +328,7 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
 
     The rule (the least surprising one: results beside a run stay allowed, as export's RUN/model.onnx is):
     - not a folder, and not any of `inputs` (the same file after links are resolved, hard links included);
-    - not inside an input folder as an image (.png, .jpg, ...): it would be read as one of that folder's images;
+    - not an image (.png, .jpg, ...) among the images of an input folder: it would be read as one of them;
     - not one of cnnlab's own names (OWN_NAMES: config.json, metrics.json, history.csv, ...) in a folder cnnlab
       manages (managed_folder), neither where it is written nor where a link there points.
     `what` names the option in the message ("-o", "--json"). Returns the path."""
@@ -342,7 +342,8 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
             continue
         source = Path(os.path.expanduser(str(given)))  # as the readers expand it
         if source.is_dir():
-            if real.is_relative_to(os.path.realpath(source)) and real.suffix.lower() in IMAGE_SUFFIXES:
+            if real.is_relative_to(os.path.realpath(source)) and real.suffix.lower() in IMAGE_SUFFIXES and \
+                    _beside_images(real):  # an IDX folder, or the root above class folders, reads no image there
                 raise UserError(f"{shown}: inside the input folder {source}, where it would be read as one of its "
                                 "images; write it elsewhere")
         elif _same_file(path, source):
@@ -354,6 +355,11 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
             raise UserError(f"{shown}: {place.name} is a file cnnlab keeps in {kind} ({place.parent}); writing there "
                             "would damage it: give another file name or folder")
     return path
+
+
+def _beside_images(path: Path) -> bool:
+    """Whether other images lie in the folder `path` would be written to (the first one found answers)."""
+    return path.parent.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p != path for p in path.parent.iterdir())
 
 
 # ------------------------------------------------------------------ the run directory
