@@ -164,3 +164,41 @@ def test_docstrings_and_readme_name_the_callables():
     assert ".onnx" in cnnlab.predict.__doc__
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "cnnlab.list_models()" in readme and "has shape (1,)" in readme
+
+
+def test_lr_find_never_draws_its_plot_over_a_training_image(tmp_path):
+    """lr-find --data imgs --plot imgs/dog/1.png replaced a training image with the plot (exit 0)."""
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((16, 16), 40 * i % 256, np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    before = (tmp_path / "imgs" / "dog" / "1.png").read_bytes()
+    with pytest.raises(UserError, match="read as one of its images"):
+        cnnlab.lr_find("cnn1", str(tmp_path / "imgs"), plot=tmp_path / "imgs" / "dog" / "1.png", steps=5, device="cpu")
+    assert (tmp_path / "imgs" / "dog" / "1.png").read_bytes() == before
+
+
+def test_an_onnx_file_without_cnnlabs_metadata_is_one_line(tmp_path):
+    """A model another tool wrote: predict read meta['input_shape'] (a KeyError)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    with pytest.raises(UserError, match="its metadata has no input_shape or class_ids"):
+        cnnlab.predict(tmp_path / "other.onnx", np.zeros((1, 16, 16), np.uint8))
+    from cnnlab.submissions import predict_run
+    np.save(tmp_path / "x.npy", np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(UserError, match="its metadata has no input_shape or class_ids"):
+        predict_run(tmp_path / "other.onnx", tmp_path / "x.npy", tmp_path / "sub.csv", "cpu")
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_file_given_as_a_run_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a run directory"):
+        cnnlab.load_run(tmp_path / "notes.txt")

@@ -79,3 +79,12 @@ def test_a_tracking_folder_that_cannot_be_made_is_one_line(data, cli, args):
     code, _, err = cli("train", "cnn1", "--data", data, "--epochs", "1", "--device", "cpu", *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines == [f"cnnlab: error: {UNWRITABLE}: cannot be created there; choose another path"], err
+
+
+def test_a_studys_event_files_are_where_the_help_says(data, tmp_path):
+    """OUT/tensorboard/RUN for every command (a study's were under OUT/runs/tensorboard, a search's under
+    OUT/trials/tensorboard, where `tensorboard --logdir OUT/tensorboard` showed nothing)."""
+    cnnlab.study(["cnn1"], 1, str(data), out=tmp_path / "s", tensorboard=True, report=False, say=lambda text: None,
+                 **dict(SETTINGS, epochs=1))
+    assert [p.name for p in (tmp_path / "s" / "tensorboard").iterdir()] == ["cnn1-seed0"]
+    assert any((tmp_path / "s" / "tensorboard" / "cnn1-seed0").glob("events.out.tfevents.*"))

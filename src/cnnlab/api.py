@@ -33,7 +33,7 @@ from cnnlab.callbacks import Callback
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
 from cnnlab.data.arrays import dataset_from_arrays, tensor_numpy, validate_memory
 from cnnlab.data.prepared import data_fingerprint, preflight
-from cnnlab.deploy import export_onnx, onnx_predict_logits, read_onnx_metadata
+from cnnlab.deploy import export_onnx, onnx_predict_logits, prediction_metadata
 from cnnlab.display import EnsembleResult, Evaluation, StudyResult, run_html, run_text, show_files
 from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
@@ -141,7 +141,7 @@ def _tracking(tensorboard, mlflow, out: Path, parent_run_id: str | None = None) 
     out = Path(out)
     extra = []
     if tensorboard:
-        extra.append(tracking.TensorBoard(None if tensorboard is True else tensorboard))
+        extra.append(tracking.TensorBoard(None if tensorboard is True else tensorboard, default_dir=out / "tensorboard"))
     if mlflow:
         extra.append(tracking.MLflow(mlflow_uri(mlflow, out), parent_run_id=parent_run_id))
     return extra
@@ -479,6 +479,7 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
                         f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")
     builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
+    runs.require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
     setup = prepare(cfg, preflight(cfg, dataset), builder=builder)
     result = lr_sweep(setup, start_lr, end_lr, steps)
     result.model = model_name(builder) if builder is not None else cfg.model
@@ -597,12 +598,8 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
 
 
 def _onnx_predict(path: Path, images) -> np.ndarray:
-    meta = read_onnx_metadata(path)
-    shape, ids = meta.get("input_shape"), meta.get("class_ids")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)) or \
-            not isinstance(ids, list) or not ids:
-        raise UserError(f"{path}: its metadata has no input_shape or class_ids; cnnlab.predict takes models written "
-                        "by cnnlab export")
+    meta = prediction_metadata(path)
+    shape, ids = meta["input_shape"], meta["class_ids"]
     logits = onnx_predict_logits(path, as_images(images, shape))
     if logits.ndim != 2 or logits.shape[1] != len(ids):
         raise UserError(f"{path}: the model gives {_shape(logits.shape[1:])} scores per image but its metadata names "

@@ -50,6 +50,7 @@ from torch import nn
 
 from cnnlab import runs, test_time
 from cnnlab.config import EVAL_BATCH_SIZE
+from cnnlab.data.arrays import tensor_numpy
 from cnnlab.errors import UserError
 from cnnlab.evaluation import validation_sample
 from cnnlab.inference import load_model, predict_logits
@@ -161,7 +162,7 @@ def _load_source(run_dir: Path, model=None) -> dict:
 
 
 def _check_batch(images, input_shape: list[int], what: str) -> np.ndarray:
-    images = images.numpy() if torch.is_tensor(images) else np.asarray(images)
+    images = tensor_numpy(images) if torch.is_tensor(images) else np.asarray(images)
     if images.dtype != np.uint8:
         raise UserError(f"{what}: images must be uint8 pixels (0..255), got {images.dtype}")
     if images.ndim == 3 and input_shape[0] == 1:
@@ -439,7 +440,7 @@ def onnx_predict_logits(onnx_path: str | Path, uint8_images, batch_size: int = E
         raise UserError(f"{onnx_path}: its input {inp.name!r} is {inp.type} {inp.shape}, not uint8 N x C x H x W "
                         "(was it exported by cnnlab?)")
     shape = [d if isinstance(d, int) else None for d in inp.shape[1:]]  # None: a symbolic dimension
-    images = uint8_images.numpy() if torch.is_tensor(uint8_images) else np.asarray(uint8_images)
+    images = tensor_numpy(uint8_images) if torch.is_tensor(uint8_images) else np.asarray(uint8_images)
     if images.ndim == 3 and shape[0] == 1:
         images = images[:, None]
     if images.dtype != np.uint8:
@@ -457,6 +458,18 @@ def onnx_predict_logits(onnx_path: str | Path, uint8_images, batch_size: int = E
         width = session.get_outputs()[0].shape[-1]
         return np.empty((0, width if isinstance(width, int) else 0), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def prediction_metadata(path: str | Path) -> dict:
+    """read_onnx_metadata of a file cnnlab exported, with the facts predicting needs checked: input_shape
+    (C, H, W) and class_ids; one line where another tool wrote the file (a KeyError in predict)."""
+    meta = read_onnx_metadata(path)
+    shape, ids = meta.get("input_shape"), meta.get("class_ids")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)) or \
+            not isinstance(ids, list) or not ids:
+        raise UserError(f"{path}: its metadata has no input_shape or class_ids; cnnlab predicts with models written "
+                        "by cnnlab export")
+    return meta
 
 
 def read_onnx_metadata(path: str | Path) -> dict:

@@ -512,6 +512,8 @@ class RunDir:
         return tensor_metadata(self.file(CHECKPOINT)).get("train_state", {}).get("epoch")
 
     def require_finished(self) -> "RunDir":
+        if self.path.is_file():
+            raise UserError(f"{self.path}: is a file, not a run directory (a folder that `cnnlab train` wrote)")
         if not self.path.is_dir():
             raise UserError(f"{self.path}: no such run directory")
         if not self.file(MODEL).is_file():

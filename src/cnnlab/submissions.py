@@ -12,7 +12,7 @@ from cnnlab import runs
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data import load_unlabeled
 from cnnlab.data.common import shorten
-from cnnlab.deploy import onnx_predict_logits, read_onnx_metadata
+from cnnlab.deploy import onnx_predict_logits, prediction_metadata
 from cnnlab.device import resolve_device
 from cnnlab.errors import UserError
 from cnnlab.inference import run_scores
@@ -81,7 +81,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
     runs.require_free_output(output, inputs=[input_path, run_dir], what="-o")  # not the input, not a run's files
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
         onnx_device(device)
-        meta = read_onnx_metadata(run_dir)
+        meta = prediction_metadata(run_dir)
         split = load_inputs(input_path, meta["input_shape"])
         predictions = onnx_predict_logits(run_dir, split.images, batch_size).argmax(1)
     else:

@@ -82,8 +82,11 @@ class TensorBoard(Callback):
     """Scalars per epoch (losses, accuracies, learning rate, images/second), the config as hyperparameters
     and the confusion matrix as an image, one event folder per run directory."""
 
-    def __init__(self, log_dir: str | Path | None = None):
+    def __init__(self, log_dir: str | Path | None = None, default_dir: str | Path | None = None):
+        """log_dir: the user's folder (made now); default_dir: the command's OUT/tensorboard (made with the runs),
+        so a study's, ensemble's and search's runs land where `tensorboard --logdir OUT/tensorboard` looks."""
         self.log_dir = Path(log_dir) if log_dir else None
+        self.default_dir = Path(default_dir) if default_dir else None
         self.writers = []
         _require("torch.utils.tensorboard", "tensorboard")
         existing = next((p for p in [self.log_dir, *self.log_dir.parents] if p.exists()), None) if self.log_dir else None
@@ -101,7 +104,7 @@ class TensorBoard(Callback):
 
         self.close()
         for run in ctx.run_dirs:
-            folder = (self.log_dir or run.path.parent / "tensorboard") / run.path.name
+            folder = (self.log_dir or self.default_dir or run.path.parent / "tensorboard") / run.path.name
             try:
                 self.writers.append(SummaryWriter(str(folder)))
             except OSError as exc:

@@ -44,6 +44,7 @@ def register_model(name: str, *, description: str, image_size: int = 28, min_ima
 
 
 def list_models() -> list[str]:
+    """The registered model names: the built-in ones, then those of @cnnlab.register_model."""
     return list(_REGISTRY)
 
 
