@@ -22,6 +22,7 @@ LAYERS = [
     # data, the probes' cache, product speeds, devices
     "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
     "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared",
+    "cnnlab.outputs",
     "cnnlab.probe_cache", "cnnlab.product_speed", "cnnlab.device",
     "cnnlab.allocator",
     "cnnlab.samples",

@@ -4,17 +4,15 @@ before any work, nothing changed. Also --device for an .onnx model, checked as f
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import pytest
 import torch
 
 import cnnlab
-from cnnlab import ensembles, evaluation, groups, runs, search, studies, submissions
-from cnnlab import cli as cli_module
+from cnnlab import ensembles, evaluation, groups, outputs, runs, search, studies, submissions
 from cnnlab.errors import UserError
-from cnnlab.runs import require_free_output
+from cnnlab.outputs import require_free_output
 
 from conftest import make_images, write_csv, write_npz_dataset
 
@@ -117,8 +115,6 @@ def test_a_link_to_a_runs_file_is_refused(run, tmp_path):
 
 
 def test_the_evaluate_command_refuses_before_evaluating(cli, run, monkeypatch):
-    if "require_free_output" not in inspect.getsource(cli_module.evaluate_cmd):  # a line cli.py is to gain
-        pytest.skip("cli.evaluate_cmd does not call runs.require_free_output yet")
     monkeypatch.setattr(cnnlab.api, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing --json"))
     before = snapshot(run.path)
     code, out, err = cli("evaluate", run.path, "--split", "val", "--json", run.path / runs.METRICS)
@@ -162,10 +158,10 @@ def test_images_inside_an_input_folder_and_folders_are_refused(tmp_path):
 
 
 def test_own_names_match_the_modules_that_write_them():
-    written = {*runs.RUN_FILES, runs.OWNER_LOCK, *evaluation.FIGURES.values(), ensembles.SETTINGS_FILE,
+    written = {*outputs.RUN_FILES, runs.OWNER_LOCK, *evaluation.FIGURES.values(), ensembles.SETTINGS_FILE,
                ensembles.MANIFEST_FILE, groups.LOCK_FILE, groups.GROUPS_FILE, studies.SETTINGS_FILE, search.JOURNAL}
-    assert written <= runs.OWN_NAMES
-    assert set(runs.GROUP_MARKERS) == {ensembles.SETTINGS_FILE, studies.SETTINGS_FILE, search.JOURNAL}
+    assert written <= outputs.OWN_NAMES
+    assert set(outputs.GROUP_MARKERS) == {ensembles.SETTINGS_FILE, studies.SETTINGS_FILE, search.JOURNAL}
 
 
 # ------------------------------------------------------------------ --device for an .onnx model

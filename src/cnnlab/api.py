@@ -48,6 +48,7 @@ from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
 from cnnlab.models.custom import CUSTOM_MODEL, PASS_AGAIN, is_custom, model_name
+from cnnlab.outputs import require_free_output
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
@@ -479,7 +480,7 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
                         f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")
     builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
-    runs.require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
+    require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
     setup = prepare(cfg, preflight(cfg, dataset), builder=builder)
     result = lr_sweep(setup, start_lr, end_lr, steps)
     result.model = model_name(builder) if builder is not None else cfg.model

@@ -26,7 +26,8 @@ from cnnlab.models import (REPORT_STUDY_MODELS, count_parameters, create_archite
                            model_info, summarize)
 from cnnlab.plots import preview_grid
 from cnnlab.report import build_report
-from cnnlab.runs import RunDir, require_free_output, write_json
+from cnnlab.outputs import require_free_output
+from cnnlab.runs import RunDir, write_json
 from cnnlab.submissions import predict_run
 from cnnlab.text import visible
 from cnnlab.version import __version__

@@ -16,6 +16,7 @@ from cnnlab.deploy import onnx_predict_logits, prediction_metadata
 from cnnlab.device import resolve_device
 from cnnlab.errors import UserError
 from cnnlab.inference import run_scores
+from cnnlab.outputs import require_free_output
 from cnnlab.runs import RunDir
 
 
@@ -78,7 +79,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
-    runs.require_free_output(output, inputs=[input_path, run_dir], what="-o")  # not the input, not a run's files
+    require_free_output(output, inputs=[input_path, run_dir], what="-o")  # not the input, not a run's files
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
         onnx_device(device)
         meta = prediction_metadata(run_dir)
