@@ -147,3 +147,35 @@ def compile_probe_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(folder))
     return folder
 
+
+# ------------------------------------------------------------------ a small search (test_tune_*.py)
+
+TUNE_SPACE = {"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}, "replace": True}
+
+
+def write_tune_data(root: Path) -> Path:
+    """root/d.npz (120 training images, 30 test) and root/space.json (two learning rates): a search's inputs."""
+    import json
+
+    write_npz_dataset(root / "d.npz", 120, 30)
+    (root / "space.json").write_text(json.dumps(TUNE_SPACE))
+    return root
+
+
+def tune_args(data: Path, out: Path, *extra, space: Path | None = None) -> list[str]:
+    """`cnnlab tune cnn1` on write_tune_data's files: one epoch a trial, on the CPU."""
+    return ["tune", "cnn1", "--data", str(data / "d.npz"), "--device", "cpu", "--epochs", "1",
+            "--space", str(space or data / "space.json"), "--out", str(out), *extra]
+
+
+def one_line(err: str) -> str:
+    """The one line a refused command printed (no traceback): what is wrong and how to fix it."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below `folder` and its bytes: equal before and after a refusal, nothing was touched."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+

@@ -16,17 +16,11 @@ from cnnlab import search
 from cnnlab.config import build_config
 from cnnlab.errors import UserError
 
-from conftest import mounted_tmpfs, write_npz_dataset
-
-SPACE = {"space": {"lr": {"type": "categorical", "choices": [0.001, 0.003]}}, "replace": True}
-
+from conftest import mounted_tmpfs, one_line, snapshot, tune_args, write_tune_data
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile-tune")
-    write_npz_dataset(root / "d.npz", 120, 30)
-    (root / "space.json").write_text(json.dumps(SPACE))
-    return root
+    return write_tune_data(tmp_path_factory.mktemp("hostile-tune"))
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +30,6 @@ def searched(data):
     cnnlab.tune("cnn1", 1, data=str(data / "d.npz"), out=out, device="cpu", epochs=1, space=data / "space.json",
                 say=lambda s: None)
     return out
-
-
-def tune_args(data, out, *extra):
-    return ["tune", "cnn1", "--data", str(data / "d.npz"), "--device", "cpu", "--epochs", "1",
-            "--space", str(data / "space.json"), "--out", str(out), *extra]
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------ continuing a study with other options
