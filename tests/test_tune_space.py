@@ -206,3 +206,17 @@ def test_an_in_memory_database_is_refused(data, tmp_path, cli, url):
     line = one_line(err)
     assert code == 2 and "in-memory SQLite database" in line and "sqlite:///path/to/study.db" in line, line
     assert not (tmp_path / "t").exists() and "trial" not in said
+
+
+def test_best_json_names_its_data_so_a_retrain_elsewhere_finds_it(data, tmp_path, cli, monkeypatch):
+    """Tuned with --data d.npz from the data's folder, `train --params t/best.json` from another folder failed:
+    best.json kept the relative path."""
+    monkeypatch.chdir(data)
+    out = tmp_path / "t"
+    code, _, err = cli("tune", "cnn1", "--data", "d.npz", "--device", "cpu", "--epochs", "1", "--space", "space.json",
+                       "--out", out, "--trials", "1")
+    assert code == 0, err
+    assert json.loads((out / "best.json").read_text())["setting"]["data"] == str(data / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "cnn1", "--params", out / "best.json", "--device", "cpu", "--out", "runs", "--quiet")
+    assert code == 0, err

@@ -31,6 +31,7 @@ from cnnlab.budget import Budget, format_seconds
 from cnnlab.callbacks import Callback
 from cnnlab.config import (FIELDS, RECIPES, RESULT_NEUTRAL, TrainConfig, build_config, differing_settings,
                            require_validation)
+from cnnlab.data import BUILTIN
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
@@ -887,6 +888,11 @@ def tuned_setting(config: TrainConfig) -> dict:
     setting = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL or k == "data_dir"}
     if RECIPES.get(config.recipe, {}).get("time_budget"):
         setting["time_budget"] = 0.0
+    # a path as given (d.npz) named nothing from another folder: `train --params t/best.json` elsewhere failed
+    for key in ("data", "data_dir"):
+        value = setting.get(key)
+        if isinstance(value, str) and value not in BUILTIN and Path(value).expanduser().exists():
+            setting[key] = os.path.abspath(Path(value).expanduser())
     return setting
 
 
