@@ -5,6 +5,7 @@ before any work, nothing changed. Also --device for an .onnx model, checked as f
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def test_a_lone_config_json_does_not_make_a_folder_cnnlabs(tmp_path):
         require_free_output(tmp_path / runs.METRICS)
 
 
-def test_images_inside_an_input_folder_and_folders_are_refused(tmp_path):
+def test_images_inside_an_input_folder_and_folders_are_refused(tmp_path, monkeypatch):
     data = tmp_path / "data" / "cat"
     data.mkdir(parents=True)
     (data / "0.png").write_bytes(b"")  # a class folder's image: a new PNG beside it would be read as another
@@ -148,11 +149,18 @@ def test_images_inside_an_input_folder_and_folders_are_refused(tmp_path):
         require_free_output(data / "new.png", inputs=[tmp_path / "data"], what="--plot")
     assert require_free_output(data / "notes.csv", inputs=[tmp_path / "data"])
     assert require_free_output(tmp_path / "plot.png", inputs=[tmp_path / "data"])
-    assert require_free_output(tmp_path / "data" / "grid.png", inputs=[tmp_path / "data"])  # above the class folders
-    idx = tmp_path / "idx"  # an IDX folder reads no images: a preview may be written into it
+    with pytest.raises(UserError, match="read as one of its images"):  # predict reads loose files at the root too
+        require_free_output(tmp_path / "data" / "grid.png", inputs=[tmp_path / "data"])
+    idx = tmp_path / "idx"  # an IDX folder reads no images: previews may be written into it, one after another
     idx.mkdir()
     (idx / "train-images-idx3-ubyte").write_bytes(b"")
-    assert require_free_output(idx / "grid.png", inputs=[idx])
+    (idx / "preview.png").write_bytes(b"")
+    assert require_free_output(idx / "preview-5.png", inputs=[idx])
+    builtin = tmp_path / "fashion-mnist"  # a folder named as a built-in dataset is not what the name reads
+    builtin.mkdir()
+    (builtin / "old.png").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert require_free_output(Path("fashion-mnist") / "grid.png", inputs=["fashion-mnist"])
     with pytest.raises(UserError, match="is a folder"):
         require_free_output(data, inputs=[], what="-o")
 

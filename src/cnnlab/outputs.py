@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cnnlab.data import BUILTIN
+from cnnlab.data.idx import idx_file
 from cnnlab.data.image_folders import IMAGE_SUFFIXES
 from cnnlab.errors import UserError
 from cnnlab.runs import CHECKPOINT, CONFIG, ENV, HISTORY, LOGITS, METRICS, MODEL, OWNER_LOCK, SAMPLES, WEIGHTS
@@ -49,7 +51,8 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
 
     The rule (the least surprising one: results beside a run stay allowed, as export's RUN/model.onnx is):
     - not a folder, and not any of `inputs` (the same file after links are resolved, hard links included);
-    - not an image (.png, .jpg, ...) among the images of an input folder: it would be read as one of them;
+    - not an image (.png, .jpg, ...) inside an input image folder: it would be read as one of them (an IDX
+      folder reads none; a built-in dataset's name is no folder);
     - not one of cnnlab's own names (OWN_NAMES: config.json, metrics.json, history.csv, ...) in a folder cnnlab
       manages (managed_folder), neither where it is written nor where a link there points.
     `what` names the option in the message ("-o", "--json"). Returns the path."""
@@ -61,10 +64,13 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
     for given in inputs:
         if given is None:
             continue
+        if str(given) in BUILTIN:  # the readers take a built-in name before a folder of that name
+            continue
         source = Path(os.path.expanduser(str(given)))  # as the readers expand it
         if source.is_dir():
+            # anywhere in an image folder (predict reads its loose files too); an IDX folder reads no image
             if real.is_relative_to(os.path.realpath(source)) and real.suffix.lower() in IMAGE_SUFFIXES and \
-                    _beside_images(real):  # an IDX folder, or the root above class folders, reads no image there
+                    not _idx_folder(source):
                 raise UserError(f"{shown}: inside the input folder {source}, where it would be read as one of its "
                                 "images; write it elsewhere")
         elif _same_file(path, source):
@@ -78,6 +84,7 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
     return path
 
 
-def _beside_images(path: Path) -> bool:
-    """Whether other images lie in the folder `path` would be written to (the first one found answers)."""
-    return path.parent.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p != path for p in path.parent.iterdir())
+def _idx_folder(folder: Path) -> bool:
+    """Whether `folder` is read as IDX files (the images beside them are never read)."""
+    return any(idx_file(folder, f"{prefix}-{kind}") is not None
+               for prefix in ("train", "t10k", "test") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
