@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     # the bottom: errors, time budgets (pure), the run directory and group directories, models, configuration,
     # data, the probes' cache, product speeds, devices
-    "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
+    "cnnlab.version", "cnnlab.errors", "cnnlab.text", "cnnlab.redact", "cnnlab.ports", "cnnlab.budget", "cnnlab.runs", "cnnlab.groups",
     "cnnlab.models", "cnnlab.config", "cnnlab.data", "cnnlab.data.fingerprint", "cnnlab.data.prepared",
     "cnnlab.outputs",
     "cnnlab.probe_cache", "cnnlab.product_speed", "cnnlab.device",

@@ -195,13 +195,9 @@ def test_onnx_predict_checks_the_device_as_a_run_does(cli, onnx_model, test_csv,
     assert code == 0 and out.is_file(), err
 
 
-@pytest.mark.parametrize("providers, says", [(["CPUExecutionProvider"], "has no CUDA provider"),
-                                             (["CUDAExecutionProvider", "CPUExecutionProvider"], "CPU provider")])
-def test_onnx_cuda_is_refused_where_there_is_cuda(monkeypatch, providers, says):
-    ort = pytest.importorskip("onnxruntime")
+def test_onnx_cuda_is_refused_where_there_is_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
-    with pytest.raises(UserError, match=f"^device cuda: .*{says}.*use --device cpu or auto"):
+    with pytest.raises(UserError, match="^device cuda: .*ONNX Runtime's CPU provider.*use --device cpu or auto"):
         submissions.onnx_device("cuda")
     submissions.onnx_device("auto")  # auto: the CPU provider, no refusal
     submissions.onnx_device("cpu")

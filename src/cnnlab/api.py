@@ -354,9 +354,13 @@ def _pil_array(image, channels: int) -> np.ndarray:
     return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
+def _is_onnx_file(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir()
+
+
 def _refuse_onnx(path, what: str) -> None:
     """An exported .onnx file given where a run directory goes: one line naming what takes it."""
-    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir():
+    if _is_onnx_file(path):
         raise UserError(f"{path}: an exported ONNX model, not a run directory; {what} (for labels: "
                         f"cnnlab.predict({str(path)!r}, images))")
 
@@ -593,7 +597,7 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
     """Predicted labels (the source's class ids) for images as Run.predict takes them (one image of the
     model's shape: an array of length 1), from a Run, a run or ensemble directory, or an exported .onnx file
     (run by onnxruntime on the CPU, whatever `device`; class ids and input shape from its metadata)."""
-    if isinstance(run, (str, os.PathLike)) and Path(run).suffix.lower() == ".onnx" and not Path(run).is_dir():
+    if _is_onnx_file(run):
         return _onnx_predict(Path(run), images)
     return (run if isinstance(run, Run) else load_run(run)).predict(images, device)
 
@@ -638,8 +642,8 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
                          markdown=None)
     group.close({})
     if report:  # the study's report covers all its finished runs: a rerun asking fewer models rewrote it with those
-        every = [run.path for run in study_dir(Path(out)).run_dirs()]
-        result["report"], result["markdown"] = build_report([*dirs, *every], Path(out) / "report.html")
+        every = [run.path for run in study_dir(Path(out)).run_dirs()]  # these runs among them
+        result["report"], result["markdown"] = build_report(every, Path(out) / "report.html")
     return result
 
 

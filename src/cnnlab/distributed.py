@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
 from cnnlab.models.custom import model_name
+from cnnlab.ports import port_answers
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.runs import RunDir
 
@@ -92,12 +92,8 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def answers(host: str, port: int, seconds: float = CONNECT_SECONDS) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=seconds):
-            return True
-    except OSError:  # refused, timed out, no route, unknown host
-        return False
+def answers(host: str, port: int) -> bool:
+    return port_answers(host, port, CONNECT_SECONDS) is None
 
 
 def require_answering(address: str) -> None:

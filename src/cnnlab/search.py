@@ -307,7 +307,7 @@ def open_storage(storage: str | None, directory: Path):
         except (ValueError, UnicodeDecodeError) as exc:  # damaged after check_journal looked (JSONDecodeError too)
             raise damaged_journal(journal, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                                   "Restore it from a copy") from None
-    check_storage(storage)
+    check_storage(storage)  # run_tune checked it before loading data; here for callers of open_storage alone
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
         optuna.storages.RetryFailedTrialCallback  # renamed in Optuna 4.9
     for attempt in range(SCHEMA_RACE_ATTEMPTS):

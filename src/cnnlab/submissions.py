@@ -59,18 +59,9 @@ def load_inputs(path: str | Path, input_shape: list[int]):
 def onnx_device(name: str) -> None:
     """--device for an .onnx model: checked as for a run (tpu refused, cuda only where there is CUDA), then cuda
     refused in one line, because deploy runs ONNX models with ONNX Runtime's CPU provider only."""
-    if resolve_device(name).type != "cuda" or name == "auto":
-        return  # cpu, or auto: the CPU provider
-    try:
-        import onnxruntime
-        providers = onnxruntime.get_available_providers()
-    except ImportError:
-        return  # read_onnx_metadata names the missing package
-    if "CUDAExecutionProvider" not in providers:
-        raise UserError(f"device {name}: the installed onnxruntime has no CUDA provider; use --device cpu or auto, "
-                        "or predict with the run directory on CUDA")
-    raise UserError(f"device {name}: cnnlab runs .onnx models with ONNX Runtime's CPU provider; use --device cpu "
-                    "or auto, or predict with the run directory on CUDA")
+    if resolve_device(name).type == "cuda" and name != "auto":  # auto: the CPU provider
+        raise UserError(f"device {name}: cnnlab runs .onnx models with ONNX Runtime's CPU provider; use --device cpu "
+                        "or auto, or predict with the run directory on CUDA")
 
 
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",

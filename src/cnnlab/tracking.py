@@ -29,6 +29,7 @@ import matplotlib
 
 from cnnlab.callbacks import Callback
 from cnnlab.errors import UserError
+from cnnlab.ports import port_answers
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.runs import RunDir, os_error
 
@@ -331,7 +332,7 @@ def _check_server(uri: str, parts, timeout: float) -> None:
 
 
 def _check_port(uri: str, host: str, port: int, timeout: float) -> None:
-    reason = _port_answers(host, port, timeout)
+    reason = port_answers(host, port, timeout)
     if reason is not None:
         raise UserError(f"{_setting(uri)}: the database does not answer at {mask_secrets(reason, uri)}; "
                         f"start it or correct the URI")
@@ -365,7 +366,7 @@ def _check_database(uri: str, scheme: str, parts, port: int | None, timeout: flo
     if parts.hostname:
         return _check_port(uri, parts.hostname, port or DATABASE_PORTS[scheme], timeout)
     if scheme in ("mysql", "mariadb"):  # PyMySQL goes to localhost:3306, mysqlclient to a socket
-        reasons = [_port_answers("localhost", port or DATABASE_PORTS[scheme], timeout)]
+        reasons = [port_answers("localhost", port or DATABASE_PORTS[scheme], timeout)]
         for path in MYSQL_SOCKETS:
             reasons.append(_socket_answers(path, timeout))
         if None not in reasons:
@@ -387,16 +388,6 @@ def _port(uri: str, text: str | None, default: int) -> int:
         return int(text)
     except ValueError:
         raise UserError(f"{_setting(uri)}: the port {mask_secrets(text, uri)!r} is not a number; correct the URI") from None
-
-
-def _port_answers(host: str, port: int, timeout: float) -> str | None:
-    """None where something accepts a TCP connection at host:port within `timeout` seconds, else why not."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return None
-    except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        return f"{host}:{port}: {reason}"
 
 
 def _socket_answers(path: str, timeout: float) -> str | None:
