@@ -236,3 +236,26 @@ def test_a_gzipped_csv_with_pixel_names_out_of_order(images, tmp_path):
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(csv_text(images, columns, 0).encode()))
     split = load_unlabeled(tmp_path / "t.csv.gz")
     assert split.ids is None and np.array_equal(split.images[:, 0].numpy(), images)
+
+
+# ------------------------------------------------------------------ the submission's header
+
+
+def test_columns_names_the_header_a_competition_asks_for(cli, run, images, tmp_path):
+    np.save(tmp_path / "test.npy", images)
+    code, _, err = cli("predict", run.path, "--input", tmp_path / "test.npy", "-o", tmp_path / "sub.csv",
+                       "--device", "cpu", "--columns", " ImageId , Label")
+    assert code == 0, err
+    with open(tmp_path / "sub.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ImageId", "Label"]  # Kaggle's Digit Recognizer
+    assert rows[1:] == [[str(n), label] for n, label in enumerate(expected_labels(run, images), 1)]
+
+
+@pytest.mark.parametrize("columns", ["ImageId", "a,b,c", "Label,Label", ",Label", 'Image"Id,Label'])
+def test_columns_that_are_not_two_names_are_one_line_and_write_nothing(cli, run, images, tmp_path, columns):
+    np.save(tmp_path / "test.npy", images)
+    code, _, err = cli("predict", run.path, "--input", tmp_path / "test.npy", "-o", tmp_path / "sub.csv",
+                       "--device", "cpu", "--columns", columns)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert "give two different column names" in " ".join(err.split()) and not (tmp_path / "sub.csv").exists()

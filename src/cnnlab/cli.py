@@ -389,10 +389,13 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble dire
                                     "images, flat or in subfolders (ids: the file names' stems; sorted 1.png, 2.png, 10.png). "
                                     "A source with a test split, such as the Fashion-MNIST folder, gives that split."),
                 output: Path = typer.Option(Path("submission.csv"), "-o", "--output", help="CSV to write (id,label)."),
-                device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.")) -> None:
+                device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+                columns: Optional[str] = typer.Option(None, "--columns", help="The header the competition asks for, the "
+                                                      "id's column then the label's (default id,label; Kaggle's "
+                                                      "Digit Recognizer: ImageId,Label).")) -> None:
     """Write a Kaggle-style submission: id and predicted label per image (ids from the input's id column or file
     names, else 1-based)."""
-    result = predict_run(run_dir, input, output, device)
+    result = predict_run(run_dir, input, output, device, columns=columns)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
                   highlight=False)
 

@@ -20,28 +20,44 @@ from cnnlab.outputs import require_free_output
 from cnnlab.runs import RunDir
 
 
-def submission_rows(ids: list[str] | None, labels: np.ndarray) -> list[dict]:
+COLUMNS = ("id", "label")
+
+
+def submission_columns(text: str | None) -> tuple[str, str]:
+    """`--columns ImageId,Label`: the header a competition asks for (Kaggle's Digit Recognizer: ImageId,Label)."""
+    if text is None:
+        return COLUMNS
+    names = [name.strip() for name in str(text).split(",")]
+    if len(names) != 2 or not all(names) or names[0] == names[1] or any(c in text for c in "\"\r\n"):
+        raise UserError(f"--columns {text!r}: give two different column names, the id's then the label's, separated "
+                        "by a comma, e.g. --columns ImageId,Label")
+    return names[0], names[1]
+
+
+def submission_rows(ids: list[str] | None, labels: np.ndarray, columns: tuple[str, str] = COLUMNS) -> list[dict]:
     ids = ids if ids is not None else [str(i) for i in range(1, len(labels) + 1)]  # Kaggle ids start at 1
-    return [{"id": i, "label": int(label)} for i, label in zip(ids, labels)]
+    id_column, label_column = columns
+    return [{id_column: i, label_column: int(label)} for i, label in zip(ids, labels)]
 
 
 def validate_submission(rows: list[dict], expected: int, allowed_labels: list[int]) -> None:
     if len(rows) != expected:
         raise UserError(f"submission has {len(rows)} rows for {expected} images")
-    ids = [r["id"] for r in rows]
+    ids = [next(iter(r.values())) for r in rows]
     if len(set(ids)) != len(ids):
         twice = next(i for i, n in Counter(ids).items() if n > 1)
         raise UserError(f"the input has duplicate ids (id {shorten(twice)!r} is there twice); a submission needs one "
                         "row per id")
-    bad = [r["label"] for r in rows if r["label"] not in allowed_labels]
+    bad = [label for *_, label in (r.values() for r in rows) if label not in allowed_labels]
     if bad:
         raise UserError(f"predicted label {bad[0]} is not one of the classes {allowed_labels}")
 
 
-def write_submission(path: Path, ids: list[str] | None, predictions: np.ndarray, class_ids: list[int]) -> Path:
-    """Map class indices back to the source's labels, check, then write id,label atomically."""
+def write_submission(path: Path, ids: list[str] | None, predictions: np.ndarray, class_ids: list[int],
+                     columns: tuple[str, str] = COLUMNS) -> Path:
+    """Map class indices back to the source's labels, check, then write the id and label columns atomically."""
     labels = np.asarray(class_ids)[predictions]
-    rows = submission_rows(ids, labels)
+    rows = submission_rows(ids, labels, columns)
     validate_submission(rows, len(predictions), list(class_ids))
     runs.write_csv(path, rows)
     return Path(path)
@@ -65,7 +81,8 @@ def onnx_device(name: str) -> None:
 
 
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",
-                batch_size: int = EVAL_BATCH_SIZE) -> dict:
+                batch_size: int = EVAL_BATCH_SIZE, columns: str | None = None) -> dict:
+    header = submission_columns(columns)
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
@@ -81,6 +98,6 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         meta = RunDir(run_dir).require_finished().read_model_meta()
         split = load_inputs(input_path, meta["input_shape"])
         predictions = run_scores(run_dir, split.images, dev, batch_size).argmax(1)
-    write_submission(output, split.ids, predictions, meta["class_ids"])
+    write_submission(output, split.ids, predictions, meta["class_ids"], header)
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}
