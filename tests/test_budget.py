@@ -558,6 +558,19 @@ def test_the_budget_width_flag_reaches_the_run(flag, width, data, tmp_path, cli)
     assert stored["model_params"] == {"width": width} and stored["budget_width"] == ([[1, 12]] if width == 12 else [])
 
 
+@pytest.mark.parametrize("model", ["cnn4", "wrn-16-4", "custom"])
+def test_cpu_budget_with_another_model_keeps_the_recipe_but_not_its_widths(model):
+    """`train cnn4 --recipe cpu-budget` (or a model of one's own) was refused: budget_width switches resnet9's
+    width, which the other model does not have. The rest of the recipe stays; asking for a width rule explicitly
+    on such a model is still one line."""
+    config = build_config({"recipe": "cpu-budget", "model": model})
+    assert config.budget_width == [] and config.model_params == {}
+    assert config.time_budget == 900 and config.tta_translate and config.label_smoothing == 0.05
+    with pytest.raises(UserError, match="budget_width: needs a model with a width option"):
+        build_config({"recipe": "cpu-budget", "model": model, "budget_width": [[48, 16]]})
+    assert build_config({"recipe": "cpu-budget", "model": "resnet9"}).budget_width == [[48, 16]]
+
+
 def test_a_bad_budget_width_flag_is_one_line(tmp_path, cli):
     code, out, err = cli("train", "--recipe", "cpu-budget", "--budget-width", "48x16", "--out", tmp_path)
     assert code == 2 and err.startswith("cnnlab: error: --budget-width: must be") and len(err.strip().splitlines()) == 1

@@ -361,7 +361,8 @@ def build_config(*layers: dict) -> TrainConfig:
         raise UserError(f"recipe: must be one of {', '.join(RECIPES)}, got {recipe!r}")
     defaults = dict(RECIPES[recipe])
     if "model" in merged and merged["model"] != defaults.get("model", merged["model"]):
-        defaults.pop("model_params", None)  # a recipe's model options belong to its own model
+        defaults.pop("model_params", None)  # a recipe's model options belong to its own model,
+        defaults.pop("budget_width", None)  # and so do the widths it may switch to (cpu-budget with cnn4 was refused)
     params = {**defaults.pop("model_params", {}), **merged.pop("model_params", {})}
     return TrainConfig(**{**defaults, **merged, "model_params": params}).validate()
 
