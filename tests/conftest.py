@@ -39,6 +39,14 @@ def write_npz_dataset(path: Path, n_train: int, n_test: int, size: int = 16, cla
     return path
 
 
+def small_cnn1_run(tmp_path_factory, n_train: int, epochs: int, size: int = 16):
+    """A finished cnn1 run on a learnable NPZ of n_train images (30 test images): for module-scoped fixtures."""
+    data = write_npz_dataset(tmp_path_factory.mktemp("data") / "train.npz", n_train, 30, size=size)
+    import cnnlab  # imported where used, as the other helpers here do
+    return cnnlab.train("cnn1", str(data), epochs=epochs, batch_size=32, device="cpu", precision="fp32",
+                        progress=False, out=tmp_path_factory.mktemp("runs"))
+
+
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     magic = 0x0800 | array.ndim
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)

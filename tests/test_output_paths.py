@@ -15,16 +15,14 @@ from cnnlab import ensembles, evaluation, groups, outputs, runs, search, studies
 from cnnlab.errors import UserError
 from cnnlab.outputs import require_free_output
 
-from conftest import make_images, write_csv, write_npz_dataset
+from conftest import make_images, small_cnn1_run, write_csv
 
 SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    data = write_npz_dataset(tmp_path_factory.mktemp("data") / "train.npz", 120, 30, size=SIZE)
-    return cnnlab.train("cnn1", str(data), epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False,
-                        out=tmp_path_factory.mktemp("runs"))
+    return small_cnn1_run(tmp_path_factory, 120, epochs=1, size=SIZE)
 
 
 @pytest.fixture

@@ -14,16 +14,14 @@ from PIL import Image
 import cnnlab
 from cnnlab.data import load_dataset, load_unlabeled
 
-from conftest import make_images, write_csv, write_idx, write_npz_dataset
+from conftest import make_images, small_cnn1_run, write_csv, write_idx
 
 SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    data = write_npz_dataset(tmp_path_factory.mktemp("data") / "train.npz", 300, 30, size=SIZE)
-    return cnnlab.train("cnn1", str(data), epochs=2, batch_size=32, device="cpu", precision="fp32", progress=False,
-                        out=tmp_path_factory.mktemp("runs"))
+    return small_cnn1_run(tmp_path_factory, 300, epochs=2, size=SIZE)
 
 
 @pytest.fixture(scope="module")
