@@ -81,7 +81,8 @@ def main() -> None:
     ratios = [c / o for c, o in zip(cnnlab_s, ort_s)]
     ratio = statistics.median(ratios)
     name = f"{args.model}{' (tta)' if args.tta else ''}"
-    print(f"{name}, 1 image 1x28x28, CPU {cpu_name()}, {torch.get_num_threads()} torch threads (Run.predict: 1 or all, chosen by timing, up to 32 images), onnxruntime "
+    print(f"{name}, 1 image 1x28x28, CPU {cpu_name()}, {torch.get_num_threads()} torch threads "
+          "(Run.predict: 1 or all, chosen by timing, up to 32 images), onnxruntime "
           f"{args.ort_threads or 'default'} threads, "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     print(f"Run.predict   median {a:.3f} ms  (rounds: {', '.join(f'{1e3 * s:.3f}' for s in cnnlab_s)})")

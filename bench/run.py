@@ -325,7 +325,8 @@ def pct(value: float | None) -> float | None:
 
 def table_columns(args) -> list[tuple[str, str, str, Callable]]:
     """(header, summary key, format, transform). Headers are single tokens: bench/gpu_check.py reads them."""
-    same = (lambda v: v)
+    def same(v):
+        return v
     cols = [("cnnlab_img/s", "cnnlab_images_per_s", ",.0f", same), ("plain_img/s", "plain_images_per_s", ",.0f", same),
             ("ratio", "ratio_median", ".2f", same), ("ratio_min", "ratio_min", ".2f", same),
             ("ratio_max", "ratio_max", ".2f", same), ("cnnlab_s/ep", "cnnlab_seconds_per_epoch", ".2f", same),

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from cnnlab.data import load_dataset, parse_classes
-from cnnlab.data import common, formats
+from cnnlab.data import common
 from cnnlab.errors import UserError
 
 from conftest import make_images, write_csv, write_idx_folder, write_image_folder

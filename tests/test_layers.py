@@ -43,7 +43,8 @@ LAYERS = [
     "cnnlab.api", "cnnlab.cli", "cnnlab", "cnnlab.__main__",
 ]
 TRAINING = ("cnnlab.engine", "cnnlab.fused", "cnnlab.distributed", "cnnlab.studies", "cnnlab.ensembles", "cnnlab.search")
-READ_SIDE = ("cnnlab.samples", "cnnlab.display", "cnnlab.onnx_route", "cnnlab.inference", "cnnlab.progress", "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
+READ_SIDE = ("cnnlab.samples", "cnnlab.display", "cnnlab.onnx_route", "cnnlab.inference", "cnnlab.progress",
+             "cnnlab.tracking", "cnnlab.evaluation", "cnnlab.plots",
              "cnnlab.report", "cnnlab.deploy", "cnnlab.submissions", "cnnlab.callbacks")
 
 

@@ -3,7 +3,6 @@
 import errno
 import functools
 import inspect
-import os
 import signal
 import sys
 import typing

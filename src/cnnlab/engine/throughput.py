@@ -1,13 +1,13 @@
 """A budgeted run's speed, measured on this machine after warm-up, and the epochs chosen from it.
 
-`measure` times a few real training steps (full batches, augmentation included) and a slice of
-validation, then undoes every effect as warm_up does (`undone`, which the compile probe uses too):
-weights and BatchNorm statistics, the optimizer's state (in place, so a captured CUDA graph keeps its
-tensors), the EMA, fp16's gradient scaler, every random generator. A run with a budget therefore trains exactly as the same run with `epochs` set to the
-chosen count. `checkpoint_seconds` times one checkpoint of every member, written as temporary files
-beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen total on
-the config before the first step, so one-cycle and cosine schedules lay out that total; `Guard` chooses
-again from the first epochs' real pace, and stops a run that would overrun.
+`measure` times a few real training steps (full batches, augmentation included) and a slice of validation,
+then undoes every effect as warm_up does (`undone`, which the compile probe uses too): weights and BatchNorm
+statistics, the optimizer's state (in place, so a captured CUDA graph keeps its tensors), the EMA, fp16's
+gradient scaler, every random generator. A run with a budget therefore trains exactly as the same run with
+`epochs` set to the chosen count. `checkpoint_seconds` times one checkpoint of every member, written as
+temporary files beside the real ones and removed. `plan` applies cnnlab.budget's rule and sets the chosen
+total on the config before the first step, so one-cycle and cosine schedules lay out that total; `Guard`
+chooses again from the first epochs' real pace, and stops a run that would overrun.
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def agree(setup: Setup, *values: float) -> list[float]:
 def plan(setup: Setup, budget: Budget, run_dirs: list[RunDir] = (), states: list[dict] | None = None,
          speed: Throughput | None = None) -> Plan:
     """Measure (unless `speed` was measured on this setup already), choose the epochs for `budget`, and set them
-    on the config(s) before the first step; budget.TooSmall where one epoch would end past 110% of it. With `run_dirs` (and each member's checkpoint `states`), an epoch's
-    share of a checkpoint counts too.
+    on the config(s) before the first step; budget.TooSmall where one epoch would end past 110% of it. With
+    `run_dirs` (and each member's checkpoint `states`), an epoch's share of a checkpoint counts too.
 
     A warm-up longer than the chosen epochs is cut to them (the schedule cut it to the total anyway)."""
     speed = speed or measure(setup)
