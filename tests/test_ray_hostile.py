@@ -132,6 +132,37 @@ def test_auto_follows_ray_address_and_fails_at_once_where_nothing_answers(monkey
     assert time.monotonic() - started < HANG_BOUND
 
 
+@pytest.mark.parametrize("server", ["silent", "http"])
+def test_another_server_on_the_port_is_named_at_once(server, cli, data, tmp_path):
+    """A port that answers but is not Ray's (a socket that says nothing, a web server): Ray retried it for about
+    20 s; now one line within the connect timeout, and no settings are recorded."""
+    import http.server
+    import threading
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # the server's log would land in the captured stderr
+            pass
+
+    if server == "http":
+        listener = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+        threading.Thread(target=listener.serve_forever, daemon=True).start()
+        port = listener.server_address[1]
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        code, _, err = cli("study", "--models", "cnn1", "--repeats", "1", "--data", data, "--out", tmp_path / "s",
+                           *quick("--ray", "--ray-address", f"127.0.0.1:{port}"))
+        assert time.monotonic() - started < HANG_BOUND
+    finally:
+        (listener.shutdown if server == "http" else listener.close)()
+    line = one_line(err)
+    assert code == 2 and f"127.0.0.1:{port} answers, but not as a Ray cluster" in line and START_HEAD in line
+    assert not (tmp_path / "s" / "study.json").exists()
+
+
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "127.0.0.1:", ":6379"])
 def test_an_address_that_is_not_host_port_is_one_line(address):
     with pytest.raises(UserError, match="expected 'auto' or HOST:PORT"):

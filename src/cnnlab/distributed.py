@@ -12,8 +12,8 @@ rerunning a killed driver continues from the runs already written.
     ray_cluster("auto")     join the cluster `ray start` runs on this machine
     ray_cluster("IP:6379")  join a cluster by its address
 
-An address to join is checked first (it is found, its port answers within CONNECT_SECONDS): otherwise one line
-at once, not Ray's minutes of connection retries.
+An address to join is checked first (it is found, its port answers within CONNECT_SECONDS, and what answers speaks
+gRPC as Ray's servers do): otherwise one line at once, not Ray's minutes (or, for another server, 20 s) of retries.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cnnlab.engine import fit
 from cnnlab.errors import UserError
 from cnnlab.fused import train_members_fused
 from cnnlab.models.custom import model_name
-from cnnlab.ports import port_answers
+from cnnlab.ports import port_answers, speaks_grpc
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.runs import RunDir
 
@@ -108,17 +108,30 @@ def require_answering(address: str) -> None:
     if "://" in address:  # Ray Client: dialled as given
         if not answers(host, port):
             raise UserError(f"ray: nothing answers at {shown} ({host}:{port}); check the address, or {START_HINT}")
+        require_ray_server(host, port, shown)
         return
     dialled = ray_dials(host)
     if answers(dialled, port):
+        require_ray_server(dialled, port, shown)
         return
     if dialled != host and answers(host, port):
         # a loopback address Ray would replace by the network address (where nothing listens): a head started
         # bound to 127.0.0.1 only, joined on loopback as a private cluster is
         loopback_only()
+        require_ray_server(host, port, shown)
         return
     where = f"{shown} ({mask_url(address)})" if shown != mask_url(address) else shown
     raise UserError(f"ray: nothing answers at {where}; check the address and that its cluster runs, or {START_HINT}")
+
+
+def require_ray_server(host: str, port: int, shown: str) -> None:
+    """What answers is a gRPC server, as a Ray head (and the Ray Client server) is; TLS's handshake is not ours
+    to make, so a cluster with RAY_USE_TLS is left to ray.init."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return
+    if not speaks_grpc(host, port, CONNECT_SECONDS):
+        raise UserError(f"ray: {shown} answers, but not as a Ray cluster (no gRPC server at {host}:{port}); check "
+                        f"the port (a head's default is 6379), or {START_HINT}")
 
 
 def auto_address() -> str:
