@@ -66,6 +66,45 @@ def test_kept_weights_become_the_final_ones_with_restore_best(npz, tmp_path):
     assert all(torch.equal(saver.saved[0][k], final[k]) for k in final)
 
 
+def wreck_after(epoch: int) -> LambdaCallback:
+    """Zeroes every weight after `epoch`: a ReLU network then stays dead, so later epochs score at chance."""
+    def wreck(ctx, rows):
+        if rows[0]["epoch"] >= epoch:
+            with torch.no_grad():
+                for p in ctx.setup.step_model.parameters():
+                    p.zero_()
+    return LambdaCallback(on_epoch_end=wreck)
+
+
+def test_an_early_stopping_passed_by_hand_keeps_its_best_weights(npz, tmp_path):
+    """callbacks=[EarlyStopping(...)] without early_stopping in the settings: its restore_best (on by default) was
+    dropped, so the final weights were the last epoch's, not the best ones."""
+    saver = SaveWeights()
+    run = cnnlab.train(data=str(npz), epochs=6, out=tmp_path, callbacks=[
+        EarlyStopping(patience=1, monitor="val_accuracy"), saver, wreck_after(2)], **SMALL)
+    best = max(run.history.itertuples(), key=lambda r: r.val_accuracy).epoch
+    assert run.metrics["stopped_early"] and best < run.metrics["epochs_done"] <= 4  # at chance from epoch 3 on
+    assert run.metrics["weights_epoch"] == best
+    final = load_file(str(run.path / "model.safetensors"))
+    assert all(torch.equal(saver.saved[best - 1][k], final[k]) for k in final)
+    assert run.metrics["val_accuracy"] == pytest.approx(run.history.val_accuracy.max(), abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, says", [({"monitor": "val_acc"}, "monitor must be one of val_loss"),
+                                          ({"patience": -1}, "patience must be a whole number")])
+def test_early_stopping_checks_its_arguments_when_made(kwargs, says):
+    with pytest.raises(cnnlab.UserError, match=says):
+        EarlyStopping(**kwargs)
+
+
+def test_early_stopping_on_validation_without_a_split_is_one_line(npz, tmp_path):
+    with pytest.raises(cnnlab.UserError, match="monitor val_loss needs a validation split"):
+        cnnlab.train(data=str(npz), epochs=2, out=tmp_path, val_fraction=0, callbacks=[EarlyStopping(1)], **SMALL)
+    run = cnnlab.train(data=str(npz), epochs=2, out=tmp_path / "t", val_fraction=0,
+                       callbacks=[EarlyStopping(1, monitor="train_loss")], **SMALL)
+    assert run.metrics["epochs_done"] == 2
+
+
 class EpochCounter(Callback):
     """A callback with state of its own that must survive an interruption."""
 

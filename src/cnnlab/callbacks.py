@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import math
 
+from cnnlab.errors import UserError
+
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # history columns a callback may watch
+
 
 class Callback:
     order = 0  # early stopping -1 (decides first), checkpoints 1 (save last)
@@ -52,6 +56,10 @@ class EarlyStopping(Callback):
     order = -1  # what it stops and keeps is what the others report and save
 
     def __init__(self, patience: int = 0, monitor: str = "val_loss", restore_best: bool = True, min_delta: float = 0.0):
+        if monitor not in MONITORS:  # a typo failed with a KeyError after the first epoch, leaving a broken run
+            raise UserError(f"EarlyStopping: monitor must be one of {', '.join(MONITORS)}, got {monitor!r}")
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise UserError(f"EarlyStopping: patience must be a whole number of epochs (0: never stop), got {patience!r}")
         self.patience, self.monitor, self.restore_best, self.min_delta = patience, monitor, restore_best, min_delta
         self.maximize = monitor.endswith("accuracy")
         self.best: list[float | None] = []
@@ -63,6 +71,9 @@ class EarlyStopping(Callback):
         return value > best + self.min_delta if self.maximize else value < best - self.min_delta
 
     def on_train_start(self, ctx) -> None:
+        if self.monitor.startswith("val_") and ctx.setup.val is None:
+            raise UserError(f"EarlyStopping: monitor {self.monitor} needs a validation split (val_fraction > 0); "
+                            "monitor train_loss or train_accuracy instead")
         self.best, self.since_best = [None] * ctx.members, [0] * ctx.members
 
     def state_dict(self) -> list[dict]:

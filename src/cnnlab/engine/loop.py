@@ -270,7 +270,9 @@ def model_metadata(setup: Setup, weights_epoch: int) -> dict:
 def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
     """Final evaluation and files of every member: best weights restored if asked, model.json last."""
     setup = ctx.setup
-    restored = [best is not None and setup.config.keeps_best for best in ctx.best_weights]
+    # weights kept by the configured early stopping (restore_best) or by a callback of the caller's (an
+    # EarlyStopping passed by hand, where config.keeps_best is off: its best weights were dropped)
+    restored = [best is not None for best in ctx.best_weights]
     if any(restored):
         member_weights = final_weights(setup)
         for m, best in enumerate(ctx.best_weights):
