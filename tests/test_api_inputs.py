@@ -78,6 +78,19 @@ def test_batches_keep_their_meaning(run, images):
         assert np.array_equal(run.predict(batch), expected), name
 
 
+def test_rgb_images_for_a_grayscale_model_are_converted_as_training_converts_them(run, images):
+    """Training reads RGB as grayscale (Pillow's luma); predict refused the same arrays ("shape 3x16x16 per image,
+    but the model was trained on 1x16x16") and read one H x W x 3 image as 16 rows."""
+    x, _ = images
+    rgb = np.stack([x[:5], x[:5] // 2, 255 - x[:5]], -1)  # N x H x W x 3, colours that differ
+    gray = np.stack([np.asarray(Image.fromarray(i).convert("L")) for i in rgb])  # Pillow's own conversion
+    expected = run.logits(gray)
+    for name, form in {"NxHxWx3": rgb, "Nx3xHxW": rgb.transpose(0, 3, 1, 2), "tensor": torch.tensor(rgb),
+                       "PIL list": [Image.fromarray(i) for i in rgb]}.items():
+        assert np.allclose(run.logits(form), expected, atol=1e-5), name
+    assert np.allclose(run.logits(rgb[0]), expected[:1], atol=1e-5)  # one H x W x 3 image
+
+
 def test_as_images_reads_one_image_of_a_three_channel_or_oblong_model():
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
     chw = as_images(rgb, [3, 16, 16])

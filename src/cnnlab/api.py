@@ -32,6 +32,7 @@ from cnnlab import runs, torchrun, tracking
 from cnnlab.callbacks import Callback
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
 from cnnlab.data.arrays import dataset_from_arrays, tensor_numpy, validate_memory
+from cnnlab.data.common import grayscale
 from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx, onnx_predict_logits, prediction_metadata
 from cnnlab.display import EnsembleResult, Evaluation, StudyResult, run_html, run_text, show_files
@@ -289,6 +290,8 @@ def as_images(images, input_shape: list[int]) -> torch.Tensor:
         array = np.ascontiguousarray(images).reshape(len(images), *shape)
     else:
         array, _ = validate_memory(images, None, "images")
+        if array.shape[1] == 3 and shape[0] == 1:  # RGB for a grayscale model: converted as training converts it
+            array = grayscale(array)
     if not array.flags.writeable:  # read-only input (np.frombuffer): torch.from_numpy would warn
         array = array.copy()
     if list(array.shape[1:]) != list(input_shape):
@@ -311,6 +314,8 @@ def _one_image(images: np.ndarray, shape: tuple) -> np.ndarray:
     given = images.shape
     if given == (height, width, channels) and given != shape:
         images = np.moveaxis(images, -1, 0)  # channels last -> first (one channel: the reshape below does it)
+    if channels == 1 and given == (height, width, 3):
+        return images[None]  # one RGB image (H x W x 3) for a grayscale model: converted as a batch is
     if images.shape in (shape, (height, width), (height * width,)) and images.size == height * width * channels:
         return images.reshape(1, *shape)
     if images.ndim == 2 and images.shape[1] == height * width * channels == height * width:

@@ -18,7 +18,7 @@ from cnnlab.errors import UserError
 from .builtin import BUILTIN, load_builtin
 from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
                       read_image_folder, read_npy, read_npz)
-from .common import notice
+from .common import grayscale, notice
 from .idx import idx_images_in, is_idx_file, read_idx_images
 from .image_folders import read_unlabeled_images
 
@@ -70,8 +70,7 @@ def known_datasets() -> list[str]:
 def _to_split(raw: RawSplit, keep_rgb: bool) -> Split:
     images = raw.images
     if images.shape[1] == 3 and not keep_rgb:
-        # ITU-R 601-2 luma, the same weights Pillow's convert("L") uses
-        images = np.rint(images[:, 0] * 0.299 + images[:, 1] * 0.587 + images[:, 2] * 0.114)[:, None].astype(np.uint8)
+        images = grayscale(images)
     labels = torch.from_numpy(raw.labels) if raw.labels is not None else None
     return Split(torch.from_numpy(np.ascontiguousarray(images)), labels, raw.ids)
 

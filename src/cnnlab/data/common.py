@@ -168,6 +168,12 @@ def to_nchw(images: np.ndarray, source: str) -> np.ndarray:
                     "N x H x W x C or N x C x H x W with 1 or 3 channels")
 
 
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """uint8 N x 3 x H x W -> N x 1 x H x W by ITU-R 601-2 luma, the weights Pillow's convert("L") uses: how
+    training reads RGB, so predict reads it the same way."""
+    return np.rint(images[:, 0] * 0.299 + images[:, 1] * 0.587 + images[:, 2] * 0.114)[:, None].astype(np.uint8)
+
+
 def _shape_error(images: np.ndarray, source: str) -> UserError:
     return UserError(f"{source}: images have shape {tuple(images.shape)}; expected N x H x W, N x H x W x C "
                      "or N x C x H x W with 1 or 3 channels, or N x (H*W) for flattened square images")
