@@ -39,3 +39,22 @@ def test_a_registered_model_goes_everywhere_a_built_in_one_does(arrays, tmp_path
     manifest = cnnlab.ensemble("test-tiny-net", 2, 0.0, data=(x, y, xt, yt), out=tmp_path / "e", say=lambda s: None,
                                progress=False, **FAST)
     assert manifest["qualified"] == 2
+
+
+def test_a_notebook_cell_run_twice_registers_again_and_another_function_is_refused():
+    """Re-running a cell with @register_model raised 'registered twice' (a restart of the kernel was the only way
+    out); the same function (module and name) now replaces its entry, another one under a taken name is one line."""
+    def cell():
+        @cnnlab.register_model("test-rerun-net")
+        def rerun_net(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 28) -> nn.Module:
+            """A one-layer net, registered from a cell."""
+            return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes))
+        return rerun_net
+
+    first, second = cell(), cell()
+    info = cnnlab.models.model_info("test-rerun-net")
+    assert info.builder is second is not first and info.description == "A one-layer net, registered from a cell."
+    with pytest.raises(cnnlab.UserError, match="the name 'cnn1' is taken by cnnlab.models.seed_cnns.cnn1"):
+        cnnlab.register_model("cnn1", description="mine")(cell())
+    with pytest.raises(cnnlab.UserError, match="the name 'test-rerun-net' is taken"):
+        cnnlab.register_model("test-rerun-net")(tiny_net)

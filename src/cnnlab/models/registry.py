@@ -33,14 +33,24 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, description: str, image_size: int = 28, min_image_size: int = 8,
+def register_model(name: str, *, description: str | None = None, image_size: int = 28, min_image_size: int = 8,
                    tunable: dict | None = None, family: str = "cnn"):
+    """Register `builder` under `name` (description: the docstring's first line unless given). Registering the
+    same function again (a notebook cell run twice, a module reloaded) replaces the entry; another function
+    under a name already taken is one line."""
     def wrap(builder):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, builder, description, image_size, min_image_size, tunable or {}, family)
+        held = _REGISTRY.get(name)
+        if held is not None and _origin(held.builder) != _origin(builder):
+            module, qualname = _origin(held.builder)
+            raise UserError(f"register_model: the name {name!r} is taken by {module}.{qualname}; choose another name")
+        summary = description if description is not None else (inspect.getdoc(builder) or "").split("\n")[0]
+        _REGISTRY[name] = ModelInfo(name, builder, summary, image_size, min_image_size, tunable or {}, family)
         return builder
     return wrap
+
+
+def _origin(builder) -> tuple[str, str]:
+    return getattr(builder, "__module__", "?"), getattr(builder, "__qualname__", repr(builder))
 
 
 def list_models() -> list[str]:
