@@ -215,3 +215,14 @@ def test_a_file_given_as_a_run_says_so(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="is a file, not a run directory"):
         cnnlab.load_run(tmp_path / "notes.txt")
+
+
+def test_evaluate_names_classes_by_the_labels_predict_returns(images, tmp_path):
+    """Labels 1..3 (classes=[1, 2, 3]): predict returns 1..3 and evaluate's per-class rows were numbered 0..2 (class 0 named '1')."""
+    x, y = images
+    run = cnnlab.train("cnn1", (x, y + 1), classes=[1, 2, 3], epochs=1, device="cpu", precision="fp32", out=tmp_path,
+                       progress=False)
+    assert set(run.predict(x).tolist()) <= {1, 2, 3}
+    evaluation = run.evaluate()
+    assert [(row["class"], row["name"]) for row in evaluation["per_class"]] == [(1, "1"), (2, "2"), (3, "3")]
+    assert evaluation.per_class["id"].tolist() == [1, 2, 3]

@@ -377,7 +377,8 @@ def combine(directory: Path) -> dict:
             manifest[f"{split}_accuracy"] = float((scores.argmax(1) == labels).mean())
             growth[split] = [float((vote(logits[:i], settings["vote"]).argmax(1) == labels).mean())
                              for i in range(1, len(qualified) + 1)]
-            manifest[f"{split}_metrics"] = classification_metrics(labels, scores.argmax(1), meta["class_names"])
+            manifest[f"{split}_metrics"] = classification_metrics(labels, scores.argmax(1), meta["class_names"],
+                                                                      meta.get("class_ids"))
         manifest["growth"] = growth
         runs.save_tensors(directory / runs.LOGITS, tensors)
         runs.write_json(directory / runs.MODEL, {**meta, "ensemble": True,

@@ -24,7 +24,7 @@ def evaluate_run(run_dir: Path, split: str = "val") -> dict:
     run = RunDir(run_dir).require_finished()
     meta = run.read_model_meta()
     logits, labels = run.logits(split)
-    return classification_metrics(labels, logits, meta["class_names"])
+    return classification_metrics(labels, logits, meta["class_names"], meta.get("class_ids"))
 
 
 def history(run_dir: Path) -> list[dict]:

@@ -12,8 +12,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classification_metrics(labels, logits_or_predictions, class_names: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support, macro averages and the confusion matrix."""
+def classification_metrics(labels, logits_or_predictions, class_names: list[str],
+                           class_ids: list[int] | None = None) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro averages and the confusion matrix. `labels` are
+    class indices 0..k-1; each per-class row's "class" is the source's label (`class_ids`, as predict returns
+    them: a dataset labelled 1..10 has class 1 first), its index where none are given."""
     # scikit-learn is imported where it is used: 1.35 s of `import cnnlab` otherwise (2-core AMX Xeon)
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -23,7 +26,8 @@ def classification_metrics(labels, logits_or_predictions, class_names: list[str]
     k = len(class_names)
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=list(range(k)), zero_division=0)
-    per_class = [{"class": i, "name": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+    ids = list(class_ids) if class_ids is not None else list(range(k))
+    per_class = [{"class": ids[i], "name": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
                   "f1": float(f1[i]), "support": int(support[i])} for i in range(k)]
     result = {
         "accuracy": float(accuracy_score(labels, predictions)),
