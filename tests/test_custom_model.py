@@ -227,6 +227,46 @@ def test_on_ray_an_importable_model_trains_and_one_the_workers_lack_is_one_line(
         ray.shutdown()
 
 
+class SameShapes(TinyNet):
+    """Another class whose weights have TinyNet's names and shapes."""
+
+
+def test_resuming_with_another_model_is_refused_even_where_its_weights_fit(data, tmp_path):
+    """A run of TinyNet continued with SameShapes loaded its weights without a word and recorded SameShapes as the
+    run's model; now one line, the run untouched, and TinyNet continues it."""
+    run = cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "checkpoint_every": 1})
+    before = {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()}
+    with pytest.raises(cnnlab.UserError, match=rf"trained with model {__name__}.TinyNet, not {__name__}.SameShapes"):
+        cnnlab.train(SameShapes, resume=run.path, epochs=3, progress=False)
+    assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == before
+    assert cnnlab.train(TinyNet, resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
+
+
+class Scaled(nn.Module):
+    """A learned scale held directly by a module without reset_parameters: no seed reaches it."""
+
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__()
+        self.net = TinyNet(num_classes, in_chans, image_size)
+        self.scale = nn.Parameter(torch.rand(1) + 0.5)
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def test_an_instance_with_parameters_no_seed_reaches_says_so_once(capsys):
+    from cnnlab.models.custom import build_custom
+
+    net = Scaled()
+    for _ in range(2):
+        built = build_custom(net, num_classes=3, in_chans=1, image_size=12)
+    assert torch.equal(built.scale, net.scale)  # kept as built: what the warning is about
+    err = capsys.readouterr().err
+    assert err.count("cnnlab: warning:") == 1 and "scale keep the values the instance was built with" in err
+    build_custom(TinyNet(), num_classes=3, in_chans=1, image_size=12)  # every layer resets: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_resuming_a_run_or_a_study_of_a_model_of_your_own_takes_it_again(data, tmp_path):
     from conftest import interrupt_at
 

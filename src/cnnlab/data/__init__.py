@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, notice
 
 from .builtin import BUILTIN, load_builtin
 from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
                       read_image_folder, read_npy, read_npz)
-from .common import grayscale, notice
+from .common import grayscale
 from .idx import idx_images_in, is_idx_file, read_idx_images
 from .image_folders import read_unlabeled_images
 

@@ -37,7 +37,6 @@ import io
 import math
 import os
 import struct
-import sys
 import tokenize
 import zipfile
 import zlib
@@ -83,11 +82,6 @@ def shorten(text: object, limit: int = VALUE_LIMIT) -> str:
 def one_line(exc: BaseException, limit: int = 120) -> str:
     """An exception's text squeezed onto one line (library messages may span several) and cut to `limit`."""
     return shorten(" ".join(str(exc).split()) or type(exc).__name__, limit)
-
-
-def notice(message: str) -> None:
-    """A non-fatal note for the user: one line on stderr, as the CLI prints its errors."""
-    print(f"cnnlab: warning: {message}", file=sys.stderr, flush=True)
 
 
 def os_error(path: Path | str, exc: OSError) -> UserError:

@@ -12,10 +12,10 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, notice
 
 from .builtin import BUILTIN, IDX_FILES, locate
-from .common import notice, os_error
+from .common import os_error
 from .idx import idx_file
 from .image_folders import IMAGE_SUFFIXES
 

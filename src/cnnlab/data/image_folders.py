@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, notice
 
-from .common import RawSplit, is_os_level, notice, one_line, os_error, shorten
+from .common import RawSplit, is_os_level, one_line, os_error, shorten
 from .idx import find_idx_pair
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

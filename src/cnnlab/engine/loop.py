@@ -143,10 +143,12 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
     if resume:
         require_same_files(run_dirs[0].read_env().get("data_files"), setup.config.data, setup.config.data_dir,
                            f"resuming {run_dirs[0]}")
+        require_same_model(run_dirs[0], setup.spec)
         ctx.best_weights, stored = load_checkpoints(setup, run_dirs)
         record_resumed_epochs(run_dirs, setup.member_configs)
     else:
-        env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason}
+        env = {**environment(setup.device), "precision": setup.precision, "precision_reason": setup.precision_reason,
+               "model_spec": setup.spec}
         if malloc is not None:
             env["malloc"] = malloc
         files = files_fingerprint(setup.config.data, setup.config.data_dir)
@@ -256,6 +258,18 @@ def run_epoch(ctx: Context, callbacks: list) -> None:
     # after the checkpoint callback: a kill between the two leaves history behind, never ahead
     for run_dir, state in zip(ctx.run_dirs, setup.states):
         run_dir.write_history(state.history)
+
+
+def require_same_model(run_dir: RunDir, spec: dict) -> None:
+    """A resume continues the model it started with: a model of one's own is passed again, and another class whose
+    weights have the same names and shapes loaded without a word (and was recorded as the run's model)."""
+    stored = run_dir.read_env().get("model_spec")
+    if stored is None and run_dir.file(runs.MODEL).is_file():  # runs started before env.json recorded the spec
+        stored = run_dir.read_model_meta().get("spec")
+    was, now = (stored or {}).get("class"), spec.get("class")
+    if was is not None and now is not None and was != now:
+        raise UserError(f"resuming {run_dir.path}: it was trained with model {was}, not {now}; pass {was} again to "
+                        "continue, or train a new run")
 
 
 def model_metadata(setup: Setup, weights_epoch: int) -> dict:

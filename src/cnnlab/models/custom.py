@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, notice
 
 CUSTOM_MODEL = "custom"  # the model name config.json records for a model of the user's own
 PASS_AGAIN = "a directory never causes code to be imported"
@@ -75,9 +75,15 @@ def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | 
     """The network for one run (seed set by the caller): a fresh copy of a module, or the factory's result."""
     if isinstance(builder, nn.Module):
         net = copy.deepcopy(builder)
-        for layer in net.modules():
-            if callable(getattr(layer, "reset_parameters", None)):
-                layer.reset_parameters()
+        kept = []
+        for name, layer in net.named_modules():
+            reset = getattr(layer, "reset_parameters", None) or getattr(layer, "_reset_parameters", None)  # MHA's
+            if callable(reset):
+                reset()
+            else:
+                kept += [f"{name}.{p}" if name else p for p, v in layer.named_parameters(recurse=False) if v is not None]
+        if kept:
+            _warn_kept(builder, kept)
     elif callable(builder):
         try:
             net = builder(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **options)
@@ -91,6 +97,22 @@ def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | 
     net.cnnlab_spec = {"name": CUSTOM_MODEL, "class": class_path(builder if not isinstance(builder, nn.Module) else net),
                        "num_classes": num_classes, "in_chans": in_chans, "image_size": image_size, **options}
     return net
+
+
+_WARNED: set[int] = set()  # builders warned about already (by id): once, not once per ensemble member
+
+
+def _warn_kept(builder: nn.Module, kept: list[str]) -> None:
+    """Parameters of layers without reset_parameters keep the values the instance was built with, whatever the
+    seed: two runs of one seed could differ (the instance built under another torch seed), and every ensemble
+    member started from the same values. Said once per instance."""
+    if id(builder) in _WARNED:
+        return
+    _WARNED.add(id(builder))
+    names = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+    notice(f"model {class_path(type(builder))}: {names} keep the values the instance was built with (their layers "
+           f"have no reset_parameters), so the seed does not set them; pass the class or a factory instead of an "
+           f"instance for a fresh model per seed")
 
 
 def check_outputs(net: nn.Module, image_shape: tuple, num_classes: int) -> None:
