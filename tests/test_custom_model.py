@@ -231,7 +231,7 @@ class SameShapes(TinyNet):
     """Another class whose weights have TinyNet's names and shapes."""
 
 
-def test_resuming_with_another_model_is_refused_even_where_its_weights_fit(data, tmp_path):
+def test_a_resume_keeps_its_model_and_never_shortens_the_run(data, tmp_path):
     """A run of TinyNet continued with SameShapes loaded its weights without a word and recorded SameShapes as the
     run's model; now one line, the run untouched, and TinyNet continues it."""
     run = cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "checkpoint_every": 1})
@@ -240,6 +240,10 @@ def test_resuming_with_another_model_is_refused_even_where_its_weights_fit(data,
         cnnlab.train(SameShapes, resume=run.path, epochs=3, progress=False)
     assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == before
     assert cnnlab.train(TinyNet, resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
+    before = {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()}
+    with pytest.raises(cnnlab.UserError, match=r"already trained 3 epoch\(s\); --epochs 1 cannot shorten it"):
+        cnnlab.train(TinyNet, resume=run.path, epochs=1, progress=False)  # did nothing, exit 0, config.json said 1
+    assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == before
 
 
 class Scaled(nn.Module):

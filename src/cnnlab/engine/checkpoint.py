@@ -150,7 +150,12 @@ def stored_precision(run_dir: RunDir) -> str | None:
 
 
 def config_for_resume(run_dir: RunDir, epochs: int | None = None, device: str | None = None) -> TrainConfig:
-    """The stored configuration of a run, with the only settings a resume may change."""
+    """The stored configuration of a run, with the only settings a resume may change. Fewer epochs than the
+    checkpoint holds is refused: nothing trained, and config.json was rewritten to the smaller total."""
+    done = run_dir.checkpoint_epoch() if epochs is not None else None
+    if done is not None and epochs < done:
+        raise UserError(f"{run_dir}: already trained {done} epoch(s); --epochs {epochs} cannot shorten it. Give more "
+                        f"than {done} to extend the run, or train a new run for fewer")
     return build_config(run_dir.read_config(), {"epochs": epochs, "device": device})
 
 
