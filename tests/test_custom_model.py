@@ -296,6 +296,12 @@ def test_lr_find_takes_a_model_of_your_own_and_a_search_refuses_one_in_one_line(
     options = {k: v for k, v in SETTINGS.items() if k != "progress"}
     found = cnnlab.lr_find(TinyNet, str(data), plot=tmp_path / "lr.png", steps=6, **options)
     assert found.model == "TinyNet" and (tmp_path / "lr.png").is_file()
+    # the advice is the Python call (`cnnlab train TinyNet --lr` cannot train it); plot=None writes no file and
+    # the plot still shows inline (a TypeError from Path(None) before)
+    assert f"use it: cnnlab.train(TinyNet, ..., lr={found.suggestion:.3g})" in repr(found)
+    inline = cnnlab.lr_find(TinyNet, str(data), plot=None, steps=6, **options)
+    assert inline.plot is None and "plot=" not in repr(inline) and inline._repr_png_().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]
     with pytest.raises(cnnlab.UserError, match="model TinyNet: a search takes a registered model") as refused:
         cnnlab.tune(TinyNet(), 2, str(data), out=tmp_path / "t")
     assert len(str(refused.value).splitlines()) == 1

@@ -474,29 +474,31 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
         return Run(run.path, builder)
 
 
-def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | Path = "lr_find.png",
+def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | Path | None = "lr_find.png",
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, **options) -> LRFind:
     """fastai's learning-rate range test on the model and data these settings give: an exponential sweep from
     `start_lr` to `end_lr` over `steps` batches, stopped when the smoothed loss diverges; returns the rates,
-    losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot`. Trains nothing
-    permanently and writes no run directory."""
+    losses and the "valley" suggestion (usable as `lr`), and writes the plot to `plot` (None: no file; a
+    notebook shows the result's plot inline either way). Trains nothing permanently and writes no run
+    directory."""
     if not math.isfinite(end_lr):  # inf passed 0 < start_lr < end_lr and suggested start_lr after 2 steps
         raise UserError(f"lr_find: end_lr must be a finite rate (e.g. 10), got {end_lr:g}")
-    if Path(plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):  # refused by matplotlib after the sweep
+    if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):  # refused by matplotlib after the sweep
         raise UserError(f"--plot {plot}: give a picture's name ending in .png, .pdf, .svg or .jpg")
     if not (0 < start_lr < end_lr) or not 2 <= steps <= MAX_LR_FIND_STEPS:
         raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps from 2 to {MAX_LR_FIND_STEPS:,}, got "
                         f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")
     builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
-    require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
+    if plot is not None:
+        require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
     setup = prepare(cfg, preflight(cfg, dataset), builder=builder)
     result = lr_sweep(setup, start_lr, end_lr, steps)
-    result.model = model_name(builder) if builder is not None else cfg.model
+    result.model, result.custom = (model_name(builder), True) if builder is not None else (cfg.model, False)
     if result.suggestion is None:
         raise UserError(f"lr_find: the loss was not finite from the first step at lr {start_lr:g}; check the data "
                         "or lower start_lr")
-    result.plot = plot_lr_find(result, plot)
+    result.plot = plot_lr_find(result, plot) if plot is not None else None
     return result
 
 

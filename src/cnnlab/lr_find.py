@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from cnnlab.engine.setup import Setup  # noqa: E402
 from cnnlab.engine.step import apply_learning_rates, make_batch, restore_rng, rng_snapshot, train_step  # noqa: E402
+from cnnlab.display import figure_png  # noqa: E402
 from cnnlab.plots import save_figure  # noqa: E402
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
@@ -39,14 +40,21 @@ class LRFind:
     suggestion: float | None = None
     plot: Path | None = None
     model: str = "MODEL"
+    custom: bool = False  # a model of one's own: the CLI cannot train it, so the advice is the Python call
 
     @property
     def command(self) -> str:
+        if self.custom:
+            return f"cnnlab.train({self.model}, ..., lr={self.suggestion:.3g})"
         return f"cnnlab train {self.model} --lr {self.suggestion:.3g}"
 
     def __repr__(self) -> str:
-        return (f"LRFind(suggestion={self.suggestion:.3g}, steps={len(self.lrs)}, plot={str(self.plot)!r}); "
-                f"use it: {self.command}")
+        where = f", plot={str(self.plot)!r}" if self.plot is not None else ""
+        return f"LRFind(suggestion={self.suggestion:.3g}, steps={len(self.lrs)}{where}); use it: {self.command}"
+
+    def _repr_png_(self) -> bytes:
+        """The plot, inline in a notebook (fastai's learn.lr_find() shows it there too)."""
+        return figure_png(figure(self))
 
 
 def valley(lrs: list[float], losses: list[float]) -> int:
@@ -121,7 +129,12 @@ def suggest(lrs: list[float], smoothed: list[float], steps: int = STEPS) -> floa
 
 
 def plot(result: LRFind, path: str | Path) -> Path:
-    """Smoothed loss against the rate (log x), the suggestion marked; written atomically."""
+    """The figure written atomically."""
+    return save_figure(figure(result), path)
+
+
+def figure(result: LRFind):
+    """Smoothed loss against the rate (log x), the suggestion marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.smoothed)
     ax.set_xscale("log")
@@ -133,4 +146,4 @@ def plot(result: LRFind, path: str | Path) -> Path:
         ax.axvline(result.suggestion, color="red", alpha=0.3)
         ax.legend()
     ax.set_title(f"lr finder: {result.model}")
-    return save_figure(fig, path)
+    return fig
