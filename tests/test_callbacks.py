@@ -105,6 +105,20 @@ def test_early_stopping_on_validation_without_a_split_is_one_line(npz, tmp_path)
     assert run.metrics["epochs_done"] == 2
 
 
+def test_ctrl_c_in_an_epochs_callbacks_records_the_epochs_history_holds(npz, tmp_path):
+    """Ctrl-C inside on_epoch_end of epoch 2 (before its checkpoint and history row): metrics.json said 2 epochs
+    done where history.csv held 1; the resume then trains epoch 2 again."""
+    def press(ctx, rows):
+        if rows[0]["epoch"] == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(npz), epochs=3, out=tmp_path, callbacks=[LambdaCallback(on_epoch_end=press)], **SMALL)
+    (run_dir,) = tmp_path.iterdir()
+    run = cnnlab.Run(run_dir)
+    assert run.metrics["status"] == "interrupted" and run.metrics["epochs_done"] == len(run.history) == 1
+    assert cnnlab.train(resume=run_dir, progress=False).history.epoch.tolist() == [1, 2, 3]
+
+
 class EpochCounter(Callback):
     """A callback with state of its own that must survive an interruption."""
 

@@ -278,6 +278,7 @@ def test_resuming_a_run_or_a_study_of_a_model_of_your_own_takes_it_again(data, t
     with pytest.raises(KeyboardInterrupt):
         cnnlab.train(TinyNet, str(data), out=tmp_path / "r", callbacks=[interrupt_at(2)], **options)
     (run,) = (tmp_path / "r").iterdir()
+    assert "model='TinyNet'" in repr(cnnlab.Run(run))  # the class, not "custom", before the run finished too
     with pytest.raises(cnnlab.UserError, match=r"holds a model of your own; pass it again") as refused:
         cnnlab.train(resume=run, progress=False)
     assert len(str(refused.value).splitlines()) == 1

@@ -134,6 +134,9 @@ def run_summary(run_dir: str | Path) -> dict:
         config = run.read_config()
         out.update(model=config.get("model"), data=config.get("data"), epochs=config.get("epochs"),
                    seed=config.get("seed"))
+        spec = run.read_env().get("model_spec")
+        if spec:  # an unfinished run of a model of one's own shows its class, not "custom"
+            out["model"] = spec_label(out["model"], spec)
     except UserError:
         pass
     if status == runs.FINISHED:

@@ -188,9 +188,11 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)
 
-    def status(value: str, saved: bool = False, **extra) -> None:
-        for run_dir, state in zip(run_dirs, setup.states):  # saved: count the epochs the checkpoint holds
-            done = (run_dir.checkpoint_epoch() or 0) if saved else state.epoch
+    def status(value: str, saved: bool = False, recorded: bool = False, **extra) -> None:
+        for run_dir, state in zip(run_dirs, setup.states):  # saved: count the epochs the checkpoint holds;
+            # recorded: those history.csv holds (Ctrl-C inside an epoch's callbacks: that epoch is not recorded)
+            done = (run_dir.checkpoint_epoch() or 0) if saved else \
+                (len(run_dir.history()) if run_dir.file(runs.HISTORY).is_file() else 0) if recorded else state.epoch
             run_dir.write_status(value, epochs_done=done, precision=setup.precision,
                                  warmup_seconds=ctx.warmup_seconds, **extra)
 
@@ -205,7 +207,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
                     ctx.stop(guard.reason())
         results = finish(ctx, budget if guard is not None else None)
     except KeyboardInterrupt:
-        status(runs.INTERRUPTED)
+        status(runs.INTERRUPTED, recorded=True)
         raise
     except NonFiniteLoss as exc:
         status(runs.FAILED, reason=str(exc))
