@@ -160,3 +160,24 @@ def test_ensemble_vote_evaluates_with_figures(arrays, tmp_path):
     assert isinstance(ev.plot_top_losses(4), Figure)  # from the first member's stored sample
     assert "data:image/png;base64," in ev._repr_html_() and "ensemble of 2" in vote._repr_html_()
     assert vote.predict(xt[:2]).shape == (2,)
+
+
+def test_curves_of_one_epoch_or_without_validation_show_only_what_there_is(monkeypatch, tmp_path):
+    """One epoch had ticks 0.95..1.05; a run without a validation split listed an empty 'validation' curve."""
+    from cnnlab import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    row = {"epoch": 1, "train_accuracy": 0.5, "train_loss": 1.2, "val_accuracy": float("nan"),
+           "val_loss": float("nan")}
+    plots.accuracy_loss_plot([row], "cnn1", tmp_path / "a.png")
+    (ax,) = drawn[0].axes
+    assert list(ax.get_xticks()) == [1]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training accuracy", "training loss"]
+    frame = pd.DataFrame([row, {**row, "epoch": 2}])
+    figures = []
+    monkeypatch.setattr(display, "figure_png", lambda fig, dpi=90: figures.append(fig) or b"png")
+    display.curve_png(frame, "cnn1 accuracy and loss")
+    for ax in figures[0].axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["training"]
+        assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -106,16 +106,18 @@ def curve_png(history: pd.DataFrame, title: str) -> bytes | None:
     """A small accuracy-and-loss figure of a history (None without a finished epoch)."""
     if history is None or history.empty or "epoch" not in history:
         return None
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(6.4, 2.2))
+    # constrained layout: the title above the two panels' own titles, not over them
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(6.4, 2.4), layout="constrained")
     marker = "o" if len(history) < 15 else None
     for ax, key in ((acc, "accuracy"), (loss, "loss")):
         for split in ("train", "val"):
-            if f"{split}_{key}" in history:
-                ax.plot(history["epoch"], history[f"{split}_{key}"], marker=marker, markersize=3,
+            column = f"{split}_{key}"
+            if column in history and history[column].notna().any():  # val_fraction = 0: no validation curve
+                ax.plot(history["epoch"], history[column], marker=marker, markersize=3,
                         label="training" if split == "train" else "validation")
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        plots.epoch_axis(ax, history["epoch"])
         ax.grid(alpha=0.3)
     acc.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import matplotlib
@@ -66,16 +68,29 @@ def preview_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str],
 # ------------------------------------------------------------------ figures of one run
 
 
+def epoch_axis(ax, epochs) -> None:
+    """Whole epochs on the x axis; one epoch alone gets its one tick (the integer locator falls back to
+    fractions, 0.95 to 1.05, where fewer than two whole numbers are in view)."""
+    epochs = list(epochs)
+    if len(set(epochs)) == 1:
+        ax.set_xticks([epochs[0]])
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
 def accuracy_loss_plot(history: list[dict], name: str, path: Path) -> Path:
-    """The report's acc_plot: training/validation accuracy and loss against epochs."""
+    """The report's acc_plot: training/validation accuracy and loss against epochs (validation only where the
+    run had a split: without one its values are NaN)."""
     epochs = [int(r["epoch"]) for r in history]
     fig, ax = plt.subplots(figsize=(10, 6))
     for key, label in (("train_accuracy", "training accuracy"), ("train_loss", "training loss"),
                        ("val_accuracy", "validation accuracy"), ("val_loss", "validation loss")):
-        ax.plot(epochs, [float(r[key]) for r in history], marker="o" if len(epochs) < 15 else None, label=label)
+        values = [float(r[key]) for r in history]
+        if not all(math.isnan(v) for v in values):
+            ax.plot(epochs, values, marker="o" if len(epochs) < 15 else None, label=label)
     ax.set_title(f"{name} Accuracy and Loss")
     ax.set_xlabel("epochs")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    epoch_axis(ax, epochs)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
