@@ -231,6 +231,12 @@ class SameShapes(TinyNet):
     """Another class whose weights have TinyNet's names and shapes."""
 
 
+def test_progress_names_the_class(data, tmp_path, capsys):
+    cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "epochs": 1, "progress": True})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "TinyNet on d (" in out and "custom on" not in out  # the header said "custom"
+
+
 def test_a_resume_keeps_its_model_and_never_shortens_the_run(data, tmp_path):
     """A run of TinyNet continued with SameShapes loaded its weights without a word and recorded SameShapes as the
     run's model; now one line, the run untouched, and TinyNet continues it."""

@@ -13,6 +13,7 @@ from cnnlab.budget import Plan
 from cnnlab.callbacks import Callback
 from cnnlab.device import device_name, precision_note
 from cnnlab.models import count_parameters
+from cnnlab.models.custom import spec_label
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -48,7 +49,8 @@ class ConsoleProgress(Callback):
         members = f" ({setup.members} members fused)" if setup.members > 1 else ""
         val = len(setup.val) if setup.val is not None else 0
         test = len(setup.test) if setup.test is not None else 0
-        self.console.print(f"[bold]{escape(ctx.config.model)}[/bold]{members} on {escape(setup.dataset.name)} "
+        name = spec_label(ctx.config.model, setup.spec)  # a model of one's own by its class, not "custom"
+        self.console.print(f"[bold]{escape(name)}[/bold]{members} on {escape(setup.dataset.name)} "
                            f"({len(setup.train)} train / {val} val / {test} test), {trainable:,} trainable params, "
                            f"{escape(device_name(setup.device))}, {setup.precision}", soft_wrap=self.soft_wrap)
         self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False,
