@@ -226,3 +226,14 @@ def test_evaluate_names_classes_by_the_labels_predict_returns(images, tmp_path):
     evaluation = run.evaluate()
     assert [(row["class"], row["name"]) for row in evaluation["per_class"]] == [(1, "1"), (2, "2"), (3, "3")]
     assert evaluation.per_class["id"].tolist() == [1, 2, 3]
+
+
+def test_class_names_as_labels_say_how_to_number_them(images, tmp_path):
+    x, y = images
+    words = np.array(["top", "bag", "shoe"])[y]
+    with pytest.raises(UserError, match=re.escape("np.unique(labels, return_inverse=True) and pass class_names")):
+        cnnlab.train("cnn1", (x, words), epochs=1, out=tmp_path, progress=False)
+    names, numbered = np.unique(words, return_inverse=True)  # the advice, followed, trains
+    run = cnnlab.train("cnn1", (x, numbered), class_names=list(names), epochs=1, device="cpu", out=tmp_path,
+                       progress=False)
+    assert run.evaluate().class_names == ["bag", "shoe", "top"]

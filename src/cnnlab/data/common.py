@@ -217,7 +217,10 @@ def validate_labels(labels: np.ndarray, n_images: int, source: str) -> np.ndarra
     if labels.dtype == object or not np.issubdtype(labels.dtype, np.number) \
             or np.issubdtype(labels.dtype, np.complexfloating):
         example = labels.reshape(-1)[0] if labels.size else None
-        raise UserError(f"{source}: labels must be integers, got {labels.dtype} values such as {shorten(example)!r}")
+        words = isinstance(example, (str, bytes))  # class names as labels: say how to number them
+        raise UserError(f"{source}: labels must be integers, got {labels.dtype} values such as {shorten(example)!r}"
+                        + ("; number them with names, labels = np.unique(labels, return_inverse=True) and pass "
+                           "class_names=list(names)" if words else ""))
     if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot labels, as Keras users keep them
         if len(labels) != n_images:
             raise UserError(f"{source}: {n_images} images but {len(labels)} labels; the counts must match")
