@@ -231,6 +231,17 @@ class SameShapes(TinyNet):
     """Another class whose weights have TinyNet's names and shapes."""
 
 
+def test_summary_of_a_class_a_factory_or_a_run_trained_with_one(data, tmp_path):
+    """summary(TinyNet) said "got type", and a Run that carries its model was refused as "not a registered model"."""
+    of_class = cnnlab.summary(TinyNet, num_classes=3, image_size=12)
+    assert of_class.trainable == sum(p.numel() for p in TinyNet().parameters())
+    assert cnnlab.summary(lambda **kw: TinyNet(**kw), num_classes=3, image_size=12).total == of_class.total
+    run = cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "epochs": 1})
+    assert cnnlab.summary(run).total == of_class.total and "TinyNet" in repr(cnnlab.summary(run))
+    with pytest.raises(cnnlab.UserError, match=r"a model of your own; summarize the Run loaded with it"):
+        cnnlab.summary(run.path)
+
+
 def test_progress_names_the_class(data, tmp_path, capsys):
     cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "epochs": 1, "progress": True})
     out = " ".join(capsys.readouterr().out.split())

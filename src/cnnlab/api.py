@@ -48,7 +48,7 @@ from cnnlab.lr_find import plot as plot_lr_find
 from cnnlab.lr_find import sweep as lr_sweep
 from cnnlab.metrics import softmax
 from cnnlab.models import REPORT_STUDY_MODELS, create_architecture, keras_shape, model_info, summarize
-from cnnlab.models.custom import CUSTOM_MODEL, PASS_AGAIN, is_custom, model_name
+from cnnlab.models.custom import CUSTOM_MODEL, PASS_AGAIN, build_custom, is_custom, model_name
 from cnnlab.outputs import require_free_output
 from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
@@ -536,17 +536,24 @@ def summary(model_or_run, *, num_classes: int = 10, in_chans: int = 1, image_siz
     `model_params`), an nn.Module (input `in_chans` x `image_size`, default 28), or a run directory / Run
     (its model as saved, at its input shape)."""
     _refuse_onnx(model_or_run, "summarize the run directory it came from")  # not an unknown model's name
-    if isinstance(model_or_run, torch.nn.Module):
-        size = image_size or 28
-        return ModelSummary(type(model_or_run).__name__, (in_chans, size, size),
-                            summarize(model_or_run, (in_chans, size, size), depth=depth))
+    if isinstance(model_or_run, torch.nn.Module) or (callable(model_or_run) and not isinstance(model_or_run, Run)):
+        size = image_size or 28  # a class or factory of one's own is built as a run builds it
+        net = model_or_run if isinstance(model_or_run, torch.nn.Module) else build_custom(
+            model_or_run, num_classes=num_classes, in_chans=in_chans, image_size=size, **model_params)
+        return ModelSummary(model_name(model_or_run), (in_chans, size, size),
+                            summarize(net, (in_chans, size, size), depth=depth))
+    if isinstance(model_or_run, Run) and model_or_run._builder is not None:  # trained or loaded with its model
+        meta = model_or_run.dir.read_model_meta()
+        return ModelSummary(model_name(model_or_run._builder), tuple(meta["input_shape"]),
+                            summarize(model_or_run.model, tuple(meta["input_shape"]), depth=depth))
     if isinstance(model_or_run, (Run, Path)) or (isinstance(model_or_run, str) and Path(model_or_run).is_dir()):
         run = model_or_run.dir if isinstance(model_or_run, Run) else RunDir(model_or_run)
         meta = run.read_model_meta()
         spec = dict(meta["spec"])
         name = spec.pop("name", None)
         if not isinstance(name, str) or "class" in spec:
-            raise UserError(f"{run.file(runs.MODEL)}: not a registered model; pass the module itself to summary()")
+            raise UserError(f"{run.file(runs.MODEL)}: a model of your own; summarize the Run loaded with it, "
+                            "cnnlab.summary(cnnlab.load_run(path, model=MyNet)), or the model itself")
         net = create_architecture(name, **spec)
         return ModelSummary(name, tuple(meta["input_shape"]), summarize(net, tuple(meta["input_shape"]), depth=depth))
     if not isinstance(model_or_run, str):
