@@ -405,6 +405,16 @@ def test_a_run_that_slows_down_later_shrinks_its_total_and_ends_within_the_budge
     assert lrs[-1] == pytest.approx(lr_at("one-cycle", 4 * STEPS, 5 * STEPS, config.lr), rel=1e-12)
 
 
+def test_the_console_says_each_change_of_the_total(data, tmp_path, clock, speed, capsys):
+    """As above, through cnnlab.train with its progress: the console said '10 epochs kept' after the first epoch
+    and then nothing, while the run shrank to 5 (a user read 10 and got 5)."""
+    speed(10.0, epochs_take=lambda epoch: 10.0 if epoch <= throughput.REPLANS else 40.0)
+    run = cnnlab.train(data=str(data), out=tmp_path, **dict(BASE, epochs=40, lr_schedule="one-cycle", time_budget=100))
+    out = " ".join(capsys.readouterr().out.split())
+    assert run.metrics["replanned_epochs"] == 5 and "10 epochs kept" in out
+    assert "time budget: after epoch 4 the pace is 20.0 s an epoch: 5 epochs instead of 10" in out
+
+
 def test_past_the_first_epochs_the_total_never_grows(data, tmp_path, clock, speed):
     """Epochs of 20 s as probed (5 of 100 s), then 5 s from epoch 4 on: the total stays 5 (a growing
     one-cycle schedule would raise the rate again near its end)."""

@@ -248,6 +248,12 @@ class Plan:
                 f"{format_seconds(self.probe_seconds_per_epoch)}): {change}, about "
                 f"{format_seconds(self.budget_predicted_seconds)} in all" + (f"; {self.budget_note}" if self.budget_note else ""))
 
+    def later_replan_line(self, before: int, done: int) -> str:
+        """One line for a total changed again after `done` epochs, from their pace."""
+        return (f"time budget: after epoch {done} the pace is {format_seconds(self.replan_seconds_per_epoch)} an "
+                f"epoch: {self.replanned_epochs} epochs instead of {before}, about "
+                f"{format_seconds(self.budget_predicted_seconds)} in all")
+
 
 def overruns(seconds: float, elapsed: float, epochs_done: int, loop_seconds: float, final_seconds: float) -> bool:
     """Whether one more epoch, at the pace of the epochs so far (`loop_seconds` for `epochs_done`, checkpoints

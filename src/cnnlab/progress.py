@@ -43,6 +43,7 @@ class ConsoleProgress(Callback):
     def on_train_start(self, ctx) -> None:
         setup = ctx.setup
         self.epochs, self.epoch_seconds, self.budget_shown, self.replan_shown = ctx.config.epochs, [], False, False
+        self.shown_total: int | None = None
         if self.quiet:
             return
         trainable, _ = count_parameters(setup.model)
@@ -65,7 +66,12 @@ class ConsoleProgress(Callback):
                 self.console.print(escape(plan.line()), highlight=False, soft_wrap=self.soft_wrap)
             elif plan.replanned_epochs is not None and not self.replan_shown:
                 self.console.print(escape(plan.replan_line()), highlight=False, soft_wrap=self.soft_wrap)
-                self.replan_shown = True
+                self.replan_shown, self.shown_total = True, plan.replanned_epochs
+            elif plan.replanned_epochs is not None and plan.replanned_epochs != self.shown_total:
+                # a later change (the pace of the epochs so far): said too, or the console's total would be stale
+                self.console.print(escape(plan.later_replan_line(self.shown_total, epoch - 1)), highlight=False,
+                                   soft_wrap=self.soft_wrap)
+                self.shown_total = plan.replanned_epochs
         self.budget_shown = True
         self.epochs = ctx.config.epochs
         self._t0 = self._last = time.perf_counter()
