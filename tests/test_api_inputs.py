@@ -237,3 +237,18 @@ def test_class_names_as_labels_say_how_to_number_them(images, tmp_path):
     run = cnnlab.train("cnn1", (x, numbered), class_names=list(names), epochs=1, device="cpu", out=tmp_path,
                        progress=False)
     assert run.evaluate().class_names == ["bag", "shoe", "top"]
+
+
+def test_a_resume_takes_its_own_model_name_and_refuses_other_data(tmp_path):
+    """cnnlab.train("cnn1", data, resume=path), as the README's form reads, was refused ('got model'); another
+    data path was ignored without a word."""
+    from conftest import write_npz_dataset
+
+    data = write_npz_dataset(tmp_path / "d.npz", 60, 20, size=16)
+    other = write_npz_dataset(tmp_path / "other.npz", 60, 20, size=16)
+    run = cnnlab.train("cnn1", str(data), epochs=1, device="cpu", precision="fp32", out=tmp_path / "r", progress=False)
+    assert cnnlab.train("cnn1", str(data), resume=run.path, epochs=2, progress=False).metrics["epochs_done"] == 2
+    with pytest.raises(UserError, match=r"trained on .*d\.npz, not .*other\.npz; a resume continues on its own data"):
+        cnnlab.train("cnn1", str(other), resume=run.path, epochs=3, progress=False)
+    with pytest.raises(UserError, match=r"only epochs and device may change \(got model\)"):
+        cnnlab.train("cnn4", resume=run.path, epochs=3, progress=False)

@@ -570,6 +570,12 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     if not run.file(runs.CONFIG).is_file():
         raise UserError(f"{resume}: not a cnnlab run directory (no config.json); nothing to resume")
     class_names = options.pop("class_names", None)  # part of the data, passed again with it
+    stored = run.read_config()
+    if isinstance(model, str) and model == stored.get("model"):
+        model = DEFAULT  # the run's own model named again, as cnnlab.train("cnn1", data, resume=path) reads
+    if isinstance(data, (str, Path)) and not _same_data(data, stored):
+        raise UserError(f"{resume}: trained on {stored.get('data')}, not {data}; a resume continues on its own data "
+                        "(leave data out, or train a new run)")
     changed = [k for k, v in {"model": None if model is DEFAULT else model, "config": config, "params": params,
                               **options}.items() if v is not None]
     if changed:
@@ -580,6 +586,17 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     dataset = dataset_from(data, cfg.classes, class_names) if data is not None and not isinstance(data, (str, Path)) \
         else None
     return run, cfg, dataset
+
+
+def _same_data(data: str | Path, stored: dict) -> bool:
+    """A data path given to a resume names the run's own data: the same text, or the same file or folder."""
+    recorded = stored.get("data")
+    if recorded is None or str(data) == str(recorded):
+        return True
+    try:
+        return Path(data).expanduser().resolve() == Path(recorded).expanduser().resolve()
+    except OSError:
+        return False
 
 
 def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx", *, check_images=None,
