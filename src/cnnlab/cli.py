@@ -541,7 +541,7 @@ DEMO_TRAIN_IMAGES = 8000
 def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
          epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per run."),
          train_images: int = typer.Option(DEMO_TRAIN_IMAGES, "--train-images", min=5,
-                                          help="Training images per run (a stratified subset; 24,000 for all).")) -> None:
+                                          help="Training images per run (a stratified subset of the training split; 24,000: all of it).")) -> None:
     """The main job, as `make demo` runs it: a short version of the report's study on Fashion-MNIST.
 
     5 classes, three of the report's models, two seeds each, every table and figure of the HTML report.
@@ -554,8 +554,8 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for everyt
                            epochs=epochs, train_images=train_images, say=_say())
     except KeyboardInterrupt:
         _interrupted(f"finished runs are kept. Continue with the same command (--out {out}).")
-    console.print(escape(f"report: {result['report'].resolve()}"), highlight=False)
     console.print(f"[bold]demo output:[/bold] {escape(str(out.resolve()))}")
+    console.print(escape(f"report: {result['report'].resolve()}"), highlight=False)  # last: what to open
 
 
 def _version(value: bool) -> None:
