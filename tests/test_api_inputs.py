@@ -239,16 +239,23 @@ def test_class_names_as_labels_say_how_to_number_them(images, tmp_path):
     assert run.evaluate().class_names == ["bag", "shoe", "top"]
 
 
-def test_a_resume_takes_its_own_model_name_and_refuses_other_data(tmp_path):
+def test_a_resume_takes_its_own_model_name_and_its_data_by_any_path(tmp_path, monkeypatch):
     """cnnlab.train("cnn1", data, resume=path), as the README's form reads, was refused ('got model'); another
-    data path was ignored without a word."""
+    data path was ignored without a word. The data's fingerprints decide: the same file by another path (a
+    relative one from another folder) continues, other data or arrays for a file are one line."""
     from conftest import write_npz_dataset
 
-    data = write_npz_dataset(tmp_path / "d.npz", 60, 20, size=16)
-    other = write_npz_dataset(tmp_path / "other.npz", 60, 20, size=16)
-    run = cnnlab.train("cnn1", str(data), epochs=1, device="cpu", precision="fp32", out=tmp_path / "r", progress=False)
-    assert cnnlab.train("cnn1", str(data), resume=run.path, epochs=2, progress=False).metrics["epochs_done"] == 2
-    with pytest.raises(UserError, match=r"trained on .*d\.npz, not .*other\.npz; a resume continues on its own data"):
-        cnnlab.train("cnn1", str(other), resume=run.path, epochs=3, progress=False)
+    monkeypatch.chdir(tmp_path)
+    write_npz_dataset(tmp_path / "d.npz", 60, 20, size=16)
+    other = write_npz_dataset(tmp_path / "other.npz", 60, 20, size=16, classes=2)
+    run = cnnlab.train("cnn1", "d.npz", epochs=1, device="cpu", precision="fp32", out=tmp_path / "r", progress=False)
+    assert cnnlab.train("cnn1", "d.npz", resume=run.path, epochs=2, progress=False).metrics["epochs_done"] == 2
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # "d.npz" no longer names it from here; "../d.npz" does
+    assert cnnlab.train("cnn1", "../d.npz", resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
+    with pytest.raises(UserError, match=r"the data differs from what it was trained on"):
+        cnnlab.train("cnn1", str(other), resume=run.path, epochs=4, progress=False)
+    with pytest.raises(UserError, match=r"trained on d\.npz; pass that path \(or leave data out\), not arrays"):
+        cnnlab.train("cnn1", make_images(60, 16), resume=run.path, epochs=4, progress=False)
     with pytest.raises(UserError, match=r"only epochs and device may change \(got model\)"):
-        cnnlab.train("cnn4", resume=run.path, epochs=3, progress=False)
+        cnnlab.train("cnn4", resume=run.path, epochs=4, progress=False)

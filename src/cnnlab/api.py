@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from cnnlab.callbacks import Callback
 from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
 from cnnlab.data.arrays import dataset_from_arrays, tensor_numpy, validate_memory
 from cnnlab.data.common import grayscale
+from cnnlab.data.fingerprint import MEMORY_PREFIX
 from cnnlab.data.prepared import data_fingerprint, preflight
 from cnnlab.deploy import export_onnx, onnx_predict_logits, prediction_metadata
 from cnnlab.display import EnsembleResult, Evaluation, StudyResult, run_html, run_text, show_files
@@ -573,30 +575,25 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     stored = run.read_config()
     if isinstance(model, str) and model == stored.get("model"):
         model = DEFAULT  # the run's own model named again, as cnnlab.train("cnn1", data, resume=path) reads
-    if isinstance(data, (str, Path)) and not _same_data(data, stored):
-        raise UserError(f"{resume}: trained on {stored.get('data')}, not {data}; a resume continues on its own data "
-                        "(leave data out, or train a new run)")
+    recorded = str(stored.get("data", ""))
+    if isinstance(data, (str, Path)) and recorded.startswith(MEMORY_PREFIX):
+        raise UserError(f"{resume}: trained on in-memory arrays; pass the same arrays again, data=(x, y)")
+    if data is not None and not isinstance(data, (str, Path)) and not recorded.startswith(MEMORY_PREFIX):
+        raise UserError(f"{resume}: trained on {recorded}; pass that path (or leave data out), not arrays")
     changed = [k for k, v in {"model": None if model is DEFAULT else model, "config": config, "params": params,
                               **options}.items() if v is not None]
     if changed:
         raise UserError(f"resume continues the stored configuration; only epochs and device may change "
                         f"(got {', '.join(changed)})")
     cfg = config_for_resume(run, epochs, device)
+    if isinstance(data, (str, Path)) and str(data) != recorded:
+        # the same data named otherwise (another working folder, a moved copy): the run's data-file fingerprints
+        # decide, in fit, before anything changes; another dataset is refused there
+        cfg = replace(cfg, data=str(data))
     refuse_lost_checkpoint(run)
     dataset = dataset_from(data, cfg.classes, class_names) if data is not None and not isinstance(data, (str, Path)) \
         else None
     return run, cfg, dataset
-
-
-def _same_data(data: str | Path, stored: dict) -> bool:
-    """A data path given to a resume names the run's own data: the same text, or the same file or folder."""
-    recorded = stored.get("data")
-    if recorded is None or str(data) == str(recorded):
-        return True
-    try:
-        return Path(data).expanduser().resolve() == Path(recorded).expanduser().resolve()
-    except OSError:
-        return False
 
 
 def export(run: str | Path | Run, output: str | Path | None = None, format: str = "onnx", *, check_images=None,
