@@ -217,7 +217,7 @@ def test_a_file_given_as_a_run_says_so(tmp_path):
         cnnlab.load_run(tmp_path / "notes.txt")
 
 
-def test_evaluate_names_classes_by_the_labels_predict_returns(images, tmp_path):
+def test_evaluate_names_classes_by_the_labels_predict_returns(images, tmp_path, cli):
     """Labels 1..3 (classes=[1, 2, 3]): predict returns 1..3 and evaluate's per-class rows were numbered 0..2 (class 0 named '1')."""
     x, y = images
     run = cnnlab.train("cnn1", (x, y + 1), classes=[1, 2, 3], epochs=1, device="cpu", precision="fp32", out=tmp_path,
@@ -226,6 +226,12 @@ def test_evaluate_names_classes_by_the_labels_predict_returns(images, tmp_path):
     evaluation = run.evaluate()
     assert [(row["class"], row["name"]) for row in evaluation["per_class"]] == [(1, "1"), (2, "2"), (3, "3")]
     assert evaluation.per_class["id"].tolist() == [1, 2, 3]
+    code, out, err = cli("evaluate", run.path)  # the CLI's confusion matrix: labelled 0..2 before
+    assert code == 0, err
+    rows = [[cell for cell in line.replace("┃", "│").split("│")[1:-1]] for line in
+            out.split("confusion matrix")[1].splitlines() if "│" in line or "┃" in line]
+    assert [cell.strip() for cell in rows[0]] == ["", "1", "2", "3"]  # the header, then each row's label
+    assert [row[0].strip() for row in rows[1:]] == ["1", "2", "3"]
 
 
 def test_class_names_as_labels_say_how_to_number_them(images, tmp_path):

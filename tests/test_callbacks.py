@@ -3,6 +3,7 @@ weights, save checkpoints, carry state across a resume), in an order decided in 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -90,11 +91,24 @@ def test_an_early_stopping_passed_by_hand_keeps_its_best_weights(npz, tmp_path):
     assert run.metrics["val_accuracy"] == pytest.approx(run.history.val_accuracy.max(), abs=1e-6)
 
 
+def test_a_resume_without_that_callback_keeps_the_new_epochs(npz, tmp_path):
+    """The checkpoint holds the hand-passed EarlyStopping's best (epoch 1 here); a resume without the callback
+    (the CLI's) restored it and threw away the new epochs, which nothing watched."""
+    keeper = KeepFirstEpoch()
+    run = cnnlab.train(data=str(npz), epochs=2, out=tmp_path, callbacks=[keeper], checkpoint_every=1, **SMALL)
+    assert run.metrics["weights_epoch"] == 1
+    resumed = cnnlab.train(resume=run.path, epochs=4, progress=False)
+    assert resumed.metrics["weights_epoch"] == 4
+    again = cnnlab.train(resume=run.path, epochs=5, progress=False, callbacks=[EarlyStopping(patience=0)])
+    assert again.metrics["weights_epoch"] == min(again.history.itertuples(), key=lambda r: r.val_loss).epoch
+
+
 @pytest.mark.parametrize("kwargs, says", [({"monitor": "val_acc"}, "monitor must be one of val_loss"),
                                           ({"patience": -1}, "patience must be a whole number")])
 def test_early_stopping_checks_its_arguments_when_made(kwargs, says):
     with pytest.raises(cnnlab.UserError, match=says):
         EarlyStopping(**kwargs)
+    assert EarlyStopping(patience=np.int64(2)).patience == 2  # a numpy integer is a whole number too
 
 
 def test_early_stopping_on_validation_without_a_split_is_one_line(npz, tmp_path):
@@ -103,6 +117,22 @@ def test_early_stopping_on_validation_without_a_split_is_one_line(npz, tmp_path)
     run = cnnlab.train(data=str(npz), epochs=2, out=tmp_path / "t", val_fraction=0,
                        callbacks=[EarlyStopping(1, monitor="train_loss")], **SMALL)
     assert run.metrics["epochs_done"] == 2
+
+
+class PressAfterCheckpoint(Callback):
+    order = 2  # after the checkpoint callback (1): epoch 2's checkpoint is written, its history row is not
+
+    def on_epoch_end(self, ctx, rows):
+        if rows[0]["epoch"] == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_the_checkpoint_records_the_checkpoints_epochs(npz, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(npz), epochs=3, out=tmp_path, callbacks=[PressAfterCheckpoint()], **SMALL)
+    (run_dir,) = tmp_path.iterdir()
+    assert cnnlab.Run(run_dir).metrics["epochs_done"] == 2  # what a resume continues from
+    assert cnnlab.train(resume=run_dir, progress=False).history.epoch.tolist() == [1, 2, 3]
 
 
 def test_ctrl_c_in_an_epochs_callbacks_records_the_epochs_history_holds(npz, tmp_path):

@@ -256,7 +256,8 @@ def test_a_resume_keeps_its_model_and_never_shortens_the_run(data, tmp_path):
     with pytest.raises(cnnlab.UserError, match=rf"trained with model {__name__}.TinyNet, not {__name__}.SameShapes"):
         cnnlab.train(SameShapes, resume=run.path, epochs=3, progress=False)
     assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == before
-    assert cnnlab.train(TinyNet, resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
+    moved = type("TinyNet", (TinyNet,), {"__module__": "trainer"})  # the class imported from elsewhere
+    assert cnnlab.train(moved, resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
     before = {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()}
     with pytest.raises(cnnlab.UserError, match=r"already trained 3 epoch\(s\); --epochs 1 cannot shorten it"):
         cnnlab.train(TinyNet, resume=run.path, epochs=1, progress=False)  # did nothing, exit 0, config.json said 1
@@ -286,6 +287,27 @@ def test_an_instance_with_parameters_no_seed_reaches_says_so_once(capsys):
     assert err.count("cnnlab: warning:") == 1 and "scale keep the values the instance was built with" in err
     build_custom(TinyNet(), num_classes=3, in_chans=1, image_size=12)  # every layer resets: nothing to say
     assert capsys.readouterr().err == ""
+
+
+class OwnReset(TinyNet):
+    """A user's own _reset_parameters that takes an argument: only torch's layers get theirs called."""
+
+    def __init__(self, num_classes=3, in_chans=1, image_size=12):
+        super().__init__(num_classes, in_chans, image_size)
+        self._reset_parameters(0.02)
+
+    def _reset_parameters(self, std):
+        self.std = std
+
+
+def test_an_instance_with_its_own_reset_helper_trains_and_attention_is_reset(data, tmp_path):
+    from cnnlab.models.custom import build_custom
+
+    cnnlab.train(OwnReset(), str(data), out=tmp_path, **{**SETTINGS, "epochs": 1})  # a TypeError before
+    attention = nn.MultiheadAttention(8, 2)
+    torch.manual_seed(1)
+    built = build_custom(attention, num_classes=3, in_chans=1, image_size=12)
+    assert not torch.equal(built.in_proj_weight, attention.in_proj_weight)
 
 
 def test_resuming_a_run_or_a_study_of_a_model_of_your_own_takes_it_again(data, tmp_path):
@@ -318,7 +340,10 @@ def test_lr_find_takes_a_model_of_your_own_and_a_search_refuses_one_in_one_line(
     # the plot still shows inline (a TypeError from Path(None) before)
     assert f"use it: cnnlab.train(TinyNet, ..., lr={found.suggestion:.3g})" in repr(found)
     inline = cnnlab.lr_find(TinyNet, str(data), plot=None, steps=6, **options)
+    import matplotlib.pyplot as plt
+    open_before = len(plt.get_fignums())
     assert inline.plot is None and "plot=" not in repr(inline) and inline._repr_png_().startswith(b"\x89PNG")
+    assert len(plt.get_fignums()) == open_before  # each display closes its figure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]
     with pytest.raises(cnnlab.UserError, match="model TinyNet: a search takes a registered model") as refused:
         cnnlab.tune(TinyNet(), 2, str(data), out=tmp_path / "t")

@@ -163,6 +163,24 @@ def test_another_server_on_the_port_is_named_at_once(server, cli, data, tmp_path
     assert not (tmp_path / "s" / "study.json").exists()
 
 
+def test_a_grpc_server_is_recognised_through_a_proxy_setting(monkeypatch):
+    """http_proxy set (a company network): the check's channel went through the proxy and called a real gRPC
+    server 'not a Ray cluster'; Ray's own channels do not use the proxy, nor does the check now."""
+    import grpc
+    from concurrent import futures
+
+    from cnnlab.ports import speaks_grpc
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{dead_port()}")
+        monkeypatch.setenv("grpc_proxy", f"http://127.0.0.1:{dead_port()}")
+        assert speaks_grpc("127.0.0.1", port, 5.0)
+    finally:
+        server.stop(None)
+
+
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "127.0.0.1:", ":6379"])
 def test_an_address_that_is_not_host_port_is_one_line(address):
     with pytest.raises(UserError, match="expected 'auto' or HOST:PORT"):

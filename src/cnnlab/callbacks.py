@@ -22,6 +22,7 @@ them beside the ones the configuration asks for (early stopping, checkpoints).
 from __future__ import annotations
 
 import math
+import numbers
 
 from cnnlab.errors import UserError
 
@@ -58,9 +59,9 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int = 0, monitor: str = "val_loss", restore_best: bool = True, min_delta: float = 0.0):
         if monitor not in MONITORS:  # a typo failed with a KeyError after the first epoch, leaving a broken run
             raise UserError(f"EarlyStopping: monitor must be one of {', '.join(MONITORS)}, got {monitor!r}")
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        if not isinstance(patience, numbers.Integral) or isinstance(patience, bool) or patience < 0:
             raise UserError(f"EarlyStopping: patience must be a whole number of epochs (0: never stop), got {patience!r}")
-        self.patience, self.monitor, self.restore_best, self.min_delta = patience, monitor, restore_best, min_delta
+        self.patience, self.monitor, self.restore_best, self.min_delta = int(patience), monitor, restore_best, min_delta
         self.maximize = monitor.endswith("accuracy")
         self.best: list[float | None] = []
         self.since_best: list[int] = []

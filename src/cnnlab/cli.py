@@ -372,10 +372,11 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
     console.print(f"hardest class: {escape(m['hardest_class'])}; easiest class: {escape(m['easiest_class'])}")
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
-    for k in range(len(m["per_class"])):
-        cm.add_column(str(k), justify="right")
-    for k, counts in enumerate(m["confusion_matrix"]):
-        cm.add_row(str(k), *map(str, counts))
+    ids = [str(row["class"]) for row in m["per_class"]]  # the labels the table above and predict use
+    for label in ids:
+        cm.add_column(label, justify="right")
+    for label, counts in zip(ids, m["confusion_matrix"]):
+        cm.add_row(label, *map(str, counts))
     console.print(cm)
     if json_out:
         write_json(json_out, m)

@@ -54,7 +54,11 @@ class LRFind:
 
     def _repr_png_(self) -> bytes:
         """The plot, inline in a notebook (fastai's learn.lr_find() shows it there too)."""
-        return figure_png(figure(self))
+        fig = figure(self)
+        try:
+            return figure_png(fig)
+        finally:
+            plt.close(fig)  # else every display leaves one open (matplotlib warns past 20)
 
 
 def valley(lrs: list[float], losses: list[float]) -> int:

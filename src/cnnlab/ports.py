@@ -23,7 +23,8 @@ def speaks_grpc(host: str, port: int, timeout: float) -> bool:
     server and one that sends a banner each 2.0 s at a 2 s timeout, a Ray head 0.24 s; 2-core Zen 5 EPYC)."""
     import grpc  # installed with Ray, the only caller
 
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    # no HTTP proxy, as Ray's own channels (http_proxy set: the proxy answered, or not, for the server)
+    with grpc.insecure_channel(f"{host}:{port}", options=[("grpc.enable_http_proxy", 0)]) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
             return True

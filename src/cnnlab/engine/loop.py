@@ -45,6 +45,7 @@ class Context:
         self.setup, self.run_dirs, self.callbacks = setup, run_dirs, callbacks
         self.config = setup.config
         self.best_weights: list[dict | None] = [None] * setup.members
+        self.kept_now = [False] * setup.members  # keep_best called in this fit (not only loaded from a checkpoint)
         self.warmup_seconds = 0.0
 
     @property
@@ -80,6 +81,7 @@ class Context:
         """Keep these weights of `member` as its final ones (restore_best); the checkpoint stores them."""
         self.best_weights[member] = {k: v.detach().cpu().clone() for k, v in weights.items()}
         self.states[member].best_epoch = epoch
+        self.kept_now[member] = True
 
     def checkpoint_states(self) -> list[dict]:
         """Each member's TrainState with every callback's state beside it (as checkpoints store it)."""
@@ -190,9 +192,8 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
 
     def status(value: str, saved: bool = False, recorded: bool = False, **extra) -> None:
         for run_dir, state in zip(run_dirs, setup.states):  # saved: count the epochs the checkpoint holds;
-            # recorded: those history.csv holds (Ctrl-C inside an epoch's callbacks: that epoch is not recorded)
-            done = (run_dir.checkpoint_epoch() or 0) if saved else \
-                (len(run_dir.history()) if run_dir.file(runs.HISTORY).is_file() else 0) if recorded else state.epoch
+            # recorded: what a resume continues from (Ctrl-C inside an epoch's callbacks: that epoch may not be)
+            done = (run_dir.checkpoint_epoch() or 0) if saved else recorded_epochs(run_dir) if recorded else state.epoch
             run_dir.write_status(value, epochs_done=done, precision=setup.precision,
                                  warmup_seconds=ctx.warmup_seconds, **extra)
 
@@ -262,6 +263,14 @@ def run_epoch(ctx: Context, callbacks: list) -> None:
         run_dir.write_history(state.history)
 
 
+def recorded_epochs(run_dir: RunDir) -> int:
+    """The epochs a resume continues from: the checkpoint's, else (checkpoints off) those history.csv holds."""
+    epoch = run_dir.checkpoint_epoch()
+    if epoch is not None:
+        return epoch
+    return len(run_dir.history()) if run_dir.file(runs.HISTORY).is_file() else 0
+
+
 def require_same_model(run_dir: RunDir, spec: dict) -> None:
     """A resume continues the model it started with: a model of one's own is passed again, and another class whose
     weights have the same names and shapes loaded without a word (and was recorded as the run's model)."""
@@ -269,7 +278,9 @@ def require_same_model(run_dir: RunDir, spec: dict) -> None:
     if stored is None and run_dir.file(runs.MODEL).is_file():  # runs started before env.json recorded the spec
         stored = run_dir.read_model_meta().get("spec")
     was, now = (stored or {}).get("class"), spec.get("class")
-    if was is not None and now is not None and was != now:
+    # by class name: the same class imported from elsewhere (defined in a script, __main__.Net, then imported
+    # as trainer.Net; moved from a notebook into a module) is the same model, as load_run takes it
+    if was is not None and now is not None and was.rsplit(".", 1)[-1] != now.rsplit(".", 1)[-1]:
         raise UserError(f"resuming {run_dir.path}: it was trained with model {was}, not {now}; pass {was} again to "
                         "continue, or train a new run")
 
@@ -286,9 +297,12 @@ def model_metadata(setup: Setup, weights_epoch: int) -> dict:
 def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
     """Final evaluation and files of every member: best weights restored if asked, model.json last."""
     setup = ctx.setup
-    # weights kept by the configured early stopping (restore_best) or by a callback of the caller's (an
-    # EarlyStopping passed by hand, where config.keeps_best is off: its best weights were dropped)
-    restored = [best is not None for best in ctx.best_weights]
+    # weights kept by the configured early stopping (restore_best), or by a callback of the caller's that keeps
+    # best weights in this fit (an EarlyStopping passed by hand, config.keeps_best off: they were dropped). A best
+    # a checkpoint brought back counts only while something still watches: a resume without that callback
+    # (the CLI's) restored the old best and threw the new epochs away.
+    watched = setup.config.keeps_best or any(getattr(cb, "restore_best", False) for cb in ctx.callbacks)
+    restored = [best is not None and (watched or kept) for best, kept in zip(ctx.best_weights, ctx.kept_now)]
     if any(restored):
         member_weights = final_weights(setup)
         for m, best in enumerate(ctx.best_weights):

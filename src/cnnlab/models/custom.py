@@ -77,7 +77,9 @@ def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | 
         net = copy.deepcopy(builder)
         kept = []
         for name, layer in net.named_modules():
-            reset = getattr(layer, "reset_parameters", None) or getattr(layer, "_reset_parameters", None)  # MHA's
+            reset = getattr(layer, "reset_parameters", None)
+            if reset is None and type(layer).__module__.startswith("torch."):  # MultiheadAttention's private one;
+                reset = getattr(layer, "_reset_parameters", None)  # a user's own may take arguments
             if callable(reset):
                 reset()
             else:
