@@ -242,6 +242,23 @@ def test_summary_of_a_class_a_factory_or_a_run_trained_with_one(data, tmp_path):
         cnnlab.summary(run.path)
 
 
+def test_a_kaggle_submission_from_python_with_a_model_of_ones_own(data, tmp_path):
+    """cnnlab.submission: the CLI's predict from a notebook; a Run of one's own model brings it (the CLI cannot)."""
+    import csv
+
+    run = cnnlab.train(TinyNet, str(data), out=tmp_path / "r", **{**SETTINGS, "epochs": 1})
+    images, _ = make_images(6, 12, seed=3)
+    np.save(tmp_path / "test.npy", images)
+    result = cnnlab.submission(run, tmp_path / "test.npy", tmp_path / "sub.csv", columns="ImageId,Label")
+    with open(tmp_path / "sub.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert result["rows"] == 6 and rows[0] == ["ImageId", "Label"]
+    assert rows[1:] == [[str(i), str(label)] for i, label in enumerate(run.predict(images), 1)]
+    with pytest.raises(cnnlab.UserError, match=r"model of your own"):
+        cnnlab.submission(run.path, tmp_path / "test.npy", tmp_path / "sub2.csv")  # the directory alone
+    assert not (tmp_path / "sub2.csv").exists()
+
+
 def test_progress_names_the_class(data, tmp_path, capsys):
     cnnlab.train(TinyNet, str(data), out=tmp_path, **{**SETTINGS, "epochs": 1, "progress": True})
     out = " ".join(capsys.readouterr().out.split())

@@ -56,6 +56,7 @@ from cnnlab.progress import ConsoleProgress
 from cnnlab.report import build_report
 from cnnlab.runs import RunDir
 from cnnlab.search import read_space_file, run_tune
+from cnnlab.submissions import predict_run
 from cnnlab.studies import require_models, run_study, study_dir
 
 
@@ -628,6 +629,18 @@ def predict(run: str | Path | Run, images, device: str = "cpu") -> np.ndarray:
     if _is_onnx_file(run):
         return _onnx_predict(Path(run), images)
     return (run if isinstance(run, Run) else load_run(run)).predict(images, device)
+
+
+def submission(run: str | Path | Run, input: str | Path, output: str | Path = "submission.csv", *,
+               columns: str | None = None, device: str = "auto", model=None) -> dict:
+    """`cnnlab predict RUN --input FILE -o OUTPUT` from Python (a Kaggle notebook): the input file or folder read
+    as the CLI reads it (ids from its id column or file names), one row per image, written atomically; `columns`
+    "ImageId,Label" for the header a competition asks for. A Run trained or loaded with a model of your own
+    brings it (or pass `model=`). Returns the rows written, the file and the counts per class."""
+    if model is None and isinstance(run, Run):
+        model = run._builder
+    return predict_run(Path(run.path if isinstance(run, Run) else run), Path(input), Path(output), device,
+                       columns=columns, model=model)
 
 
 def _onnx_predict(path: Path, images) -> np.ndarray:

@@ -27,7 +27,6 @@ from cnnlab.plots import preview_grid
 from cnnlab.report import build_report
 from cnnlab.outputs import require_free_output
 from cnnlab.runs import RunDir, write_json
-from cnnlab.submissions import predict_run
 from cnnlab.text import visible
 from cnnlab.version import __version__
 
@@ -395,7 +394,7 @@ def predict_cmd(run_dir: Path = typer.Argument(..., help="A run or ensemble dire
                                                       "Digit Recognizer: ImageId,Label).")) -> None:
     """Write a Kaggle-style submission: id and predicted label per image (ids from the input's id column or file
     names, else 1-based)."""
-    result = predict_run(run_dir, input, output, device, columns=columns)
+    result = api.submission(run_dir, input, output, columns=columns, device=device)
     console.print(f"wrote {result['rows']} predictions to {escape(result['output'])} (per class: {result['counts']})",
                   highlight=False)
 

@@ -81,7 +81,8 @@ def onnx_device(name: str) -> None:
 
 
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",
-                batch_size: int = EVAL_BATCH_SIZE, columns: str | None = None) -> dict:
+                batch_size: int = EVAL_BATCH_SIZE, columns: str | None = None, model=None) -> dict:
+    """`model`: the nn.Module or factory of a run of a model of one's own (cnnlab.submission passes a Run's)."""
     header = submission_columns(columns)
     if Path(output).suffix.lower() != ".csv":
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
@@ -97,7 +98,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         dev = resolve_device(device)
         meta = RunDir(run_dir).require_finished().read_model_meta()
         split = load_inputs(input_path, meta["input_shape"])
-        predictions = run_scores(run_dir, split.images, dev, batch_size).argmax(1)
+        predictions = run_scores(run_dir, split.images, dev, batch_size, model=model).argmax(1)
     write_submission(output, split.ids, predictions, meta["class_ids"], header)
     counts = torch.bincount(torch.from_numpy(predictions), minlength=len(meta["class_ids"])).tolist()
     return {"rows": len(predictions), "output": str(output), "counts": counts}
