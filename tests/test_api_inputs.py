@@ -259,9 +259,13 @@ def test_a_resume_takes_its_own_model_name_and_its_data_by_any_path(tmp_path, mo
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # "d.npz" no longer names it from here; "../d.npz" does
     assert cnnlab.train("cnn1", "../d.npz", resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
-    with pytest.raises(UserError, match=r"the data differs from what it was trained on"):
-        cnnlab.train("cnn1", str(other), resume=run.path, epochs=4, progress=False)
+    (tmp_path / "link.npz").symlink_to(tmp_path / "d.npz")  # the same file under another name: a link, a copy
+    assert cnnlab.train("cnn1", "../link.npz", resume=run.path, epochs=4, progress=False).metrics["epochs_done"] == 4
+    (tmp_path / "copy.npz").write_bytes((tmp_path / "d.npz").read_bytes())
+    assert cnnlab.train("cnn1", "../copy.npz", resume=run.path, epochs=5, progress=False).metrics["epochs_done"] == 5
+    with pytest.raises(UserError, match=r"the data differs from what it was trained on \(other\.npz is not d\.npz"):
+        cnnlab.train("cnn1", str(other), resume=run.path, epochs=6, progress=False)
     with pytest.raises(UserError, match=r"trained on d\.npz; pass that path \(or leave data out\), not arrays"):
-        cnnlab.train("cnn1", make_images(60, 16), resume=run.path, epochs=4, progress=False)
+        cnnlab.train("cnn1", make_images(60, 16), resume=run.path, epochs=6, progress=False)
     with pytest.raises(UserError, match=r"only epochs and device may change \(got model\)"):
-        cnnlab.train("cnn4", resume=run.path, epochs=4, progress=False)
+        cnnlab.train("cnn4", resume=run.path, epochs=6, progress=False)

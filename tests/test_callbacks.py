@@ -103,6 +103,21 @@ def test_a_resume_without_that_callback_keeps_the_new_epochs(npz, tmp_path):
     assert again.metrics["weights_epoch"] == min(again.history.itertuples(), key=lambda r: r.val_loss).epoch
 
 
+class KeepOnlyFirst(Callback):
+    """Keeps epoch 1's weights once, and nothing after: resumed with it, that best still stands."""
+
+    def on_epoch_end(self, ctx, rows):
+        if rows[0]["epoch"] == 1:
+            ctx.keep_best(0, 1, ctx.member_weights()[0])
+
+
+def test_a_resume_with_the_keeping_callback_passed_again_keeps_its_best(npz, tmp_path):
+    run = cnnlab.train(data=str(npz), epochs=2, out=tmp_path, callbacks=[KeepOnlyFirst()], checkpoint_every=1,
+                       **SMALL)
+    resumed = cnnlab.train(resume=run.path, epochs=3, progress=False, callbacks=[KeepOnlyFirst()])
+    assert resumed.metrics["weights_epoch"] == 1  # was 3: a best from the checkpoint was dropped
+
+
 @pytest.mark.parametrize("kwargs, says", [({"monitor": "val_acc"}, "monitor must be one of val_loss"),
                                           ({"patience": -1}, "patience must be a whole number")])
 def test_early_stopping_checks_its_arguments_when_made(kwargs, says):

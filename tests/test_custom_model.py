@@ -257,6 +257,11 @@ def test_a_kaggle_submission_from_python_with_a_model_of_ones_own(data, tmp_path
     with pytest.raises(cnnlab.UserError, match=r"model of your own"):
         cnnlab.submission(run.path, tmp_path / "test.npy", tmp_path / "sub2.csv")  # the directory alone
     assert not (tmp_path / "sub2.csv").exists()
+    cnnlab.submission(run.path, tmp_path / "test.npy", tmp_path / "sub3.csv", columns="ImageId,Label", model=TinyNet)
+    assert (tmp_path / "sub3.csv").read_text() == (tmp_path / "sub.csv").read_text()
+    built_in = cnnlab.train("cnn1", str(data), out=tmp_path / "b", **{**SETTINGS, "epochs": 1})
+    with pytest.raises(cnnlab.UserError):  # a model for a run of a built-in one was ignored without a word
+        cnnlab.submission(built_in.path, tmp_path / "test.npy", tmp_path / "sub4.csv", model=TinyNet)
 
 
 def test_progress_names_the_class(data, tmp_path, capsys):

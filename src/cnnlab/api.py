@@ -637,7 +637,9 @@ def submission(run: str | Path | Run, input: str | Path, output: str | Path = "s
     as the CLI reads it (ids from its id column or file names), one row per image, written atomically; `columns`
     "ImageId,Label" for the header a competition asks for. A Run trained or loaded with a model of your own
     brings it (or pass `model=`). Returns the rows written, the file and the counts per class."""
-    if model is None and isinstance(run, Run):
+    if model is not None and not isinstance(run, Run) and not _is_onnx_file(run):
+        run = load_run(run, model=model)  # its checks: a model given for a run of a built-in one is refused
+    if isinstance(run, Run):
         model = run._builder
     return predict_run(Path(run.path if isinstance(run, Run) else run), Path(input), Path(output), device,
                        columns=columns, model=model)

@@ -31,6 +31,9 @@ MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # histo
 
 class Callback:
     order = 0  # early stopping -1 (decides first), checkpoints 1 (save last)
+    # May call ctx.keep_best: a best kept before a resume counts only while such a callback is passed again
+    # (the engine's own that never keep one say False, so the CLI's resume does not restore a stale best).
+    keeps_best = True
 
     def on_train_start(self, ctx) -> None: ...
     def on_epoch_start(self, ctx, epoch: int, steps: int) -> None: ...
@@ -55,6 +58,10 @@ class EarlyStopping(Callback):
     in the checkpoint, so a resumed run continues from where it stopped."""
 
     order = -1  # what it stops and keeps is what the others report and save
+
+    @property
+    def keeps_best(self) -> bool:
+        return self.restore_best
 
     def __init__(self, patience: int = 0, monitor: str = "val_loss", restore_best: bool = True, min_delta: float = 0.0):
         if monitor not in MONITORS:  # a typo failed with a KeyError after the first epoch, leaving a broken run
@@ -107,6 +114,7 @@ class Checkpoint(Callback):
     """Write every member's resume checkpoint every `every` epochs and after the last one."""
 
     order = 1  # after every other callback changed the epoch's state
+    keeps_best = False
 
     def __init__(self, every: int = 1):
         self.every = every

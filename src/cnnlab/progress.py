@@ -31,6 +31,8 @@ def _duration(seconds: float) -> str:
 class ConsoleProgress(Callback):
     """The CLI's and the Python API's progress callback."""
 
+    keeps_best = False  # never calls ctx.keep_best (cnnlab.callbacks.Callback)
+
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console()
         self.live = (self.console.is_terminal or self.console.is_jupyter) and not quiet

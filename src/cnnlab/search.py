@@ -522,6 +522,8 @@ def _short(value) -> str:
 class Pruning(Callback):
     """Hands each epoch's metric to Optuna and stops the run, with a reason, when the trial is pruned."""
 
+    keeps_best = False  # never calls ctx.keep_best (cnnlab.callbacks.Callback)
+
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
         self.epochs_done = 0
@@ -761,6 +763,8 @@ class PruningBoard:
 
 class RemotePruning(Callback):
     """The worker side of PruningBoard: report each epoch, wait for the driver's decision, stop if pruned."""
+
+    keeps_best = False  # never calls ctx.keep_best (cnnlab.callbacks.Callback)
 
     def __init__(self, board, number: int, metric: str):
         self.board, self.number, self.metric = board, number, metric

@@ -83,6 +83,8 @@ class TensorBoard(Callback):
     """Scalars per epoch (losses, accuracies, learning rate, images/second), the config as hyperparameters
     and the confusion matrix as an image, one event folder per run directory."""
 
+    keeps_best = False  # never calls ctx.keep_best (cnnlab.callbacks.Callback)
+
     def __init__(self, log_dir: str | Path | None = None, default_dir: str | Path | None = None):
         """log_dir: the user's folder (made now); default_dir: the command's OUT/tensorboard (made with the runs),
         so a study's, ensemble's and search's runs land where `tensorboard --logdir OUT/tensorboard` looks."""
@@ -141,6 +143,8 @@ def member_configs(ctx) -> list[dict]:
 class MLflow(Callback):
     """One MLflow run per run directory (a child of `parent_run_id` when given): parameters, per-epoch
     metrics as they come, final metrics, and the run directory's files (the model included) as artifacts."""
+
+    keeps_best = False  # never calls ctx.keep_best (cnnlab.callbacks.Callback)
 
     def __init__(self, uri: str | None = None, experiment: str = "cnnlab", parent_run_id: str | None = None):
         _require("mlflow", "mlflow")

@@ -73,7 +73,14 @@ def files_fingerprint(data: str, data_dir: str | None = None) -> dict[str, dict]
 
 
 def what_changed(stored: dict[str, dict], current: dict[str, dict]) -> str | None:
-    """One phrase naming the first difference, or None when the files are the same."""
+    """One phrase naming the first difference, or None when the files are the same. A single-file dataset is
+    compared by content alone: the same file under another name (a link, a renamed copy) is the same data."""
+    if len(stored) == len(current) == 1:
+        (old_name, old), (new_name, new) = next(iter(stored.items())), next(iter(current.items()))
+        if old == new:
+            return None
+        if old_name != new_name:
+            return f"{new_name} is not {old_name}: {old['size']:,} -> {new['size']:,} bytes, another SHA-256"
     for name in sorted(set(stored) | set(current)):
         if name not in current:
             return f"{name} is gone"

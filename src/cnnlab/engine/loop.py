@@ -299,9 +299,9 @@ def finish(ctx: Context, budget: Budget | None = None) -> list[dict]:
     setup = ctx.setup
     # weights kept by the configured early stopping (restore_best), or by a callback of the caller's that keeps
     # best weights in this fit (an EarlyStopping passed by hand, config.keeps_best off: they were dropped). A best
-    # a checkpoint brought back counts only while something still watches: a resume without that callback
-    # (the CLI's) restored the old best and threw the new epochs away.
-    watched = setup.config.keeps_best or any(getattr(cb, "restore_best", False) for cb in ctx.callbacks)
+    # a checkpoint brought back counts only while a callback that may keep one is passed again: a resume without
+    # it (the CLI's) restored the old best and threw the new epochs away.
+    watched = setup.config.keeps_best or any(getattr(cb, "keeps_best", True) for cb in ctx.callbacks)
     restored = [best is not None and (watched or kept) for best, kept in zip(ctx.best_weights, ctx.kept_now)]
     if any(restored):
         member_weights = final_weights(setup)
