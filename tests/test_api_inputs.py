@@ -135,6 +135,8 @@ def test_predict_takes_an_exported_onnx_file(run, images, onnx_file):
     assert cnnlab.predict(onnx_file, x[0]).shape == (1,)
     with pytest.raises(UserError, match=re.escape("one image? pass images[None]")):
         cnnlab.predict(onnx_file, np.zeros((28, 28), np.uint8) + 9)
+    with pytest.raises(UserError, match="an exported ONNX model, which needs none"):  # model= was ignored
+        cnnlab.submission(onnx_file, "test.csv", "sub.csv", model=torch.nn.Linear)
     with pytest.raises(UserError, match="must be uint8"):  # not numpy's TypeError on a bfloat16 tensor
         cnnlab.export(run, run.path.parent / "checked.onnx", check_images=torch.tensor(x[:4]).bfloat16())
 

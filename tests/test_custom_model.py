@@ -259,6 +259,9 @@ def test_a_kaggle_submission_from_python_with_a_model_of_ones_own(data, tmp_path
     assert not (tmp_path / "sub2.csv").exists()
     cnnlab.submission(run.path, tmp_path / "test.npy", tmp_path / "sub3.csv", columns="ImageId,Label", model=TinyNet)
     assert (tmp_path / "sub3.csv").read_text() == (tmp_path / "sub.csv").read_text()
+    loaded = cnnlab.Run(run.path)  # a Run without its model, the model given beside it (it was dropped)
+    cnnlab.submission(loaded, tmp_path / "test.npy", tmp_path / "sub5.csv", columns="ImageId,Label", model=TinyNet)
+    assert (tmp_path / "sub5.csv").read_text() == (tmp_path / "sub.csv").read_text()
     built_in = cnnlab.train("cnn1", str(data), out=tmp_path / "b", **{**SETTINGS, "epochs": 1})
     with pytest.raises(cnnlab.UserError):  # a model for a run of a built-in one was ignored without a word
         cnnlab.submission(built_in.path, tmp_path / "test.npy", tmp_path / "sub4.csv", model=TinyNet)

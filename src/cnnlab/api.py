@@ -637,12 +637,14 @@ def submission(run: str | Path | Run, input: str | Path, output: str | Path = "s
     as the CLI reads it (ids from its id column or file names), one row per image, written atomically; `columns`
     "ImageId,Label" for the header a competition asks for. A Run trained or loaded with a model of your own
     brings it (or pass `model=`). Returns the rows written, the file and the counts per class."""
-    if model is not None and not isinstance(run, Run) and not _is_onnx_file(run):
-        run = load_run(run, model=model)  # its checks: a model given for a run of a built-in one is refused
-    if isinstance(run, Run):
+    path = Path(run.path if isinstance(run, Run) else run)
+    if model is None and isinstance(run, Run):
         model = run._builder
-    return predict_run(Path(run.path if isinstance(run, Run) else run), Path(input), Path(output), device,
-                       columns=columns, model=model)
+    if model is not None:
+        if _is_onnx_file(path):
+            raise UserError(f"model: {path} is an exported ONNX model, which needs none; leave model= out")
+        load_run(path, model=model)  # its checks: a model given for a run of a built-in one is refused
+    return predict_run(path, Path(input), Path(output), device, columns=columns, model=model)
 
 
 def _onnx_predict(path: Path, images) -> np.ndarray:

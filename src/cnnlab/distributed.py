@@ -13,7 +13,7 @@ rerunning a killed driver continues from the runs already written.
     ray_cluster("IP:6379")  join a cluster by its address
 
 An address to join is checked first (it is found, its port answers within CONNECT_SECONDS, and what answers speaks
-gRPC as Ray's servers do): otherwise one line at once, not Ray's minutes (or, for another server, 20 s) of retries.
+gRPC as Ray's servers do): otherwise one line at once, not Ray's minutes of retries (about 5 for another server).
 """
 
 from __future__ import annotations

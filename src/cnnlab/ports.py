@@ -19,7 +19,7 @@ def port_answers(host: str, port: int, timeout: float) -> str | None:
 def speaks_grpc(host: str, port: int, timeout: float) -> bool:
     """Whether a gRPC (HTTP/2) server answers at host:port within `timeout` seconds: a plain channel becomes
     ready only after the server's HTTP/2 handshake. Another server on that port (a web server, a database)
-    left Ray retrying for about 20 s; this tells within `timeout` (measured: a silent socket, an HTTP/1.1
+    left Ray retrying for about 5 minutes; this tells within `timeout` (measured: a silent socket, an HTTP/1.1
     server and one that sends a banner each 2.0 s at a 2 s timeout, a Ray head 0.24 s; 2-core Zen 5 EPYC)."""
     import grpc  # installed with Ray, the only caller
 

@@ -190,10 +190,10 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         for run_dir, cfg in zip(run_dirs, setup.member_configs):
             run_dir.write_start(cfg.to_dict(), env)
 
-    def status(value: str, saved: bool = False, recorded: bool = False, **extra) -> None:
-        for run_dir, state in zip(run_dirs, setup.states):  # saved: count the epochs the checkpoint holds;
-            # recorded: what a resume continues from (Ctrl-C inside an epoch's callbacks: that epoch may not be)
-            done = (run_dir.checkpoint_epoch() or 0) if saved else recorded_epochs(run_dir) if recorded else state.epoch
+    def status(value: str, recorded: bool = False, **extra) -> None:
+        for run_dir, state in zip(run_dirs, setup.states):  # recorded: the epochs on disk, what a resume continues
+            # from (Ctrl-C inside an epoch's callbacks, or a full disk: the last epoch may not be saved)
+            done = recorded_epochs(run_dir) if recorded else state.epoch
             run_dir.write_status(value, epochs_done=done, precision=setup.precision,
                                  warmup_seconds=ctx.warmup_seconds, **extra)
 
@@ -215,7 +215,7 @@ def fit_setup(setup: Setup, run_dirs: list[RunDir], callbacks: list, resume: boo
         raise UserError(f"{run_dirs[0]}: {exc}") from None
     except UserError as exc:  # e.g. the disk filled up writing a checkpoint or the final files: what is on disk counts
         with contextlib.suppress(UserError):
-            status(runs.FAILED, saved=True, reason=str(exc))
+            status(runs.FAILED, recorded=True, reason=str(exc))
         raise
     for cb in callbacks:
         cb.on_train_end(ctx, results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import weakref
 
 import torch
 from torch import nn
@@ -101,16 +102,16 @@ def build_custom(builder, *, num_classes: int, in_chans: int, image_size: int | 
     return net
 
 
-_WARNED: set[int] = set()  # builders warned about already (by id): once, not once per ensemble member
+_WARNED: weakref.WeakSet = weakref.WeakSet()  # instances warned about: once, not once per ensemble member
 
 
 def _warn_kept(builder: nn.Module, kept: list[str]) -> None:
     """Parameters of layers without reset_parameters keep the values the instance was built with, whatever the
     seed: two runs of one seed could differ (the instance built under another torch seed), and every ensemble
     member started from the same values. Said once per instance."""
-    if id(builder) in _WARNED:
+    if builder in _WARNED:
         return
-    _WARNED.add(id(builder))
+    _WARNED.add(builder)
     names = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
     notice(f"model {class_path(type(builder))}: {names} keep the values the instance was built with (their layers "
            f"have no reset_parameters), so the seed does not set them; pass the class or a factory instead of an "
