@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import cnnlab
 from cnnlab import budget as budgets
+from cnnlab import errors
 from cnnlab.budget import (HIGH, LOW, Budget, choose_epochs, overruns, parse_budget_width, parse_duration,
                            predicted_seconds)
 from cnnlab.callbacks import LambdaCallback
@@ -167,7 +168,7 @@ def test_a_budget_that_cannot_hold_one_epoch_is_refused_naming_what_would():
         budgets.require_one_epoch(Budget(3), 2, 24, 1.5, "cnn4 (48,000 images)")
     message = str(info.value)
     assert "\n" not in message and message.startswith("time budget 3.0 s cannot hold one epoch of cnn4 (48,000 images)")
-    assert "an epoch about 24.0 s" in message and "give --time-budget 30s or more," in message
+    assert "an epoch about 24.0 s" in message and "give time_budget='30s' or more," in message
 
 
 def test_a_share_too_small_for_one_epoch_names_the_whole_commands_budget(clock):
@@ -179,13 +180,13 @@ def test_a_share_too_small_for_one_epoch_names_the_whole_commands_budget(clock):
     with pytest.raises(budgets.TooSmall) as info:
         budgets.require_one_epoch(share, 2, 30, 0, "cnn1")
     assert str(info.value).startswith("this run's share of the command's budget, 20.0 s, cannot hold one epoch")
-    assert "give --time-budget 2m30s or more for the whole command" in str(info.value)
+    assert "give time_budget='2m30s' or more for the whole command" in str(info.value)
     assert budgets.suggest_duration(301) == "5m30s" and budgets.suggest_duration(180) == "3m" and budgets.suggest_duration(44.2) == "45s"
 
 
 def test_a_run_whose_budget_cannot_hold_one_epoch_trains_nothing_and_leaves_nothing(data, tmp_path, clock, speed):
     speed(30.0, final_seconds=1.0)
-    with pytest.raises(budgets.TooSmall, match="give --time-budget 35s or more"):
+    with pytest.raises(budgets.TooSmall, match="give time_budget='35s' or more"):
         cnnlab.train(data=str(data), time_budget=20, out=tmp_path / "runs", progress=False, **dict(BASE, epochs=3))
     assert not (tmp_path / "runs").exists()  # no run directory, nor the folder made for it
 
@@ -327,7 +328,7 @@ def test_a_study_starts_no_run_once_a_share_cannot_hold_one_epoch(data, tmp_path
     assert [run.dir.status() for run in result["runs"]] == ["finished", "fresh", "fresh", "fresh"]
     (refused,) = [line for line in said if "cannot hold one epoch of cnn1" in line]
     assert refused.startswith("[2/4] cnn1-seed4: not started: this run's share of the command's budget, 3.3 s,")
-    assert "give --time-budget 60s or more for the whole command" in refused  # 30 s spent + 3 runs x 10 s
+    assert "give time_budget='60s' or more for the whole command" in refused  # 30 s spent + 3 runs x 10 s
     assert sum("not started, the budget's share cannot hold one epoch" in line for line in said) == 2, said
     assert result["report"].is_file()  # of the run that finished
     again = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=said.append,
@@ -454,9 +455,9 @@ def test_ray_with_a_study_or_ensemble_budget_is_refused_in_one_line(data, tmp_pa
     from cnnlab.studies import run_study
 
     config = build_config({**BASE, "data": str(data), "time_budget": 60})
-    with pytest.raises(UserError, match=r"^time_budget: a study's budget .* not available with --ray"):
+    with pytest.raises(UserError, match=r"^time_budget: a study's budget .* not available with ray=True"):
         run_study(config, ["cnn1"], 1, tmp_path / "s", ray=True, budget=Budget(60))
-    with pytest.raises(UserError, match=r"^time_budget: an ensemble's budget .* not available with --ray"):
+    with pytest.raises(UserError, match=r"^time_budget: an ensemble's budget .* not available with ray=True"):
         train_ensemble(config, tmp_path / "e", 2, 0.0, ray=True, budget=Budget(60))
 
 
@@ -551,7 +552,7 @@ def test_budget_width_on_the_command_line():
     assert parse_budget_width("48:16") == [[48, 16]] and parse_budget_width(" 10:12, 48:16 ") == [[10, 12], [48, 16]]
     assert parse_budget_width("off") == parse_budget_width("0") == []
     for bad in ("48x16", "48:", "16", "48:16,", "-1:4", "1.5:4"):
-        with pytest.raises(UserError, match="--budget-width: must be EPOCHS:WIDTH pairs"):
+        with pytest.raises(UserError, match="--budget-width: must be EPOCHS:WIDTH pairs"), errors.command_line():
             parse_budget_width(bad)
 
 

@@ -145,7 +145,7 @@ def test_the_store_check(server, tmp_path):
     check_store(server(401, b"login"))  # credentials are MLflow's business
     with pytest.raises(UserError, match="does not answer as an MLflow tracking server"):
         check_store(server(404, b"<html>nginx</html>"))
-    with pytest.raises(UserError, match=r"--mlflow-uri http://u:\*\*\*@127\.0\.0\.1:\d+: no MLflow server answers"):
+    with pytest.raises(UserError, match=r"mlflow='http://u:\*\*\*@127\.0\.0\.1:\d+': no MLflow server answers"):
         check_store(f"http://u:{SECRET}@127.0.0.1:{closed_port()}")
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))

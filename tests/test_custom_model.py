@@ -284,7 +284,7 @@ def test_a_resume_keeps_its_model_and_never_shortens_the_run(data, tmp_path):
     moved = type("TinyNet", (TinyNet,), {"__module__": "trainer"})  # the class imported from elsewhere
     assert cnnlab.train(moved, resume=run.path, epochs=3, progress=False).metrics["epochs_done"] == 3
     before = {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()}
-    with pytest.raises(cnnlab.UserError, match=r"already trained 3 epoch\(s\); --epochs 1 cannot shorten it"):
+    with pytest.raises(cnnlab.UserError, match=r"already trained 3 epoch\(s\); epochs=1 cannot shorten it"):
         cnnlab.train(TinyNet, resume=run.path, epochs=1, progress=False)  # did nothing, exit 0, config.json said 1
     assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == before
 

@@ -573,4 +573,4 @@ def test_numbered_labels_with_a_gap_say_how_to_number_them(tmp_path):
     # labels 7..9 only: was "class '0' has no training images", without the hint the other gap cases give
     np.savez(tmp_path / "d.npz", images=X, labels=Y + 7)
     refused(tmp_path / "d.npz", "class '0' has no training images (labels 0, 1, 2, 3, 4, ... never occur); number the "
-                                "classes 0..K-1 without gaps, or choose some with --classes")
+                                "classes 0..K-1 without gaps, or choose some with classes")

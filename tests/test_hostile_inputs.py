@@ -317,7 +317,7 @@ def test_resume_without_the_checkpoint_refuses_and_keeps_the_history(npz, tmp_pa
     assert (run / "history.csv").read_text() == history and RunDir(run).status() == "interrupted"
     finished = cnnlab.train(data=str(npz), out=tmp_path / "done", **FAST).path  # finished, then its checkpoint deleted
     (finished / "checkpoint.safetensors").unlink()
-    with pytest.raises(UserError, match="restore that file, or train a new run without --resume"):
+    with pytest.raises(UserError, match="restore that file, or train a new run without resume "):
         cnnlab.train(resume=finished, epochs=2, progress=False)
     assert RunDir(finished).status() == "finished" and (finished / "model.safetensors").is_file()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cnnlab
-from cnnlab import ensembles, evaluation, groups, outputs, runs, search, studies, submissions
+from cnnlab import ensembles, errors, evaluation, groups, outputs, runs, search, studies, submissions
 from cnnlab.errors import UserError
 from cnnlab.outputs import require_free_output
 
@@ -64,7 +64,7 @@ def test_predict_onto_its_input_is_refused_and_the_input_kept(cli, run, test_csv
     if spelling == "hardlink":
         os.link(test_csv, out)
     code, _, err = cli("predict", run.path, "--input", test_csv, "-o", out, "--device", "cpu")
-    refused(code, err, f"-o {out}", "is the input", "give another file name")
+    refused(code, err, f"--output {out}", "is the input", "give another file name")
     assert test_csv.read_bytes() == before
 
 
@@ -102,15 +102,16 @@ def test_a_submission_beside_the_run_or_in_the_image_folder_is_written(cli, run,
 
 
 def test_evaluate_json_onto_the_runs_metrics_is_refused(run):
-    with pytest.raises(UserError, match=r"^--json .*metrics.json: metrics.json is a file cnnlab keeps in a run"):
-        require_free_output(run.path / runs.METRICS, inputs=[run.path], what="--json")
-    assert require_free_output(run.path / "test-metrics.json", inputs=[run.path], what="--json")
+    with pytest.raises(UserError, match=r"^--json .*metrics.json: metrics.json is a file cnnlab keeps in a run"), \
+            errors.command_line():
+        require_free_output(run.path / runs.METRICS, inputs=[run.path], what="json")
+    assert require_free_output(run.path / "test-metrics.json", inputs=[run.path], what="json")
 
 
 def test_a_link_to_a_runs_file_is_refused(run, tmp_path):
     (tmp_path / "latest.json").symlink_to(run.path / runs.METRICS)
     with pytest.raises(UserError, match="metrics.json is a file cnnlab keeps in a run"):
-        require_free_output(tmp_path / "latest.json", what="--json")
+        require_free_output(tmp_path / "latest.json", what="json")
 
 
 def test_the_evaluate_command_refuses_before_evaluating(cli, run, monkeypatch):
@@ -195,7 +196,7 @@ def test_onnx_predict_checks_the_device_as_a_run_does(cli, onnx_model, test_csv,
 
 def test_onnx_cuda_is_refused_where_there_is_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(UserError, match="^device cuda: .*ONNX Runtime's CPU provider.*use --device cpu or auto"):
+    with pytest.raises(UserError, match="^device cuda: .*ONNX Runtime's CPU provider.*use device='cpu' or auto"):
         submissions.onnx_device("cuda")
     submissions.onnx_device("auto")  # auto: the CPU provider, no refusal
     submissions.onnx_device("cpu")

@@ -116,7 +116,7 @@ def test_auto_without_a_cluster_fails_at_once(monkeypatch):
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset())  # none running here (other
     monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)  # sessions' may be) or recorded
     started = time.monotonic()
-    with pytest.raises(UserError, match="auto found no running cluster") as info:
+    with pytest.raises(UserError, match="ray_address='auto' found no running cluster") as info:
         with ray_cluster("auto"):
             pass
     assert time.monotonic() - started < HANG_BOUND and "\n" not in str(info.value) and START_HEAD in str(info.value)

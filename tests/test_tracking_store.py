@@ -80,7 +80,7 @@ def refused(uri: str, *expected: str) -> str:
 
 
 def test_a_postgresql_uri_without_a_host_is_checked_at_its_socket(sockets, monkeypatch):
-    refused(f"postgresql:///db?user=u&password={SECRET}", "--mlflow-uri postgresql:///db?user=u&password=***",
+    refused(f"postgresql:///db?user=u&password={SECRET}", "mlflow='postgresql:///db?user=u&password=***'",
             "names no database host", "/nonexistent-cnnlab-a/.s.PGSQL.5432: no such socket",
             "give its host (postgresql://USER:PASSWORD@HOST/DB) or its socket (?host=/path/to/socket/folder)")
     refused(f"postgresql://user:{SECRET}@/db?host=/nonexistent", "postgresql://user:***@/db?host=/nonexistent",
@@ -118,8 +118,8 @@ def test_a_lone_token_as_the_user_info_is_masked_in_the_store_check():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused(f"https://{SECRET}@127.0.0.1:{port}/", f"--mlflow-uri https://***@127.0.0.1:{port}/: no MLflow server")
-    refused(f"postgresql://{SECRET}@127.0.0.1:{port}/db", f"--mlflow-uri postgresql://***@127.0.0.1:{port}/db: the "
+    refused(f"https://{SECRET}@127.0.0.1:{port}/", f"mlflow='https://***@127.0.0.1:{port}/': no MLflow server")
+    refused(f"postgresql://{SECRET}@127.0.0.1:{port}/db", f"mlflow='postgresql://***@127.0.0.1:{port}/db': the "
             "database does not answer")
 
 

@@ -79,7 +79,7 @@ def test_workers_of_one_database_study_are_held_to_its_options(data, tmp_path):
     other = build_config({**config.to_dict(), "epochs": 2})
     with pytest.raises(UserError, match=r"study cnnlab-cnn1 in sqlite:///.*: holds a search with other training "
                                         r"options \(epochs 1 in the study, 2 now\); use another output folder "
-                                        r"\(--out and --study-name\)"):
+                                        r"\(out and study_name\)"):
         search.run_tune(other, tmp_path / "b", 2, storage=url, space=space, say=lambda s: None)
     assert not (tmp_path / "b").exists()
 

@@ -42,7 +42,7 @@ from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, require_builder, train_ensemble
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.evaluation import evaluate_run, plot_run
 from cnnlab.inference import Predictor
 from cnnlab.lr_find import LRFind
@@ -487,14 +487,14 @@ def lr_find(model=DEFAULT, data=None, *, config=None, params=None, plot: str | P
     if not math.isfinite(end_lr):  # inf passed 0 < start_lr < end_lr and suggested start_lr after 2 steps
         raise UserError(f"lr_find: end_lr must be a finite rate (e.g. 10), got {end_lr:g}")
     if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):  # refused by matplotlib after the sweep
-        raise UserError(f"--plot {plot}: give a picture's name ending in .png, .pdf, .svg or .jpg")
+        raise UserError(f"{option('plot', plot)}: give a picture's name ending in .png, .pdf, .svg or .jpg")
     if not (0 < start_lr < end_lr) or not 2 <= steps <= MAX_LR_FIND_STEPS:
         raise UserError(f"lr_find: needs 0 < start_lr < end_lr and steps from 2 to {MAX_LR_FIND_STEPS:,}, got "
                         f"{start_lr:g}, {end_lr:g}, {shorten(str(steps))}")
     builder, model = custom_model(model)
     cfg, dataset = make_config(model, data, config, params, **options)
     if plot is not None:
-        require_free_output(plot, inputs=[cfg.data], what="--plot")  # not among the images it trains on
+        require_free_output(plot, inputs=[cfg.data], what="plot")  # not among the images it trains on
     setup = prepare(cfg, preflight(cfg, dataset), builder=builder)
     result = lr_sweep(setup, start_lr, end_lr, steps)
     result.model, result.custom = (model_name(builder), True) if builder is not None else (cfg.model, False)
@@ -708,7 +708,8 @@ def study_models(models) -> tuple[list[str], dict]:
             raise UserError(f"models: {name} is named twice (a model of your own is named by its class or factory); "
                             "give each model its own name, e.g. a subclass or a factory function")
         if name in names:  # cnn1,cnn1 trained its runs once and listed them twice
-            raise UserError(f"models: {name} is named twice; name each model once (--repeats sets the runs per model)")
+            raise UserError(f"models: {name} is named twice; name each model once ({option('repeats')} sets the runs "
+                            "per model)")
         names.append(name)
         if is_custom(entry):
             builders[name] = entry

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.text import visible
 
 LOW, HIGH = 0.8, 1.1  # a budgeted run aims to end within [80%, 110%] of its share, and below 100% if it can
@@ -75,7 +75,7 @@ def parse_budget_width(text: str) -> list[list[int]]:
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d{1,9})\s*:\s*(\d{1,9})\s*", part)
         if match is None:
-            raise UserError(f"--budget-width: must be EPOCHS:WIDTH pairs separated by commas, e.g. 48:16 (width 16 "
+            raise UserError(f"{option('budget_width')}: must be EPOCHS:WIDTH pairs separated by commas, e.g. 48:16 (width 16 "
                             f"where the budget holds 48 epochs or more), or off; got '{visible(text[:80])}'")
         pairs.append([int(match[1]), int(match[2])])
     return pairs
@@ -197,8 +197,9 @@ def require_one_epoch(budget: Budget, spent: float, epoch_seconds: float, final_
     need = suggest_duration(budget.needed_for(one))
     raise TooSmall(f"{scope} cannot hold one epoch of {what} on this machine: set-up took {format_seconds(spent)}, an "
                    f"epoch about {format_seconds(epoch_seconds)}, the final evaluation {format_seconds(final_seconds)}; "
-                   f"give --time-budget {need} or more{' for the whole command' if shared else ''}, "
-                   "or fewer training images (--train-images), or --time-budget 0 with --epochs N")
+                   f"give {option('time_budget', need)} or more{' for the whole command' if shared else ''}, "
+                   f"or fewer training images ({option('train_images')}), or {option('time_budget', 0)} with "
+                   f"{option('epochs', metavar='N')}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from cnnlab.budget import parse_budget_width
 from cnnlab.config import MAX_SEED
 from cnnlab.data import BUILTIN, NoLabels, load_dataset, load_unlabeled, pixel_stats, train_val_split
 from cnnlab.data.image_folders import image_folder_notes
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, command_line
 from cnnlab.models import (REPORT_STUDY_MODELS, count_parameters, create_architecture, keras_shape, list_models,
                            model_info, summarize)
 from cnnlab.plots import preview_grid
@@ -100,7 +100,7 @@ def data_preview(dataset: str = DatasetArg,
     """Write a PNG grid with a row of examples per class."""
     if output.suffix.lower() != ".png":
         raise UserError(f"-o {output}: the preview is a PNG; give a file name ending in .png")
-    require_free_output(output, inputs=[dataset], what="-o")  # not into the dataset's image folders
+    require_free_output(output, inputs=[dataset], what="output")  # not into the dataset's image folders
     ds = load_dataset(dataset, data_dir=data_dir, classes=classes, keep_rgb=keep_rgb)
     path = preview_grid(ds.train.images.numpy(), ds.train.labels.numpy(), ds.class_names, output, per_class, seed)
     console.print(f"wrote {escape(str(path))}", highlight=False)
@@ -357,7 +357,7 @@ def evaluate_cmd(run_dir: Path = typer.Argument(..., help="A run directory writt
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here.")) -> None:
     """Accuracy, per-class precision/recall/F1 (scikit-learn) and the confusion matrix."""
     if json_out:
-        require_free_output(json_out, inputs=[run_dir], what="--json")  # not the run's own metrics.json
+        require_free_output(json_out, inputs=[run_dir], what="json")  # not the run's own metrics.json
     m = api.evaluate(run_dir, split)
     console.print(f"[bold]{split}[/bold] accuracy {m['accuracy']:.4f}  loss {m.get('loss', float('nan')):.4f}  "
                   f"macro F1 {m['macro_f1']:.4f}")
@@ -635,7 +635,8 @@ def main() -> None:
 def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        result = app(standalone_mode=False)
+        with command_line():  # messages name --flags, not the API's keywords
+            result = app(standalone_mode=False)
     except UserError as exc:
         print(f"cnnlab: error: {visible(exc)}", file=sys.stderr)
         sys.exit(2)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.budget import parse_duration
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.models import model_info
 from cnnlab.models.custom import CUSTOM_MODEL
 from cnnlab.runs import read_json
@@ -148,7 +148,8 @@ class TrainConfig:
             raise UserError(f"budget_width: needs a model with a width option set in model_params (e.g. resnet9, "
                             f"model_params = {{width = 8}}); model {self.model} has {shorten(repr(self.model_params))}")
         if self.tta_translate and not self.tta:
-            raise UserError("tta_translate: adds shifted views to flip TTA; set tta = true too (--tta --tta-translate)")
+            raise UserError(f"tta_translate: adds shifted views to flip TTA; set tta = true too ({option('tta', True)} with "
+                            f"{option('tta_translate', True)})")
         if self.crop_padding > 16:
             raise UserError(f"crop_padding: must be at most 16 pixels, got {self.crop_padding}")
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from cnnlab.config import build_config
 from cnnlab.engine import fit
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.fused import train_members_fused
 from cnnlab.models.custom import model_name
 from cnnlab.ports import port_answers, speaks_grpc
@@ -50,8 +50,11 @@ CONNECT_SECONDS = 2.0  # a cluster's address that does not answer within this fa
 # address and its servers listen on every interface, unless the single-machine switch below is off.
 START_HEAD = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address=127.0.0.1 "
               "--include-dashboard=false")
-START_HINT = (f"start one on this machine with '{START_HEAD}' and pass --ray-address auto, "
-              "or leave out --ray-address for a private local cluster")
+
+
+def start_hint() -> str:
+    return (f"start one on this machine with '{START_HEAD}' and pass {option('ray_address', 'auto')}, or leave "
+            f"out {option('ray_address')} for a private local cluster")
 
 
 @contextlib.contextmanager
@@ -75,7 +78,7 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
     except (ConnectionError, RuntimeError, ValueError) as exc:
         target = "a local cluster" if address is None else f"the cluster at {mask_url(address)}"
         reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, *([address] if address else []))
-        raise UserError(f"ray: cannot start or join {target} ({reason}); {START_HINT}") from None
+        raise UserError(f"ray: cannot start or join {target} ({reason}); {start_hint()}") from None
     try:
         yield ray
     finally:
@@ -107,7 +110,7 @@ def require_answering(address: str) -> None:
     host, port = split_address(address)
     if "://" in address:  # Ray Client: dialled as given
         if not answers(host, port):
-            raise UserError(f"ray: nothing answers at {shown} ({host}:{port}); check the address, or {START_HINT}")
+            raise UserError(f"ray: nothing answers at {shown} ({host}:{port}); check the address, or {start_hint()}")
         require_ray_server(host, port, shown)
         return
     dialled = ray_dials(host)
@@ -121,7 +124,7 @@ def require_answering(address: str) -> None:
         require_ray_server(host, port, shown)
         return
     where = f"{shown} ({mask_url(address)})" if shown != mask_url(address) else shown
-    raise UserError(f"ray: nothing answers at {where}; check the address and that its cluster runs, or {START_HINT}")
+    raise UserError(f"ray: nothing answers at {where}; check the address and that its cluster runs, or {start_hint()}")
 
 
 def require_ray_server(host: str, port: int, shown: str) -> None:
@@ -131,7 +134,7 @@ def require_ray_server(host: str, port: int, shown: str) -> None:
         return
     if not speaks_grpc(host, port, CONNECT_SECONDS):
         raise UserError(f"ray: {shown} answers, but not as a Ray cluster (no gRPC server at {host}:{port}); check "
-                        f"the port (a head's default is 6379), or {START_HINT}")
+                        f"the port (a head's default is 6379), or {start_hint()}")
 
 
 def auto_address() -> str:
@@ -147,8 +150,8 @@ def auto_address() -> str:
     try:
         return get_ray_address_from_environment("auto", None)
     except ConnectionError:
-        raise UserError(f"ray: --ray-address auto found no running cluster on this machine (none recorded by "
-                        f"`ray start`, no RAY_ADDRESS); {START_HINT}") from None
+        raise UserError(f"ray: {option('ray_address', 'auto')} found no running cluster on this machine (none recorded by "
+                        f"`ray start`, no RAY_ADDRESS); {start_hint()}") from None
 
 
 def ray_dials(host: str) -> str:

@@ -31,7 +31,7 @@ from cnnlab.data.prepared import preflight
 from cnnlab.device import resolve_device
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
 from cnnlab.engine import config_for_resume, fit
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.fused import can_fuse_config, train_members_fused
 from cnnlab.groups import GroupDir
 from cnnlab.metrics import classification_metrics
@@ -207,8 +207,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
     require_validation(config, "an ensemble", "an ensemble keeps members by their validation accuracy")
     budget = budget or Budget.starting(config.time_budget)
     if budget is not None and ray:
-        raise UserError("time_budget: an ensemble's budget is divided among members trained one group after "
-                        "another; not available with --ray (give --epochs instead)")
+        raise UserError(f"{option('time_budget')}: an ensemble's budget is divided among members trained one group "
+                        f"after another; not available with {option('ray', True)} (give {option('epochs')} instead)")
     directory = Path(directory)
     max_attempts = max_attempts or members * 3
     group, text = training_path(config, fuse)

@@ -12,7 +12,7 @@ from pathlib import Path
 from cnnlab.data import BUILTIN
 from cnnlab.data.idx import idx_file
 from cnnlab.data.image_folders import IMAGE_SUFFIXES
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.runs import CHECKPOINT, CONFIG, ENV, HISTORY, LOGITS, METRICS, MODEL, OWNER_LOCK, SAMPLES, WEIGHTS
 
 # The names cnnlab gives files in the folders it manages: a run, an ensemble (with groups.py's files), a study, a
@@ -55,9 +55,10 @@ def require_free_output(path: str | Path, inputs=(), what: str = "output") -> Pa
       folder reads none; a built-in dataset's name is no folder);
     - not one of cnnlab's own names (OWN_NAMES: config.json, metrics.json, history.csv, ...) in a folder cnnlab
       manages (managed_folder), neither where it is written nor where a link there points.
-    `what` names the option in the message ("-o", "--json"). Returns the path."""
+    `what` names the option in the message ("output": '--output' or 'output=' as the user gave it). Returns the
+    path."""
     path = Path(path)
-    shown = f"{what} {path}" if what else str(path)
+    shown = option(what, path) if what else str(path)
     if path.is_dir():
         raise UserError(f"{shown}: is a folder; give a file name")
     real = Path(os.path.realpath(path))

@@ -42,7 +42,7 @@ from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, on_command_line, option
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -452,9 +452,9 @@ class RunDir:
                 raise UserError(f"{self.path}: a study folder, not one run; give one of its runs "
                                 f"({self.path / 'runs'}/NAME-seedS)")
             if not self.file(CONFIG).is_file():
-                raise UserError(f"{self.path}: not a cnnlab run directory (no {CONFIG}); train one with 'cnnlab train'")
+                raise UserError(f"{self.path}: not a cnnlab run directory (no {CONFIG}); train one with {_train()}")
             raise UserError(f"{self.path}: not a finished cnnlab run directory (no {MODEL}; status: {self.status()}); "
-                            "train one with 'cnnlab train' or resume it with 'cnnlab train --resume'")
+                            f"train one with {_train()} or resume it with {_train()} and {option('resume')}")
         return self
 
     def clear(self) -> None:
@@ -587,11 +587,16 @@ class RunDir:
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
         path = self.file(CHECKPOINT)
-        fix = "restore it from a copy, or train a new run without --resume (this one is left as it is)"
+        fix = f"restore it from a copy, or train a new run without {option('resume')} (this one is left as it is)"
         return load_tensors(path, fix), tensor_metadata(path)
 
 
 LOGITS_FIX = "restore it from a copy or train the run again (an ensemble: run 'cnnlab ensemble combine DIR' again)"
+
+
+def _train() -> str:
+    """How the user trains a run, in the words of the surface they use."""
+    return "'cnnlab train'" if on_command_line() else "cnnlab.train(...)"
 
 
 def _checked(data: dict, path: Path, keys: dict[str, type]) -> dict:

@@ -36,7 +36,7 @@ from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import TASK_RETRIES, cluster_has_gpus, cpu_slots, dispatch, put_dataset, ray_cluster
 from cnnlab.engine import fit
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.groups import directory_lock
 from cnnlab.models import create_architecture, model_info
 from cnnlab.models.custom import CUSTOM_MODEL
@@ -61,48 +61,49 @@ def read_space_file(path: Path, model: str) -> dict:
     """TOML or JSON: [space] entries override the default's, `exclude` drops names, `replace = true` starts empty."""
     path = Path(path)
     kind = "JSON" if path.suffix == ".json" else "TOML"
+    named = option("space", path)
     if path.suffix.lower() in (".yaml", ".yml"):  # read as TOML it failed with a parse error that named no cause
-        raise UserError(f"--space {path}: a YAML file; --space reads TOML (.toml) or JSON (.json): write the same "
+        raise UserError(f"{named}: a YAML file; {option('space')} reads TOML (.toml) or JSON (.json): write the same "
                         "[space] table in one of those")
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
-        raise UserError(f"--space {path}: no such file") from None
+        raise UserError(f"{named}: no such file") from None
     except UnicodeDecodeError:
-        raise UserError(f"--space {path}: not a text file (not UTF-8); give a TOML or JSON search space") from None
+        raise UserError(f"{named}: not a text file (not UTF-8); give a TOML or JSON search space") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"--space {path}: cannot parse as {kind} ({exc}); --space reads TOML, or JSON from a .json "
+        raise UserError(f"{named}: cannot parse as {kind} ({exc}); {option('space')} reads TOML, or JSON from a .json "
                         "file") from None
     except RecursionError:
-        raise UserError(f"--space {path}: nested too deeply to read; give a {kind} search space") from None
+        raise UserError(f"{named}: nested too deeply to read; give a {kind} search space") from None
     except OSError as exc:
         raise runs.os_error(path, exc) from None
     if not isinstance(data, dict):
-        raise UserError(f"--space {path}: expected a {'JSON object' if kind == 'JSON' else 'TOML table'} with "
+        raise UserError(f"{named}: expected a {'JSON object' if kind == 'JSON' else 'TOML table'} with "
                         f"space, exclude or replace, found {type(data).__name__}")
     unknown = set(data) - {"space", "exclude", "replace"}
     if unknown:
-        raise UserError(f"--space {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+        raise UserError(f"{named}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                         "use space, exclude, replace")
     if not isinstance(data.get("space", {}), dict):
-        raise UserError(f"--space {path}: space must be a table of parameters, got {data['space']!r}")
+        raise UserError(f"{named}: space must be a table of parameters, got {data['space']!r}")
     exclude = data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(name, str) for name in exclude):
-        raise UserError(f"--space {path}: exclude must be a list of parameter names, got {exclude!r}")
+        raise UserError(f"{named}: exclude must be a list of parameter names, got {exclude!r}")
     if not isinstance(data.get("replace", False), bool):
-        raise UserError(f"--space {path}: replace must be true or false, got {data['replace']!r}")
+        raise UserError(f"{named}: replace must be true or false, got {data['replace']!r}")
     space = {} if data.get("replace") else default_space(model)
     space.update(data.get("space", {}))
     stray = [name for name in exclude if name not in space]
     if stray:  # a typo would silently keep the parameter it meant to drop
-        raise UserError(f"--space {path}: exclude names {', '.join(map(repr, stray))}, not in the search space "
+        raise UserError(f"{named}: exclude names {', '.join(map(repr, stray))}, not in the search space "
                         f"({', '.join(space) or 'empty'}); fix the name or remove it")
     for name in exclude:
         space.pop(name, None)
     if not space:
         how = " and ".join(w for w, used in (("replace = true", data.get("replace")), ("exclude", exclude)) if used)
-        raise UserError(f"--space {path}: the search space is empty after {how or 'reading it'}; keep at least one "
+        raise UserError(f"{named}: the search space is empty after {how or 'reading it'}; keep at least one "
                         f"parameter (the default space of {model}: {', '.join(default_space(model))})")
     validate_space(space, str(path))
     return space
@@ -334,8 +335,8 @@ def check_storage(storage: str | None) -> None:
         raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
     if IN_MEMORY_SQLITE.fullmatch(storage.strip()):
         raise UserError(f"storage {mask_url(storage)}: an in-memory SQLite database, lost when this command ends and "
-                        "closed to other workers; give a file, e.g. sqlite:///path/to/study.db (or no --storage: a "
-                        "journal in --out)")
+                        f"closed to other workers; give a file, e.g. sqlite:///path/to/study.db (or no {option('storage')}: a "
+                        f"journal in {option('out')})")
 
 
 def require_one_study(opened, name: str, directory: Path, storage: str | None) -> None:
@@ -359,7 +360,7 @@ def require_one_study(opened, name: str, directory: Path, storage: str | None) -
         setting = optuna.load_study(storage=opened, study_name=others[0]).user_attrs.get(SETTING_ATTR)
         model = setting.get("train", {}).get("model") if isinstance(setting, dict) else None
     raise UserError(f"{directory}: holds the search {others[0]}{f' (model {model})' if model else ''}, whose "
-                    f"trials and results the search {name} would overwrite; use another --out")
+                    f"trials and results the search {name} would overwrite; use another {option('out')}")
 
 
 def damaged_journal(path: Path, what: str, keep: str) -> UserError:
@@ -504,7 +505,7 @@ def require_same_setting(study, base: TrainConfig, space: dict, metric: str, dir
         if diff:
             shown = "; ".join(f"{k} {_short(old.get(k))} in the study, {_short(new.get(k))} now" for k in diff)
             raise UserError(f"{where}: holds a search with other training options ({shown}); use another "
-                            f"output folder (--out{'' if storage is None else ' and --study-name'}) or the "
+                            f"output folder ({option('out')}{'' if storage is None else ' and ' + option('study_name')}) or the "
                             "same options")
         if stored is not None:
             if stored.get("data_files") is not None:
@@ -577,7 +578,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
     require_one_study(opened, name, directory, storage)
 
     where = f"{directory}" if storage is None else f"study {name} in {mask_url(storage)}"
-    fix = "use another --out" if storage is None else "use another --out and --study-name"
+    fix = f"use another {option('out')}" + ("" if storage is None else f" and {option('study_name')}")
 
     def existing_study():
         """The study already in the storage (held to its settings), or None; loading writes nothing (create_study
@@ -627,7 +628,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         if failures and not finished:
             number, reason = failures[0]
             raise UserError(f"no trial finished: {len(failures)} failed, the first (trial {number}) with: {reason}; "
-                            "fix that and run the same command again (failed trials do not count toward --trials)")
+                            f"fix that and run the same command again (failed trials do not count toward {option('trials')})")
         return summary
 
     if ray:

@@ -24,7 +24,7 @@ from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
 from cnnlab.engine import fit
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, on_command_line, option
 from cnnlab.groups import GroupDir
 from cnnlab.models import model_info
 from cnnlab.models.custom import CUSTOM_MODEL, class_path, refuse_by_name, require_importable
@@ -68,7 +68,8 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path,
         raise UserError(f"repeats: must be at most {MAX_RUNS:,} runs per model, got {shorten(repr(repeats))}")
     require_seeds_fit(config.seed, repeats, "repeats")
     if not models:
-        raise UserError("models: name at least one model (see `cnnlab models`)")
+        raise UserError("models: name at least one model (see " + ("`cnnlab models`)" if on_command_line() else
+                                                                     "cnnlab.list_models())"))
     require_models(directory, models, builders)
     for name in models:
         if name not in builders:
@@ -139,8 +140,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     require_validation(config, "the study", "its report compares models on the validation split too")
     budget = budget or Budget.starting(config.time_budget)
     if budget is not None and ray:
-        raise UserError("time_budget: a study's budget is divided among runs trained one after another; "
-                        "not available with --ray (give --epochs instead)")
+        raise UserError(f"{option('time_budget')}: a study's budget is divided among runs trained one after "
+                        f"another; not available with {option('ray', True)} (give {option('epochs')} instead)")
     builders = builders or {}
     jobs = plan(config, models, repeats, directory, builders)
     for builder in builders.values() if ray else ():  # before anything is written

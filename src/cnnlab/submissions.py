@@ -14,7 +14,7 @@ from cnnlab.data import load_unlabeled
 from cnnlab.data.common import shorten
 from cnnlab.deploy import onnx_predict_logits, prediction_metadata
 from cnnlab.device import resolve_device
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.inference import run_scores
 from cnnlab.outputs import require_free_output
 from cnnlab.runs import RunDir
@@ -29,8 +29,8 @@ def submission_columns(text: str | None) -> tuple[str, str]:
         return COLUMNS
     names = [name.strip() for name in str(text).split(",")]
     if len(names) != 2 or not all(names) or names[0] == names[1] or any(c in text for c in "\"\r\n"):
-        raise UserError(f"--columns {text!r}: give two different column names, the id's then the label's, separated "
-                        "by a comma, e.g. --columns ImageId,Label")
+        raise UserError(f"{option('columns', text)}: give two different column names, the id's then the label's, "
+                        f"separated by a comma, e.g. {option('columns', 'ImageId,Label')}")
     return names[0], names[1]
 
 
@@ -76,8 +76,8 @@ def onnx_device(name: str) -> None:
     """--device for an .onnx model: checked as for a run (tpu refused, cuda only where there is CUDA), then cuda
     refused in one line, because deploy runs ONNX models with ONNX Runtime's CPU provider only."""
     if resolve_device(name).type == "cuda" and name != "auto":  # auto: the CPU provider
-        raise UserError(f"device {name}: cnnlab runs .onnx models with ONNX Runtime's CPU provider; use --device cpu "
-                        "or auto, or predict with the run directory on CUDA")
+        raise UserError(f"device {name}: cnnlab runs .onnx models with ONNX Runtime's CPU provider; use "
+                        f"{option('device', 'cpu')} or auto, or predict with the run directory on CUDA")
 
 
 def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "auto",
@@ -88,7 +88,7 @@ def predict_run(run_dir: Path, input_path: Path, output: Path, device: str = "au
         raise UserError(f"{output}: a submission is a CSV; give a file name ending in .csv")
     if Path(output).is_dir():
         raise UserError(f"{output}: is a folder; give a file name ending in .csv")
-    require_free_output(output, inputs=[input_path, run_dir], what="-o")  # not the input, not a run's files
+    require_free_output(output, inputs=[input_path, run_dir], what="output")  # not the input, not a run's files
     if Path(run_dir).suffix.lower() == ".onnx":  # an exported model, run with ONNX Runtime
         onnx_device(device)
         meta = prediction_metadata(run_dir)

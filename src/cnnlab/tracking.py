@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import matplotlib
 
 from cnnlab.callbacks import Callback
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.ports import port_answers
 from cnnlab.redact import mask_secrets, mask_url
 from cnnlab.runs import RunDir, os_error
@@ -94,7 +94,7 @@ class TensorBoard(Callback):
         _require("torch.utils.tensorboard", "tensorboard")
         existing = next((p for p in [self.log_dir, *self.log_dir.parents] if p.exists()), None) if self.log_dir else None
         if existing is not None and not existing.is_dir():  # checked before any run directory is made
-            raise UserError(f"--tensorboard-dir {self.log_dir}: {existing} is a file, not a folder; "
+            raise UserError(f"{option('tensorboard_dir', self.log_dir)}: {existing} is a file, not a folder; "
                             "give a folder for the event files")
         if self.log_dir is not None:  # made now, so a folder that cannot be (/proc/x, read-only) is one line first
             try:
@@ -270,7 +270,7 @@ def quiet_libraries() -> None:
 
 
 def _setting(uri: str) -> str:
-    return f"--mlflow-uri {mask_url(uri)}"
+    return option("mlflow_uri", mask_url(uri))
 
 
 def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
@@ -291,9 +291,10 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
     elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (C:\... on Windows): MLflow's old file store
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
             folder = Path(parts.path if scheme == "file" else uri).expanduser()
+            database = f"sqlite:///{folder.parent.resolve() / 'mlflow.db'}"
             raise UserError(f"{_setting(uri)}: MLflow 3 no longer writes to a file store (mlruns folder); use a "
-                            f"database, e.g. --mlflow-uri sqlite:///{folder.parent.resolve() / 'mlflow.db'} (or --mlflow "
-                            f"for one beside the output), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store")
+                            f"database, e.g. {option('mlflow_uri', database)} (or "
+                            f"{option('mlflow', True)} for one beside the output), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store")
     elif scheme == "sqlite":
         path = uri.partition("://")[2].split("?", 1)[0][1:]  # sqlite:///relative or sqlite:////absolute
         folder = Path(path).expanduser().parent if path and path != ":memory:" else None

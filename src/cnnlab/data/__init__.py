@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.errors import UserError, notice
+from cnnlab.errors import UserError, notice, option, on_command_line
 
 from .builtin import BUILTIN, load_builtin
 from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
@@ -136,7 +136,8 @@ def parse_classes(spec: str | list | None, class_names: list[str]) -> list[int] 
         return None
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if all(item == "" for item in items):
-        raise UserError("classes: none listed; list at least 2 classes, e.g. 0,1 (--classes 0,1), or leave it out to keep all")
+        raise UserError(f"classes: none listed; list at least 2 classes, e.g. 0,1 ({option('classes', '0,1')}), or leave "
+                        "it out to keep all")
     known = f"known classes are 0..{len(class_names) - 1} ({', '.join(class_names)})"
     chosen = []
     for item in items:
@@ -202,7 +203,8 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     """Read splits -> a checked Dataset: labels in range, one image size, --classes applied, every class present."""
     names = class_names
     if raw_train.labels is None:
-        raise NoLabels(f"{source}: the training data has no labels (a test file? `cnnlab predict RUN --input` reads it)")
+        reader = "`cnnlab predict RUN --input`" if on_command_line() else "cnnlab.submission(run, input)"
+        raise NoLabels(f"{source}: the training data has no labels (a test file? {reader} reads it)")
     n_classes = len(names) if names else int(raw_train.labels.max()) + 1
     if not names and n_classes > len(raw_train.labels):  # some class would have no image; don't name a billion
         raise UserError(f"{source}: labels go up to {n_classes - 1} but there are only {len(raw_train.labels)} "
@@ -229,7 +231,7 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     if missing:
         hint = "" if class_names or chosen is not None else (  # numbered labels: the gap is in the numbering
             f" (labels {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''} never occur); number "
-            "the classes 0..K-1 without gaps, or choose some with --classes")
+            f"the classes 0..K-1 without gaps, or choose some with {option('classes')}")
         raise UserError(f"{source}: class {names[missing[0]]!r} has no training images{hint}")
     if len(names) < 2:
         raise UserError(f"{source}: only one class ({names[0]!r}); a classifier needs at least 2 classes, "
@@ -274,7 +276,7 @@ def _read_unlabeled(path: Path, keep_rgb: bool) -> RawSplit:
 def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Splits:
     """The report's split: stratified by class, seeded, so every run and member sees the same one."""
     if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise UserError(f"{option('val_fraction')} must lie strictly between 0 and 1, got {val_fraction}")
     labels = dataset.train.labels.numpy()
     counts = np.bincount(labels, minlength=dataset.num_classes)
     if counts.min() < 2 or round(len(labels) * val_fraction) < dataset.num_classes:

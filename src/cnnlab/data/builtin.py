@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 
 from .common import RawSplit, one_line, os_error
 from .idx import idx_file, read_idx_split
@@ -133,7 +133,7 @@ def _download(spec: BuiltinDataset) -> Path | None:
 def locate(spec: BuiltinDataset, data_dir: str | Path | None = None, download: bool = True) -> Path:
     folders = candidate_folders(spec, data_dir)
     root = data_dir or os.environ.get("CNNLAB_DATA")  # the variable was silently passed over when it named nothing
-    named = f"--data-dir {data_dir}" if data_dir else f"CNNLAB_DATA={root}"
+    named = option("data_dir", data_dir) if data_dir else f"CNNLAB_DATA={root}"
     fix = "" if data_dir else "; point the variable at the folder that holds the IDX files, or unset it"
     if root and not Path(root).expanduser().exists():
         raise UserError(f"{named}: folder does not exist{fix}")
@@ -150,8 +150,8 @@ def locate(spec: BuiltinDataset, data_dir: str | Path | None = None, download: b
     ways = []
     if spec.debian_package:
         ways.append(f"install it with 'sudo apt-get install {spec.debian_package}'")
-    ways.append(f"put the four IDX files ({', '.join(IDX_FILES)}, .gz or not) in a folder and pass --data-dir "
-                "FOLDER (or set CNNLAB_DATA)")
+    ways.append(f"put the four IDX files ({', '.join(IDX_FILES)}, .gz or not) in a folder and pass "
+                f"{option('data_dir', metavar='FOLDER')} (or set CNNLAB_DATA)")
     ways.append("connect to the internet so torchvision can download it")
     raise UserError(f"dataset {spec.name} not found; looked in {', '.join(str(f) for f in folders)}; "
                     + "; or ".join(ways))

@@ -12,7 +12,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from cnnlab.errors import UserError, notice
+from cnnlab.errors import UserError, notice, option
 
 from .builtin import BUILTIN, IDX_FILES, locate
 from .common import os_error
@@ -104,4 +104,4 @@ def require_same_files(stored: dict | None, data: str, data_dir: str | None, wha
     changed = what_changed(stored, files_fingerprint(data, data_dir) or {})
     if changed:
         raise UserError(f"{what}: the data differs from what it was trained on ({changed}); restore the data, "
-                        "or start a new run (another --out)")
+                        f"or start a new run (another {option('out')})")

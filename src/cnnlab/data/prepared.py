@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 
 from . import Dataset, Split, load_dataset, train_val_split
 from .fingerprint import MEMORY_PREFIX  # config.data of a run trained on in-memory arrays
@@ -72,7 +72,7 @@ def check_training_data(dataset: Dataset, train: Split, val: Split | None) -> No
     """Degenerate data is refused with an explanation before anything trains."""
     if dataset.num_classes < 2:
         raise UserError(f"{dataset.source}: only one class ({dataset.class_names[0]!r}); a classifier needs at least "
-                        "2 classes (check the labels or --classes)")
+                        f"2 classes (check the labels or {option('classes')})")
     if val is None:
         return
     if len(val.images) == 0:

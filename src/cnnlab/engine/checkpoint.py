@@ -10,7 +10,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.config import TrainConfig, build_config
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.optim import match_parameter_layouts
 from cnnlab.runs import RunDir
 
@@ -154,7 +154,7 @@ def config_for_resume(run_dir: RunDir, epochs: int | None = None, device: str | 
     checkpoint holds is refused: nothing trained, and config.json was rewritten to the smaller total."""
     done = run_dir.checkpoint_epoch() if epochs is not None else None
     if done is not None and epochs < done:
-        raise UserError(f"{run_dir}: already trained {done} epoch(s); --epochs {epochs} cannot shorten it. Give more "
+        raise UserError(f"{run_dir}: already trained {done} epoch(s); {option('epochs', epochs)} cannot shorten it. Give more "
                         f"than {done} to extend the run, or train a new run for fewer")
     return build_config(run_dir.read_config(), {"epochs": epochs, "device": device})
 
@@ -168,8 +168,8 @@ def refuse_lost_checkpoint(run_dir: RunDir) -> None:
     epochs = len(run_dir.history()) if run_dir.file(runs.HISTORY).is_file() else 0
     if epochs or run_dir.file(runs.MODEL).is_file():
         raise UserError(f"{run_dir}: {epochs} finished epoch(s) but no {runs.CHECKPOINT} to continue from (deleted, "
-                        f"or checkpoint_every = 0); restore that file, or train a new run without --resume "
-                        f"(this one is left as it is)")
+                        f"or checkpoint_every = 0); restore that file, or train a new run without "
+                        f"{option('resume')} (this one is left as it is)")
 
 
 def record_resumed_epochs(run_dirs: list[RunDir], configs: list[TrainConfig]) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, option
 from cnnlab.runs import load_tensors
 
 from .registry import register_model
@@ -40,18 +40,18 @@ def load_pretrained_state(arch: str, weights_enum, weights: str | Path | None) -
                 return entry.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # offline, proxy, HTTP or hash error: all mean "no usable file"
             raise UserError(f"{arch}: ImageNet weights not available ({type(exc).__name__}); put {file_name} "
-                            f"(from {entry.url}) at {cached}, or pass --weights PATH") from None
+                            f"(from {entry.url}) at {cached}, or pass {option('weights', metavar='PATH')}") from None
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise UserError(f"--weights {path}: no such file")
+        raise UserError(f"{option('weights', path)}: no such file")
     if path.suffix == ".safetensors":
         return load_tensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except Exception as exc:
-        raise UserError(f"--weights {path}: not a PyTorch state dict ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{option('weights', path)}: not a PyTorch state dict ({str(exc).splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--weights {path}: expected a state dict of tensors")
+        raise UserError(f"{option('weights', path)}: expected a state dict of tensors")
     return state
 
 
