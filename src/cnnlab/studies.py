@@ -23,7 +23,7 @@ from cnnlab.config import (MAX_RUNS, TrainConfig, build_config, differing_settin
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
-from cnnlab.engine import fit
+from cnnlab.engine import config_for_resume, fit
 from cnnlab.errors import UserError, on_command_line, option
 from cnnlab.groups import GroupDir
 from cnnlab.models import model_info
@@ -184,6 +184,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         say(f"[{i}/{len(jobs)}] {run.path.name}: {'resuming' if resume else 'training'}"
             + (f" ({format_seconds(share.seconds)} of the budget's {format_seconds(budget.left())} left)"
                if share is not None and not resume else ""))
+        if resume:  # continues to the epochs it stored (a budget's choice), as `train --resume` and an ensemble's
+            cfg = config_for_resume(run, device=cfg.device)  # members do; the study's cap retrained it to --epochs
         try:
             metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, builder=builder, budget=share)
         except TooSmall as exc:  # as a spent budget: no later run starts, since its share would be no larger
