@@ -7,6 +7,7 @@ where a test needs a known speed, the probe still runs but its figures are repla
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,19 @@ def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, s
     assert [run.config["epochs"] for run in result["runs"]] == [2, 2, 3, 3]
 
 
+def test_a_budgeted_studys_report_pools_repeats_whose_epochs_the_budget_chose(data, tmp_path, clock, speed):
+    """The 4 runs above train 2, 2, 3 and 3 epochs: one group of 4 with mean ± std, not two (each repeat was its
+    own group, labelled by its epochs, found by a trial)."""
+    speed(10.0)
+    result = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=lambda text: None,
+                          **dict(SETTINGS, epochs=10, time_budget=100))
+    assert sorted(run.config["epochs"] for run in result["runs"]) == [2, 2, 3, 3]
+    text = Path(result["markdown"]).read_text()
+    assert "separate groups" not in text and "epochs=" not in text
+    assert re.search(r"^\| cnn1 \| 4 \| [\d.-]+ \| [\d.]+ ± [\d.]+ \|", text, re.M), text
+    assert "Epochs chosen by the time budget from each run's measured pace: 2-3 (4 of 4 runs budgeted)" in text
+
+
 def test_a_rerun_study_resumes_a_budgeted_run_to_its_chosen_epochs(data, tmp_path, clock, speed):
     """Interrupted in its third epoch of the 5 its 50 s share holds, a run resumes to 5 in the rerun, not to the
     study's cap of 40 (it trained all 40, past the rerun's budget: a 40 s study took 58 s, 2-core Zen 5 EPYC)."""
@@ -316,6 +330,19 @@ def test_a_rerun_study_resumes_a_budgeted_run_to_its_chosen_epochs(data, tmp_pat
     result = cnnlab.study(["cnn1"], 2, str(data), **options)
     resumed = next(r for r in result["runs"] if r.dir.path.name == run.name)
     assert resumed.config["epochs"] == 5 and len(resumed.history) == 5
+
+
+def test_a_study_says_the_epochs_its_runs_trained_after_the_re_plan(data, tmp_path, clock, speed):
+    """The probe says 10 s an epoch, the epochs take 5: the re-plan after the first raises the total, and the
+    study's line names that, not the first plan's (it said 8 where 9 trained, found by a trial)."""
+    speed(10.0, epochs_take=5.0)
+    said = []
+    result = cnnlab.study(["cnn1"], 1, str(data), out=tmp_path / "study", report=False, progress=False,
+                          say=said.append, **dict(SETTINGS, epochs=20, time_budget=50))
+    (run,) = result["runs"]
+    trained = run.config["epochs"]
+    assert trained > run.metrics["chosen_epochs"] and len(run.history) == trained
+    assert any(f"; {trained} epochs chosen" in line for line in said), said
 
 
 def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):

@@ -265,6 +265,13 @@ def overruns(seconds: float, elapsed: float, epochs_done: int, loop_seconds: flo
     return elapsed + loop_seconds / epochs_done + final_seconds > HIGH * seconds
 
 
+def chosen_line(metrics: dict) -> str:
+    """'9 epochs chosen' for a budgeted run's metrics ('' without a budget): the total it trained to, which the
+    re-plans after its first epochs may have changed (the first plan's 8 was printed where 9 trained)."""
+    epochs = metrics.get("replanned_epochs") or metrics.get("chosen_epochs")
+    return f"{epochs} epoch{'' if epochs == 1 else 's'} chosen" if epochs else ""
+
+
 def summary(metrics: dict) -> dict | None:
     """For benchmarks: a finished run's budget, what it used and whether that lies within [80%, 110%]
     (None for a run without a budget)."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnlab import runs
-from cnnlab.budget import Budget, TooSmall, format_seconds
+from cnnlab.budget import Budget, TooSmall, chosen_line, format_seconds
 from cnnlab.config import MAX_RUNS, TrainConfig, differing_settings, require_seeds_fit, require_validation, shorten
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
@@ -284,8 +284,7 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
                     qualified += verdict == "kept"
                     say(f"  attempt {attempt}: val {result['val_accuracy']:.4f}"
                         + (f", test {result['test_accuracy']:.4f}" if "test_accuracy" in result else "")
-                        + (f", {result['chosen_epochs']} epochs chosen" if result.get("chosen_epochs") and not resume
-                           else "") + f" -> {verdict}")
+                        + (f", {chosen_line(result)}" if chosen_line(result) and not resume else "") + f" -> {verdict}")
         finally:
             for _, run in claimed:
                 run.release()  # an interrupted member keeps its checkpoint and resumes next time

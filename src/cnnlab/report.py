@@ -75,6 +75,17 @@ def load_run(path: Path) -> Run:
 IGNORED_SETTINGS = ("seed", "device", "data_dir", "compile", "checkpoint_every", "eval_batch_size", "cuda_graphs")
 
 
+def compared_settings(run: Run) -> dict:
+    """The settings that tell groups apart. A time budget chooses each run's epochs (and cuts its warm-up to
+    them) from its own pace, so a budgeted run counts by the epochs asked (at most), and its repeats stay one
+    group (each repeat was a group of one, with no mean ± std)."""
+    setup = {k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}
+    if run.metrics.get("budget_max_epochs") is not None:
+        setup["epochs"] = run.metrics["budget_max_epochs"]
+        setup.pop("warmup_epochs", None)
+    return setup
+
+
 def group_runs(loaded: list[Run]) -> list[Group]:
     """One group per model and training setting; seeds (repeats) vary within a group. Runs of different
     settings are never mixed: groups whose model is the same are labelled by the settings that differ."""
@@ -82,7 +93,7 @@ def group_runs(loaded: list[Run]) -> list[Group]:
     settings: dict[str, dict] = {}
     for run in loaded:
         # a model of the user's own by its class's (or factory's) name: config.json says "custom" for all of them
-        setup = {**{k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}, "model": model_label(run)}
+        setup = {**compared_settings(run), "model": model_label(run)}
         key = json.dumps(setup, sort_keys=True, default=str)
         settings[key] = setup
         groups.setdefault(key, Group(setup["model"])).runs.append(run)
@@ -299,7 +310,17 @@ def setup_lines(loaded: list[Run]) -> list[str]:
         f"Hardware: {'; '.join(devices)}",
         f"Software: cnnlab {versions.get('cnnlab')}, torch {versions.get('torch')}, python {versions.get('python')}",
         f"Runs: {len(loaded)} (seeds {', '.join(sorted({str(r.config['seed']) for r in loaded}, key=int))})",
-    ]
+    ] + budget_lines(loaded)
+
+
+def budget_lines(loaded: list[Run]) -> list[str]:
+    """What the time budget chose, where one did: the epochs differ per run."""
+    chosen = sorted(r.config["epochs"] for r in loaded if r.metrics.get("budget_max_epochs") is not None)
+    if not chosen:
+        return []
+    span = f"{chosen[0]}" if chosen[0] == chosen[-1] else f"{chosen[0]}-{chosen[-1]}"
+    return [f"Epochs chosen by the time budget from each run's measured pace: {span} "
+            f"({len(chosen)} of {len(loaded)} runs budgeted)"]
 
 
 # ------------------------------------------------------------------ rendering
@@ -413,7 +434,7 @@ def _build_report(loaded: list[Run], output: Path, markdown: Path, figure_dir: P
         named.__dict__.update(exc.__dict__)  # what runs.os_error attached (the errno) goes along
         raise named from None
     setup = setup_lines(loaded)
-    varying = differing([{k: v for k, v in r.config.items() if k not in IGNORED_SETTINGS + ("model",)} for r in loaded])
+    varying = differing([{k: v for k, v in compared_settings(r).items() if k != "model"} for r in loaded])
     if varying:
         setup.append(f"Runs of different settings are reported as separate groups; they differ in: {', '.join(varying)}")
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.budget import Budget, TooSmall, format_seconds
+from cnnlab.budget import Budget, TooSmall, chosen_line, format_seconds
 from cnnlab.config import (MAX_RUNS, TrainConfig, build_config, differing_settings, require_seeds_fit,
                            require_validation, shorten)
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
@@ -194,7 +194,7 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             return
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
                                                        if "test_accuracy" in metrics else "")
-            + (f"; {metrics['chosen_epochs']} epochs chosen" if metrics.get("chosen_epochs") and not resume else "")
+            + (f"; {chosen_line(metrics)}" if chosen_line(metrics) and not resume else "")
             + (f" ({metrics['budget_note']})" if metrics.get("budget_note") and not resume else ""))
 
     for i, (cfg, run, builder) in enumerate(jobs, 1):
