@@ -345,6 +345,18 @@ def test_a_study_says_the_epochs_its_runs_trained_after_the_re_plan(data, tmp_pa
     assert any(f"; {trained} epochs chosen" in line for line in said), said
 
 
+def test_a_study_or_ensemble_whose_budget_trains_nothing_fails_naming_the_budget(data, tmp_path, clock, speed):
+    """Where the first share cannot hold one epoch, nothing trains: the budget's line is the error, as `train`'s
+    (an ensemble wrote an empty vote and exited 0; a study ended with "no finished run directories found")."""
+    speed(30.0)
+    with pytest.raises(budgets.TooSmall, match="cannot hold one epoch of cnn1"):
+        cnnlab.study(["cnn1"], 2, str(data), out=tmp_path / "study", progress=False, say=lambda text: None,
+                     **dict(SETTINGS, epochs=10, time_budget=10))
+    with pytest.raises(budgets.TooSmall, match="cannot hold one epoch of cnn1"):
+        cnnlab.ensemble("cnn1", members=2, threshold=0.0, data=str(data), out=tmp_path / "ensemble", progress=False,
+                        say=lambda text: None, **dict(SETTINGS, epochs=10, time_budget=10))
+
+
 def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):
     """Epochs take 30 s where the probe says 10: the first two runs (20 s each, 2 epochs by the probe, 1 after
     the re-plan) spend 60 s of the 60; the third and fourth do not start (they did, past the budget: a 30 s
@@ -664,3 +676,11 @@ def test_a_search_starts_no_trial_that_would_not_fit(data, tmp_path, clock):
     assert summary["complete"] == 2 and any("less than a trial takes here" in line for line in said)
     trial = json.loads((tmp_path / "t" / "trials" / "trial-0000" / "config.json").read_text())
     assert trial["time_budget"] == 0.0 and trial["epochs"] == 1
+
+
+def test_a_search_whose_budget_is_spent_before_its_first_trial_fails(data, tmp_path, cli):
+    """A budget that setting up the search used up: one line and exit 2, not an empty summary and exit 0."""
+    code, _, err = cli("tune", "cnn1", "--trials", "3", "--data", data, "--epochs", "1", "--time-budget", "0.001",
+                       "--device", "cpu", "--out", tmp_path / "t")
+    (line,) = [text for text in err.splitlines() if text.strip()]
+    assert code == 2 and line.startswith("cnnlab: error: --time-budget: its 0.0 s were spent before the first trial started")

@@ -687,6 +687,10 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
             study.stop()  # only valid inside optimize: a finished search is told apart before it
 
     if enough(study):
+        if budget is not None and budget.spent and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise UserError(f"{option('time_budget')}: its {format_seconds(budget.seconds)} were spent before the first "
+                            f"trial started (setting up took {format_seconds(budget.elapsed())}); give a budget that "
+                            "holds a few trials")  # no trial finished: an error, not an empty summary and exit 0
         say(f"{study.study_name}: the search is finished or out of time ({trials} trials wanted); nothing to train. "
             "Its summary:")
     else:

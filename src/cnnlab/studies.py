@@ -215,4 +215,6 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             train_owned(i, cfg, run, builder)
         finally:
             run.release()
+    if too_small and not any(run.status() == runs.FINISHED for _, run, _ in jobs):
+        raise TooSmall(too_small[0])  # nothing trained: the budget's line, not the report's "no finished run"
     return [run.path for _, run, _ in jobs]
