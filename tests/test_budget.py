@@ -99,6 +99,19 @@ def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
 
+def test_numpy_numbers_are_durations_and_a_negative_text_says_why():
+    import numpy as np
+
+    assert parse_duration(np.int64(8)) == 8.0 and parse_duration(np.float32(12.5)) == 12.5  # both were refused
+    with pytest.raises(UserError, match=r"\(finite, not negative\), got '-5'"):
+        parse_duration("-5")  # as the command line passes it
+
+
+def test_one_number_of_epochs_names_one_width():
+    with pytest.raises(UserError, match=r"^budget_width: each number of epochs once"):
+        build_config({"recipe": "cpu-budget", "budget_width": [[48, 16], [48, 32]]})
+
+
 @pytest.mark.parametrize("value", ["soon", "15x", "m", "-5", -5, "1h1h", "30m1h", "", "1e3", "inf", True, [900],
                                    "1" * 400, "15m!"])
 def test_bad_durations_are_one_line_naming_the_setting(value):
@@ -684,3 +697,10 @@ def test_a_search_whose_budget_is_spent_before_its_first_trial_fails(data, tmp_p
                        "--device", "cpu", "--out", tmp_path / "t")
     (line,) = [text for text in err.splitlines() if text.strip()]
     assert code == 2 and line.startswith("cnnlab: error: --time-budget: its 0.0 s were spent before the first trial started")
+
+
+def test_tune_takes_progress_as_train_study_and_ensemble_do(data, tmp_path):
+    """`progress=False` was an unknown setting for tune alone."""
+    summary = cnnlab.tune("cnn1", trials=1, data=str(data), out=tmp_path / "t", progress=False, say=lambda text: None,
+                          **dict(SETTINGS, epochs=1))
+    assert summary["complete"] == 1

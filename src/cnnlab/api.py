@@ -752,7 +752,7 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
          timeout: float | str | None = None,
          storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
-         ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
+         progress: bool = True, ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
          **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters).
 
@@ -775,7 +775,8 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
     if isinstance(space, (str, Path)):
         space = read_space_file(Path(space), cfg.model)
     group = Grouped(mlflow, Path(out), f"search {Path(out).name}", {"trials": trials, "metric": metric, **cfg.to_dict()})
-    tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id)
+    tracked = _tracking(tensorboard, mlflow and not ray, Path(out), group.run_id) + _progress(progress and not ray,
+                                                                                           quiet=True)
     summary = run_tune(cfg, Path(out), trials, budgets.Budget.starting(cfg.time_budget, started), storage, study_name,
                        metric, space, pruner, say, ray, ray_address, tracked)
     if ray:

@@ -17,6 +17,7 @@ Pure: no torch, the clock is a parameter (`clock`, replaceable by tests), the sp
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -43,10 +44,12 @@ def parse_duration(value, setting: str = "time_budget") -> float:
 
     if isinstance(value, bool):
         raise refuse()
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):  # NumPy's numbers too (np.int64(8) was refused)
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()
+        if text.startswith("-"):  # "-5" from the command line: the same hint as -5
+            raise refuse(" (finite, not negative)")
         if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", text):
             seconds = float(text)
         else:

@@ -144,6 +144,10 @@ class TrainConfig:
                 isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair) for pair in self.budget_width):
             raise UserError(f"budget_width: must be a list of [epochs, width] pairs of positive integers, e.g. [[48, 16]] "
                             f"(width 16 where the budget holds 48 epochs or more), got {shorten(repr(self.budget_width))}")
+        thresholds = [pair[0] for pair in self.budget_width]
+        if len(set(thresholds)) != len(thresholds):  # 48:16,48:32 trained one of them without a word
+            raise UserError(f"budget_width: each number of epochs once, e.g. [[48, 16], [100, 32]]; got "
+                            f"{shorten(repr(self.budget_width))}")
         if self.budget_width and "width" not in self.model_params:
             raise UserError(f"budget_width: needs a model with a width option set in model_params (e.g. resnet9, "
                             f"model_params = {{width = 8}}); model {self.model} has {shorten(repr(self.model_params))}")
