@@ -283,3 +283,28 @@ def test_the_setting_in_a_config_file_and_on_the_command_line(cli, data, tmp_pat
         (run,) = [p for p in out.iterdir() if (p / "env.json").is_file()]
         assert json.loads((run / "config.json").read_text())["compile"] == setting
         assert env(run)["compile"]["setting"] == setting
+
+
+def test_compiling_keeps_inductors_cuda_home_warning_off_the_console(monkeypatch, tmp_path):
+    """A machine with a CUDA toolkit and no GPU printed "No CUDA runtime is found, using CUDA_HOME=..." on
+    stderr in every compiled CPU run (the compile probe's too), about nothing cnnlab uses."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    from cnnlab.device import compiled
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logger.level)  # restored after the test
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # a toolkit's folder, where torch looks first
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    try:
+        compiled(torch.nn.Linear(2, 2))  # lazy: compiles on the first call, which this test never makes
+        cpp_extension._find_cuda_home()  # what inductor's C++ build calls
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in seen if "No CUDA runtime" in r.getMessage()]

@@ -241,3 +241,14 @@ def environment(device: torch.device) -> dict:
             "torchvision": version("torchvision"), "numpy": numpy.__version__, "scikit-learn": version("scikit-learn"),
             "platform": platform.platform(), "device": device_name(device), "git_commit": commit,
             "determinism": determinism()}
+
+
+def compiled(module):
+    """torch.compile(module), without inductor's "No CUDA runtime is found, using CUDA_HOME=..." on a machine with
+    a CUDA toolkit but no GPU: a warning line on stderr of every compiled CPU run, about nothing cnnlab uses."""
+    import logging
+
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    if quiet.getEffectiveLevel() < logging.ERROR:
+        quiet.setLevel(logging.ERROR)
+    return torch.compile(module)

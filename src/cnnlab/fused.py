@@ -20,7 +20,7 @@ from torch import nn
 from cnnlab.augment import AugmentSettings
 from cnnlab.budget import Budget
 from cnnlab.data.prepared import load_data, split_data
-from cnnlab.device import autocast_for, choose_precision, float_dtype, resolve_device, without_fp16
+from cnnlab.device import autocast_for, compiled, choose_precision, float_dtype, resolve_device, without_fp16
 from cnnlab.engine.checkpoint import checkpoint_of, stored_precision, with_prefix
 from cnnlab.engine.loop import default_callbacks, fit_setup
 from cnnlab.engine.setup import Setup, TrainState, make_plateaus, model_options
@@ -307,7 +307,7 @@ def prepare_fused(config, seeds: list[int], dataset=None, precision: str | None 
     setup.states = [setup.state] + [TrainState() for _ in seeds[1:]]
     setup.precision_reason = reason
     if config.compile is True:  # one compiled graph for all K members: the fused network is what runs
-        setup.step_model = torch.compile(net)
+        setup.step_model = compiled(net)
     return setup
 
 

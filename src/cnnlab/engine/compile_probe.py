@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab.budget import Budget
-from cnnlab.device import cpu_kernels, device_name, synchronize
+from cnnlab.device import compiled, cpu_kernels, device_name, synchronize
 from cnnlab.probe_cache import positive_numbers, read_cache, remember
 
 from .setup import Setup
@@ -46,7 +46,7 @@ MARGIN = 0.10  # the compiled step must be at least this much faster than the ea
 
 
 def compile_model(module: nn.Module) -> nn.Module:
-    return torch.compile(module)
+    return compiled(module)
 
 
 # ------------------------------------------------------------------ the rules (pure)

@@ -17,7 +17,7 @@ from cnnlab.augment_modern import ModernAugment
 from cnnlab.config import TrainConfig
 from cnnlab.data import Dataset
 from cnnlab.data.prepared import DeviceData, load_data, split_data, to_input
-from cnnlab.device import (autocast_for, choose_precision, float_dtype, resolve_device, set_deterministic, synchronize,
+from cnnlab.device import (autocast_for, compiled, choose_precision, float_dtype, resolve_device, set_deterministic, synchronize,
                            without_fp16)
 from cnnlab.ema import ModelEMA
 from cnnlab.errors import UserError
@@ -215,7 +215,7 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, precision: str 
             setup.model = setup.step_model = nn.SyncBatchNorm.convert_sync_batchnorm(setup.model)
         setup.step_model = DistributedDataParallel(setup.step_model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile is True:  # "auto" is decided after warm-up, by measurement (engine.compile_probe)
-        setup.step_model = torch.compile(setup.step_model)
+        setup.step_model = compiled(setup.step_model)
     return setup
 
 
