@@ -52,8 +52,10 @@ from cnnlab.config import build_config  # noqa: E402
 from cnnlab.data import Dataset, Split, load_dataset  # noqa: E402
 from cnnlab.device import synchronize  # noqa: E402
 from cnnlab.engine import fit  # noqa: E402
-from cnnlab.models import count_parameters, create_model  # noqa: E402
+from cnnlab.errors import UserError  # noqa: E402
+from cnnlab.models import count_parameters, create_model, list_models  # noqa: E402
 from cnnlab.product_speed import peak  # noqa: E402
+from cnnlab.text import visible  # noqa: E402
 from peers import INPUT_SHAPE, build_peer, trainable_parameters  # noqa: E402
 
 EPOCH_IMAGES = 48_000  # the report's training split: seconds per epoch are given for this many images
@@ -189,16 +191,12 @@ def subset(full: Dataset, n_train: int, val_fraction: float) -> Dataset:
                    class_names=full.class_names, train=train, test=None, class_ids=full.class_ids, verified=full.verified)
 
 
-def images_per_model(spec: str | None, models: list[str], device: torch.device) -> dict[str, int]:
-    """--images: one number for every model, or name=N entries (a bare number is the default for the rest)."""
-    default = EPOCH_IMAGES if device.type == "cuda" else None
-    chosen: dict[str, int] = {}
-    for item in filter(None, (spec or "").split(",")):
-        name, _, value = item.rpartition("=")
-        if name:
-            chosen[name.strip()] = int(value)
-        else:
-            default = int(value)
+def images_per_model(spec: tuple[int | None, dict[str, int]] | None, models: list[str],
+                     device: torch.device) -> dict[str, int]:
+    """--images, as image_counts parsed it: one number for every model, or name=N entries (a bare number is the
+    default for the rest)."""
+    default, chosen = spec or (None, {})
+    default = default or (EPOCH_IMAGES if device.type == "cuda" else None)
     return {m: chosen.get(m) or default or CPU_IMAGES.get(m, CPU_IMAGES_OTHER) for m in models}
 
 
@@ -394,28 +392,93 @@ def write_json(path: Path | None, report: dict) -> None:
     tmp.replace(path)
 
 
+# ------------------------------------------------------------------ arguments
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line on stderr and exit 2, as cnnlab's CLI prints them (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def fail(prog: str, exc: UserError):
+    """A UserError met after parsing (bad data, a refused setting): one line and exit 2, as `cnnlab` does."""
+    print(f"{prog}: error: {visible(exc)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def model_names(text: str) -> list[str]:
+    """--models: registered names, checked here so a typo is refused before the minute of peak measurement."""
+    names = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no model, got {text!r}; give names such as cnn1,tuned-cnn")
+    unknown = [m for m in names if m not in list_models()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(map(repr, unknown))}; known models are "
+                                         f"{', '.join(list_models())}")
+    return names
+
+
+def image_counts(text: str) -> tuple[int | None, dict[str, int]]:
+    """--images: N for every model and/or name=N entries -> (N or None, {name: N}); every count at least 1
+    (0 used to fall back to the default silently)."""
+    default, chosen = None, {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.rpartition("=")
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive number of images for every model, or name=N "
+                                             f"entries, e.g. 1024 or cnn2=1280,cnn3=960; got {item.strip()!r}")
+        if name.strip():
+            chosen[name.strip()] = count
+        else:
+            default = count
+    return default, chosen
+
+
 # ------------------------------------------------------------------ main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=DEFAULT_MODELS)
-    parser.add_argument("--images", default=None, help="images per timed epoch: N for every model, or name=N,... "
-                        f"(default: {EPOCH_IMAGES:,} on CUDA; on the CPU {CPU_IMAGES}, {CPU_IMAGES_OTHER} for others)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the report gives median and min-max")
+    parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=model_names, default=DEFAULT_MODELS)
+    parser.add_argument("--images", type=image_counts, default=None, help="images per timed epoch: N for every "
+                        f"model, or name=N,... (default: {EPOCH_IMAGES:,} on CUDA; on the CPU {CPU_IMAGES}, "
+                        f"{CPU_IMAGES_OTHER} for others)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds; the report gives median "
+                        "and min-max")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--data", default="fashion-mnist", help="dataset (default fashion-mnist)")
     parser.add_argument("--json", default=None, help="write the results as JSON here; 'auto': "
                         "bench/results/<hardware class>-<date>.json (what `make bench` does)")
-    parser.add_argument("--peak-size", type=int, default=4096, help="matmul size of the peak (default 4096; "
+    parser.add_argument("--peak-size", type=positive_int, default=4096, help="matmul size of the peak (default 4096; "
                         "smaller is faster but understates the peak: quick checks only)")
     parser.add_argument("--compile", action="store_true", help="also time cnnlab with compile = true (the default, auto, "
                         "compiles only where a probe finds it pays)")
     parser.add_argument("--graphs", action="store_true", help="also time the CUDA-graph step (CUDA only, not the default)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds: at least 1")
+    # a per-model count for a model not timed was ignored without a word (a typo such as cnn9=100)
+    stray = [m for m in (args.images or (None, {}))[1] if m not in args.models]
+    if stray:
+        parser.error(f"argument --images: {', '.join(stray)} not among --models ({','.join(args.models)}); "
+                     "give counts only for the models timed")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda, but no CUDA device is available here; use --device cpu or auto")
     return args
 
 
@@ -493,12 +556,23 @@ def print_results(report: dict, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: a user's mistake (bad flag, unknown data) is one line on stderr and exit 2, no traceback."""
+    try:
+        bench(argv)
+    except UserError as exc:
+        fail("run.py", exc)
+
+
+def bench(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: temporary run dirs still go
     device = resolve_device(args.device)
     if args.graphs and device.type != "cuda":
         raise SystemExit("bench/run.py: --graphs needs CUDA (the CUDA-graph step); drop it on the CPU")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = args.models
+    for name in models:  # batch size, data name, model: refused now, not after the peak (time_cnnlab builds these)
+        build_config({"model": name, "epochs": 1, "batch_size": args.batch_size, "data": args.data,
+                      "device": args.device})
     sizes = images_per_model(args.images, models, device)
     report = describe_run(args, device)
     hw = report["hardware"]
@@ -507,12 +581,16 @@ def main(argv: list[str] | None = None) -> None:
           f"batch {args.batch_size}; {args.rounds} rounds; images per timed epoch: "
           + ", ".join(f"{m} {sizes[m]}" for m in models), flush=True)
 
+    out_path = json_path(args.json, hw["class"], report["date"])
+    if out_path is not None and out_path.is_dir():
+        raise UserError(f"--json {out_path}: is a folder; give a file name such as {out_path / 'bench.json'}")
+    full = load_dataset(args.data)  # a missing dataset is refused before the peak, not after it
+
     report["peaks"] = peaks = measure_peaks(device, hw["native_bf16"], args.peak_size)  # before any training
     print(peak_line(peaks), flush=True)
 
-    plan = plan_models(models, load_dataset(args.data), sizes, args, device)
+    plan = plan_models(models, full, sizes, args, device)
     report["models"] = {}
-    out_path = json_path(args.json, hw["class"], report["date"])
     run_rounds(plan, report, args, device, out_path)
     print_results(report, args)
     write_json(out_path, report)
