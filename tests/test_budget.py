@@ -304,6 +304,21 @@ def test_a_resumed_budgeted_run_continues_to_its_chosen_total(data, tmp_path, cl
     assert resumed.metrics["time_budget_seconds"] == 100 and len(resumed.history) == 5
 
 
+def test_a_resume_prints_no_stale_budget_figures(data, tmp_path, clock, speed, capsys):
+    """Extended from 5 to 7 epochs, a resumed budgeted run printed the first call's plan as if measured now
+    ("20.0 s per epoch measured, 5 epochs chosen", "the first epoch took ..."), found by a trial."""
+    speed(20.0)
+    options = dict(BASE, epochs=40, time_budget=100, out=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.train(data=str(data), callbacks=[interrupt_at(3)], progress=False, **options)
+    (run,) = tmp_path.iterdir()
+    capsys.readouterr()
+    resumed = cnnlab.train(resume=run, epochs=7, progress=True)
+    out = capsys.readouterr().out
+    assert len(resumed.history) == 7 and re.search(r"^epoch +7/7 ", out, re.M), out
+    assert "time budget" not in out, out
+
+
 def test_a_study_divides_its_budget_among_the_runs_left(data, tmp_path, clock, speed):
     """4 runs, 100 s, 10 s per epoch (as probed and as spent): each run gets an equal part of what is left."""
     speed(10.0)
