@@ -719,3 +719,20 @@ def test_tune_takes_progress_as_train_study_and_ensemble_do(data, tmp_path):
     summary = cnnlab.tune("cnn1", trials=1, data=str(data), out=tmp_path / "t", progress=False, say=lambda text: None,
                           **dict(SETTINGS, epochs=1))
     assert summary["complete"] == 1
+
+
+def test_the_width_rules_probe_measures_with_the_allocator_that_trains(data, tmp_path, monkeypatch):
+    """The width rule's speed probe ran before glibc was told to keep freed memory (fit_setup does that before
+    its first step), so on a fresh process it measured 1.3-1.4 s an epoch where training took 0.94-0.98 and chose
+    fewer epochs (`--recipe cpu-budget --time-budget 15s`, 2-core Zen 5 EPYC; found by a trial)."""
+    from cnnlab import allocator
+
+    order = []
+    real_measure = throughput.measure
+    monkeypatch.setattr(allocator, "_state", None)  # a fresh process
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: order.append("allocator") or allocator.keep_freed_memory())
+    monkeypatch.setattr(throughput, "measure", lambda setup: order.append("probe") or real_measure(setup))
+    config = build_config({**WIDE, "model_params": {"width": 2}, "budget_width": [[1000, 4]], "data": str(data),
+                           "epochs": 1, "time_budget": "1h"})
+    fit(config, tmp_path / "run")
+    assert order and order[0] == "allocator", order
