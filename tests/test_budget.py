@@ -391,10 +391,13 @@ def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, s
     study took 64 s on a 2-core Zen 5 EPYC)."""
     speed(10.0, epochs_take=30.0)
     said = []
-    cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", report=False, progress=False, say=said.append,
-                 **dict(SETTINGS, epochs=10, time_budget=60))
+    result = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=said.append,
+                          **dict(SETTINGS, epochs=10, time_budget=60))
     started = sorted(p.name for p in (tmp_path / "study" / "runs").iterdir() if (p / "history.csv").is_file())
     assert len(started) == 2 and len(list((tmp_path / "study" / "runs").iterdir())) <= 4
+    left = sorted(run.dir.path.name for run in result["runs"] if run.dir.path.name not in started)
+    # the report names the runs it leaves out (it read as if the study had fewer runs)
+    assert f"Not in this report, not finished: {', '.join(left)} (" in Path(result["markdown"]).read_text()
     assert sum("not started, the time budget" in line and "is spent; run the same command again" in line
                for line in said) == 2, said
 

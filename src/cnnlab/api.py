@@ -688,7 +688,8 @@ def study(models: list[str] | str = REPORT_STUDY_MODELS, repeats: int = 3,
     group.close({})
     if report:  # the study's report covers all its finished runs: a rerun asking fewer models rewrote it with those
         every = [run.path for run in study_dir(Path(out)).run_dirs()]  # these runs among them
-        result["report"], result["markdown"] = build_report(every, Path(out) / "report.html")
+        left = [run.path.name for run in result["runs"] if not run.dir.is_finished()]  # named in the report
+        result["report"], result["markdown"] = build_report(every, Path(out) / "report.html", not_started=left)
     return result
 
 

@@ -358,9 +358,11 @@ def md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(paths: list[Path], output: Path, title: str = "cnnlab study report") -> tuple[Path, Path]:
+def build_report(paths: list[Path], output: Path, title: str = "cnnlab study report",
+                 not_started: list[str] = ()) -> tuple[Path, Path]:
     """Write OUTPUT (.html) and OUTPUT with .md beside it, plus the Markdown's figures folder: all three or,
-    where anything fails (a full disk), none of them (a previous report there is left as it was)."""
+    where anything fails (a full disk), none of them (a previous report there is left as it was).
+    not_started: names of runs a study wanted that have no directory yet, listed with the unfinished ones."""
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"-o {output}: the report is HTML; give a file name ending in .html")
@@ -368,7 +370,19 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     check_targets(output, markdown, figure_dir)
     loaded = [load_run(p) for p in find_runs(paths)]
     with staging_folder(figure_dir) as staging:
-        return _build_report(loaded, output, markdown, figure_dir, staging, title)
+        return _build_report(loaded, output, markdown, figure_dir, staging, title,
+                             sorted(set(unfinished_runs(paths)) | set(not_started)))
+
+
+def unfinished_runs(paths: list[Path]) -> list[str]:
+    """The names of runs given or found below that have not finished (interrupted, or not started within a time
+    budget): a report that left them out without a word read as if the study had fewer models."""
+    left = []
+    for path in map(Path, paths):
+        candidates = [path] if RunDir(path).file(runs.CONFIG).is_file() else \
+            sorted(p.parent for p in path.rglob(runs.CONFIG)) if path.is_dir() else []
+        left += [c.name for c in candidates if not RunDir(c).is_finished()]
+    return sorted(set(left))
 
 
 def check_targets(output: Path, markdown: Path, figure_dir: Path) -> None:
@@ -422,7 +436,7 @@ def publish(staging: Path, target: Path) -> None:
 
 
 def _build_report(loaded: list[Run], output: Path, markdown: Path, figure_dir: Path, staging: Path,
-                  title: str) -> tuple[Path, Path]:
+                  title: str, unfinished: list[str] = ()) -> tuple[Path, Path]:
     groups = group_runs(loaded)
     main_tables = tables(groups)
     best, warnings = best_model_line(groups), degenerate_warnings(loaded)
@@ -437,6 +451,10 @@ def _build_report(loaded: list[Run], output: Path, markdown: Path, figure_dir: P
     varying = differing([{k: v for k, v in compared_settings(r).items() if k != "model"} for r in loaded])
     if varying:
         setup.append(f"Runs of different settings are reported as separate groups; they differ in: {', '.join(varying)}")
+    if unfinished:
+        shown = ", ".join(unfinished[:6]) + (f" and {len(unfinished) - 6} more" if len(unfinished) > 6 else "")
+        setup.append(f"Not in this report, not finished: {shown} (interrupted, or not started within the time "
+                     "budget; the same command continues them)")
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_html(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{_html(title)}</h1><h2>Setup</h2><ul>"]
