@@ -739,3 +739,14 @@ def test_the_width_rules_probe_measures_with_the_allocator_that_trains(data, tmp
                            "epochs": 1, "time_budget": "1h"})
     fit(config, tmp_path / "run")
     assert order and order[0] == "allocator", order
+
+
+def test_a_budget_recipe_without_its_budget_says_it_trains_its_most_epochs(capsys):
+    """`--recipe cpu-budget --time-budget 0` trained its cap of 200 epochs (about 40 minutes) without a word."""
+    from cnnlab.api import make_config
+
+    make_config(recipe="cpu-budget", time_budget=0)
+    assert "recipe cpu-budget without a time budget trains its most epochs, 200" in capsys.readouterr().err
+    make_config(recipe="cpu-budget", time_budget=0, epochs=30)  # epochs chosen: nothing to say
+    make_config(recipe="cpu-budget")  # its budget picks the epochs
+    assert capsys.readouterr().err == ""

@@ -31,7 +31,7 @@ import torch
 from cnnlab import budget as budgets
 from cnnlab import runs, torchrun, tracking
 from cnnlab.callbacks import Callback
-from cnnlab.config import TrainConfig, build_config, read_config_file, read_params_file, shorten
+from cnnlab.config import RECIPES, TrainConfig, build_config, read_config_file, read_params_file, shorten
 from cnnlab.data.arrays import dataset_from_arrays, tensor_numpy, validate_memory
 from cnnlab.data.common import grayscale
 from cnnlab.data.fingerprint import MEMORY_PREFIX
@@ -42,7 +42,7 @@ from cnnlab.device import resolve_device
 from cnnlab.engine import config_for_resume, fit, prepare, refuse_lost_checkpoint
 from cnnlab.ensembles import combine as combine_members
 from cnnlab.ensembles import parse_member_range, require_builder, train_ensemble
-from cnnlab.errors import UserError, option
+from cnnlab.errors import UserError, notice, option
 from cnnlab.evaluation import evaluate_run, plot_run
 from cnnlab.inference import Predictor
 from cnnlab.lr_find import LRFind
@@ -105,9 +105,14 @@ def make_config(model=DEFAULT, data=None, config: str | Path | dict | TrainConfi
     layers = [base, read_params_file(params) if params else {},
               {**options, "model": model, "data": str(data) if data is not None else None}]
     try:
-        return build_config(*layers), dataset
+        built = build_config(*layers)
     except UserError as exc:
         raise _name_the_file(exc, config, base, layers[1:]) from None
+    recipe = RECIPES.get(built.recipe, {})
+    if recipe.get("time_budget") and not built.time_budget and built.epochs == recipe.get("epochs"):
+        notice(f"recipe {built.recipe} without a time budget trains its most epochs, {built.epochs} (its budget "
+               f"chooses fewer); give {option('epochs', metavar='N')} for fewer")  # 200 epochs ran without a word
+    return built, dataset
 
 
 def _name_the_file(exc: UserError, config, base: dict, later: list[dict]) -> UserError:
