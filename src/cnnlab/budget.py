@@ -200,7 +200,8 @@ def require_one_epoch(budget: Budget, spent: float, epoch_seconds: float, final_
     need = suggest_duration(budget.needed_for(one))
     raise TooSmall(f"{scope} cannot hold one epoch of {what} on this machine: set-up took {format_seconds(spent)}, an "
                    f"epoch about {format_seconds(epoch_seconds)}, the final evaluation {format_seconds(final_seconds)}; "
-                   f"give {option('time_budget', need)} or more{' for the whole command' if shared else ''}, "
+                   f"give {option('time_budget', need)} or more"
+                   f"{' for the whole command (more where its other runs are slower)' if shared else ''}, "
                    f"or fewer training images ({option('train_images')}), or {option('time_budget', 0)} with "
                    f"{option('epochs', metavar='N')}")
 
