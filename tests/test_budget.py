@@ -705,6 +705,7 @@ def test_a_search_starts_no_trial_that_would_not_fit(data, tmp_path, clock):
     summary = run_tune(config, tmp_path / "t", trials=5, space=space, pruner="none", say=said.append,
                        callbacks=[ticking(clock, 100.0)])
     assert summary["complete"] == 2 and any("less than a trial takes here" in line for line in said)
+    assert said[0].startswith("time budget 4:10: no trial starts once it is spent")  # said first: trials run whole
     trial = json.loads((tmp_path / "t" / "trials" / "trial-0000" / "config.json").read_text())
     assert trial["time_budget"] == 0.0 and trial["epochs"] == 1
 

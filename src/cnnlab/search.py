@@ -694,6 +694,9 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
         say(f"{study.study_name}: the search is finished or out of time ({trials} trials wanted); nothing to train. "
             "Its summary:")
     else:
+        if budget is not None:  # unlike train's, it does not cut a trial short: said before a first trial runs past it
+            say(f"time budget {format_seconds(budget.seconds)}: no trial starts once it is spent or when a trial like "
+                "the finished ones would not fit; each trial trains its epochs in full, so the last may end after it")
         handlers = optuna.logging.get_logger("optuna").handlers  # filters act on handlers for child loggers' records
         for handler in handlers:
             handler.addFilter(no_interrupt_traceback)
