@@ -212,6 +212,8 @@ def test_the_cli_refuses_a_budget_too_small_for_one_epoch_in_one_line(cli, data,
     (line,) = [text for text in err.splitlines() if text.strip()]
     assert code != 0 and "cannot hold one epoch of cnn1" in line and "give --time-budget 30s or more" in line
     assert not (tmp_path / "runs").exists()
+    # the progress header named a run directory: the error says it is gone (it read as if kept)
+    assert "run directory: " in out and line.endswith("(nothing was kept: the run directory was removed)")
 
 
 def test_a_budget_is_shared_among_the_runs_left(clock):

@@ -300,6 +300,8 @@ def train_cmd(
             kept = getattr(exc, "run_dir", None)
             if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) and kept and RunDir(kept).has_checkpoint():
                 raise UserError(f"{exc}; then continue with: cnnlab train --resume {kept}") from None
+            if hasattr(exc, "run_dir") and kept is None and resume is None and not quiet:  # the progress header named
+                raise UserError(f"{exc} (nothing was kept: the run directory was removed)") from None  # one: gone
             raise
         except KeyboardInterrupt as exc:
             if dist is not None and not dist.lead:
