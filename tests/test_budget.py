@@ -385,6 +385,7 @@ def test_a_study_or_ensemble_whose_budget_trains_nothing_fails_naming_the_budget
     with pytest.raises(budgets.TooSmall, match="cannot hold one epoch of cnn1"):
         cnnlab.ensemble("cnn1", members=2, threshold=0.0, data=str(data), out=tmp_path / "ensemble", progress=False,
                         say=lambda text: None, **dict(SETTINGS, epochs=10, time_budget=10))
+    assert not list((tmp_path / "ensemble").rglob("config.json")), "a refused attempt keeps nothing"
 
 
 def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):
@@ -418,6 +419,8 @@ def test_a_study_starts_no_run_once_a_share_cannot_hold_one_epoch(data, tmp_path
     assert "give time_budget='60s' or more for the whole command" in refused  # 30 s spent + 3 runs x 10 s
     assert sum("not started, the budget's share cannot hold one epoch" in line for line in said) == 2, said
     assert result["report"].is_file()  # of the run that finished
+    refused_run = result["runs"][1].dir
+    assert not refused_run.file("config.json").exists() and not refused_run.file("env.json").exists()  # kept before
     again = cnnlab.study(["cnn1"], 4, str(data), out=tmp_path / "study", progress=False, say=said.append,
                          **dict(SETTINGS, epochs=10, time_budget=200))  # the budget it named, and more: allowed
     assert [run.dir.status() for run in again["runs"]] == ["finished"] * 4

@@ -277,6 +277,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
                         results = [fit(member_config, dirs[0], callbacks, resume=resume, dataset=dataset,
                                        builder=builder, budget=share)]
                 except TooSmall as exc:  # as a spent budget: the next share would be no larger
+                    for run in dirs:  # refused before the first step: nothing of these attempts is kept
+                        run.clear()
                     if not finished_members(directory):  # nothing trained, in this call or before: an error, as
                         raise  # `train`'s (an empty vote exited 0 and predict then failed)
                     say(f"{exc}; {qualified}/{members} qualified, no further attempt starts")

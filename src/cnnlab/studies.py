@@ -189,6 +189,7 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         try:
             metrics = fit(cfg, run, callbacks, resume=resume, dataset=dataset, builder=builder, budget=share)
         except TooSmall as exc:  # as a spent budget: no later run starts, since its share would be no larger
+            run.clear()  # refused before its first step: its settings and environment go, as train's whole folder
             too_small.append(str(exc))
             say(f"[{i}/{len(jobs)}] {run.path.name}: not started: {exc}")
             return
