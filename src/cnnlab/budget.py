@@ -45,7 +45,10 @@ def parse_duration(value, setting: str = "time_budget") -> float:
     if isinstance(value, bool):
         raise refuse()
     if isinstance(value, numbers.Real):  # NumPy's numbers too (np.int64(8) was refused)
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # 10**400: a traceback
+            seconds = math.inf
     elif isinstance(value, str):
         text = value.strip().lower()
         if text.startswith("-"):  # "-5" from the command line: the same hint as -5

@@ -8,6 +8,7 @@ one message naming the setting, what is allowed and what was given.
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 import types
 import typing
@@ -250,6 +251,9 @@ def check_types(config: TrainConfig) -> None:
     _HINTS = _HINTS or typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         value, allowed = getattr(config, f.name), _allowed_types(_HINTS[f.name])
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # np.int64(8), np.float32(0.1)
+            value = value.item()  # from a notebook's arithmetic: Python's own number (they were refused)
+            setattr(config, f.name, value)
         if isinstance(value, bool):
             ok = bool in allowed
         elif isinstance(value, int):
@@ -262,6 +266,8 @@ def check_types(config: TrainConfig) -> None:
             wanted = " or ".join(_type_name(t) for t in allowed)
             raise UserError(f"{f.name}: must be {wanted}, got {value!r} ({_type_name(type(value))})")
         if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+            if abs(value) > sys.float_info.max:  # 10**400: float() raised OverflowError, a traceback
+                raise UserError(f"{f.name}: must be a finite number, got {shorten(repr(value))}")
             setattr(config, f.name, float(value))
 
 
