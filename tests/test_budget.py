@@ -381,13 +381,26 @@ def test_a_study_or_ensemble_whose_budget_trains_nothing_fails_naming_the_budget
     """Where the first share cannot hold one epoch, nothing trains: the budget's line is the error, as `train`'s
     (an ensemble wrote an empty vote and exited 0; a study ended with "no finished run directories found")."""
     speed(30.0)
+    said = []
     with pytest.raises(budgets.TooSmall, match="cannot hold one epoch of cnn1"):
-        cnnlab.study(["cnn1"], 2, str(data), out=tmp_path / "study", progress=False, say=lambda text: None,
+        cnnlab.study(["cnn1"], 2, str(data), out=tmp_path / "study", progress=False, say=said.append,
                      **dict(SETTINGS, epochs=10, time_budget=10))
+    assert not [line for line in said if "cannot hold one epoch" in line]  # the error says it, not twice
     with pytest.raises(budgets.TooSmall, match="cannot hold one epoch of cnn1"):
         cnnlab.ensemble("cnn1", members=2, threshold=0.0, data=str(data), out=tmp_path / "ensemble", progress=False,
                         say=lambda text: None, **dict(SETTINGS, epochs=10, time_budget=10))
     assert not list((tmp_path / "ensemble").rglob("config.json")), "a refused attempt keeps nothing"
+
+
+@pytest.mark.parametrize("command", ["study", "ensemble"])
+def test_a_budget_spent_before_the_first_run_is_an_error(command, data, tmp_path):
+    """A budget the set-up used up: an ensemble wrote an empty vote and exited 0, a study ended with "no finished
+    run directories found" (found by a regression trial)."""
+    options = dict(SETTINGS, epochs=1, time_budget=0.001, data=str(data), out=tmp_path / command, progress=False,
+                   say=lambda text: None)
+    what = {"study": "run", "ensemble": "attempt"}[command]
+    with pytest.raises(UserError, match=rf"^time_budget: its 0.0 s were spent before the first {what} started"):
+        cnnlab.study(["cnn1"], 2, **options) if command == "study" else cnnlab.ensemble("cnn1", 2, 0.0, **options)
 
 
 def test_a_study_starts_no_run_once_its_budget_is_spent(data, tmp_path, clock, speed):

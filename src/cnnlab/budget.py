@@ -272,6 +272,13 @@ def overruns(seconds: float, elapsed: float, epochs_done: int, loop_seconds: flo
     return elapsed + loop_seconds / epochs_done + final_seconds > HIGH * seconds
 
 
+def budget_spent_first(budget: Budget, what: str) -> UserError:
+    """A command's budget that its set-up (data, checks) used up before its first `what` (run, attempt, trial)."""
+    return UserError(f"{option('time_budget')}: its {format_seconds(budget.seconds)} were spent before the first {what} "
+                     f"started (setting up took {format_seconds(budget.elapsed())}); give a budget that holds a few "
+                     f"{what}s")
+
+
 def chosen_line(metrics: dict) -> str:
     """'9 epochs chosen' for a budgeted run's metrics ('' without a budget): the total it trained to, which the
     re-plans after its first epochs may have changed (the first plan's 8 was printed where 9 trained)."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnlab import runs
-from cnnlab.budget import Budget, TooSmall, chosen_line, format_seconds
+from cnnlab.budget import Budget, TooSmall, budget_spent_first, chosen_line, format_seconds
 from cnnlab.config import MAX_RUNS, TrainConfig, differing_settings, require_seeds_fit, require_validation, shorten
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
@@ -237,6 +237,8 @@ def train_ensemble(config: TrainConfig, directory: Path, members: int = 30, thre
         if qualified >= members:
             break
         if budget is not None and budget.spent:
+            if not done:  # nothing trained, in this call or before: an empty vote exited 0 (predict then failed)
+                raise budget_spent_first(budget, "attempt")
             say(f"time budget spent ({format_seconds(budget.seconds)}): {qualified}/{members} qualified; "
                 "no further attempt starts")
             break

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.budget import Budget, format_seconds
+from cnnlab.budget import Budget, budget_spent_first, format_seconds
 from cnnlab.callbacks import Callback
 from cnnlab.config import (FIELDS, RECIPES, RESULT_NEUTRAL, TrainConfig, build_config, differing_settings,
                            require_validation)
@@ -688,9 +688,7 @@ def run_tune(config: TrainConfig, directory: Path, trials: int = 50, budget: Bud
 
     if enough(study):
         if budget is not None and budget.spent and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise UserError(f"{option('time_budget')}: its {format_seconds(budget.seconds)} were spent before the first "
-                            f"trial started (setting up took {format_seconds(budget.elapsed())}); give a budget that "
-                            "holds a few trials")  # no trial finished: an error, not an empty summary and exit 0
+            raise budget_spent_first(budget, "trial")  # no trial finished: an error, not an empty summary, exit 0
         say(f"{study.study_name}: the search is finished or out of time ({trials} trials wanted); nothing to train. "
             "Its summary:")
     else:

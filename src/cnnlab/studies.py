@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.budget import Budget, TooSmall, chosen_line, format_seconds
+from cnnlab.budget import Budget, TooSmall, budget_spent_first, chosen_line, format_seconds
 from cnnlab.config import (MAX_RUNS, TrainConfig, build_config, differing_settings, require_seeds_fit,
                            require_validation, shorten)
 from cnnlab.data.fingerprint import files_fingerprint, require_same_files
@@ -164,6 +164,9 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
     deferred = []
     too_small: list[str] = []  # a run's share could not hold one epoch (budget.TooSmall)
 
+    def trained_any() -> bool:
+        return any(r.status() == runs.FINISHED for _, r, _ in jobs)
+
     def train_owned(i: int, cfg: TrainConfig, run: RunDir, builder) -> None:
         status = run.status()
         if status == runs.FINISHED:
@@ -176,7 +179,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
                 "is spent; run the same command again to go on (each call has a budget of its own)")
             return
         if too_small and not resume:
-            say(f"[{i}/{len(jobs)}] {run.path.name}: not started, the budget's share cannot hold one epoch (above)")
+            if trained_any():  # else the command's error says it
+                say(f"[{i}/{len(jobs)}] {run.path.name}: not started, the budget's share cannot hold one epoch (above)")
             return
         if budget is not None:  # this run and every later or deferred one still unfinished
             left = {r.path: r for r in [r for _, r, _ in jobs[i - 1:]] + [r for _, _, r, _ in deferred]}
@@ -191,7 +195,8 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
         except TooSmall as exc:  # as a spent budget: no later run starts, since its share would be no larger
             run.clear()  # refused before its first step: its settings and environment go, as train's whole folder
             too_small.append(str(exc))
-            say(f"[{i}/{len(jobs)}] {run.path.name}: not started: {exc}")
+            if trained_any():  # else the command's error says it, once
+                say(f"[{i}/{len(jobs)}] {run.path.name}: not started: {exc}")
             return
         say(f"    val {metrics['val_accuracy']:.4f}" + (f", test {metrics['test_accuracy']:.4f}"
                                                        if "test_accuracy" in metrics else "")
@@ -216,6 +221,9 @@ def run_study(config: TrainConfig, models: list[str], repeats: int, directory: P
             train_owned(i, cfg, run, builder)
         finally:
             run.release()
-    if too_small and not any(run.status() == runs.FINISHED for _, run, _ in jobs):
-        raise TooSmall(too_small[0])  # nothing trained: the budget's line, not the report's "no finished run"
+    if not trained_any():  # nothing trained: the budget's line, not
+        if too_small:  # the report's "no finished run directories found"
+            raise TooSmall(too_small[0])
+        if budget is not None and budget.spent:
+            raise budget_spent_first(budget, "run")
     return [run.path for _, run, _ in jobs]
