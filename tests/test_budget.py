@@ -347,6 +347,10 @@ def test_a_budgeted_studys_report_pools_repeats_whose_epochs_the_budget_chose(da
     assert "separate groups" not in text and "epochs=" not in text
     assert re.search(r"^\| cnn1 \| 4 \| [\d.-]+ \| [\d.]+ ± [\d.]+ \|", text, re.M), text
     assert "Epochs chosen by the time budget from each run's measured pace: 2-3 (4 of 4 runs budgeted)" in text
+    more = cnnlab.study(["cnn1"], 5, str(data), out=tmp_path / "study", progress=False, say=lambda text: None,
+                        **dict(SETTINGS, epochs=10, time_budget=40))  # a call with a budget of its own
+    text = Path(more["markdown"]).read_text()
+    assert "separate groups" not in text and re.search(r"^\| cnn1 \| 5 \| ", text, re.M), text
 
 
 def test_a_rerun_study_resumes_a_budgeted_run_to_its_chosen_epochs(data, tmp_path, clock, speed):

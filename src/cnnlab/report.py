@@ -78,11 +78,12 @@ IGNORED_SETTINGS = ("seed", "device", "data_dir", "compile", "checkpoint_every",
 def compared_settings(run: Run) -> dict:
     """The settings that tell groups apart. A time budget chooses each run's epochs (and cuts its warm-up to
     them) from its own pace, so a budgeted run counts by the epochs asked (at most), and its repeats stay one
-    group (each repeat was a group of one, with no mean ± std)."""
+    group (each repeat was a group of one, with no mean ± std), also where calls of a study had other budgets."""
     setup = {k: v for k, v in run.config.items() if k not in IGNORED_SETTINGS}
     if run.metrics.get("budget_max_epochs") is not None:
         setup["epochs"] = run.metrics["budget_max_epochs"]
-        setup.pop("warmup_epochs", None)
+        for chosen in ("warmup_epochs", "time_budget"):  # each call of a study has a budget of its own
+            setup.pop(chosen, None)
     return setup
 
 
