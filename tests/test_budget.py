@@ -773,5 +773,10 @@ def test_a_budget_recipe_without_its_budget_says_it_trains_its_most_epochs(capsy
     make_config(recipe="cpu-budget", time_budget=0)
     assert "recipe cpu-budget without a time budget trains its most epochs, 200" in capsys.readouterr().err
     make_config(recipe="cpu-budget", time_budget=0, epochs=30)  # epochs chosen: nothing to say
+    make_config(recipe="cpu-budget", time_budget=0, epochs=200)  # the cap, asked for: nothing to say either
     make_config(recipe="cpu-budget")  # its budget picks the epochs
+    make_config(recipe="cpu-budget", time_budget=0, trains=None)  # lr_find trains no epochs
     assert capsys.readouterr().err == ""
+    # a search's trials always train without a budget, and trained 200 epochs each without a word
+    make_config(recipe="cpu-budget", trains="trial")
+    assert "recipe cpu-budget: each trial trains its most epochs, 200" in capsys.readouterr().err
