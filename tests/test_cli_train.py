@@ -122,7 +122,7 @@ def test_params_file_round_trips_into_train(cli, data, tmp_path):
 
 def test_resume_refuses_changed_options_and_missing_checkpoint(cli, run_dir, tmp_path):
     code, _, err = cli("train", "--resume", run_dir, "--lr", "0.1")
-    assert code == 2 and "only epochs and device may change (got lr)" in err
+    assert code == 2 and "only --epochs and --device may change (got --lr)" in err
     code, _, err = cli("train", "--resume", tmp_path)
     assert code == 2 and "not a cnnlab run directory" in err
 

@@ -86,3 +86,23 @@ def test_no_message_below_the_cli_spells_a_cnnlab_flag():
             if spelled.search(text) and "cnnlab " not in text:
                 found.append(f"{path.relative_to(SOURCE)}:{line}: {text.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_advice_names_the_python_call_in_python_and_the_command_on_the_command_line(tmp_path, cli):
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    (folder / "ensemble_settings.json").write_text("{}")  # an ensemble whose vote is not written yet
+    with pytest.raises(UserError) as caught:
+        cnnlab.load_run(folder)
+    assert "run the same cnnlab.ensemble(...) call again" in str(caught.value)
+    code, _, err = cli("evaluate", folder)
+    assert code == 2 and "run the same 'cnnlab ensemble' command again" in err
+
+
+def test_a_studys_report_in_the_way_is_named_by_its_path_not_by_a_flag(tmp_path):
+    """`study` has no -o, yet a folder where its report goes was '-o OUT/report.html: ... is a folder'."""
+    from cnnlab.report import build_report
+
+    (tmp_path / "report.html").mkdir()
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'report.html'}: .* is a folder"):
+        build_report([tmp_path], tmp_path / "report.html")

@@ -602,8 +602,8 @@ def resume_setting(resume, *, model=DEFAULT, data=None, config=None, params=None
     changed = [k for k, v in {"model": None if model is DEFAULT else model, "config": config, "params": params,
                               **options}.items() if v is not None]
     if changed:
-        raise UserError(f"resume continues the stored configuration; only epochs and device may change "
-                        f"(got {', '.join(changed)})")
+        raise UserError(f"{option('resume')} continues the stored configuration; only {option('epochs')} and "
+                        f"{option('device')} may change (got {', '.join(map(option, changed))})")
     cfg = config_for_resume(run, epochs, device)
     if isinstance(data, (str, Path)) and str(data) != recorded:
         # the same data named otherwise (another working folder, a moved copy): the run's data-file fingerprints

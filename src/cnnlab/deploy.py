@@ -51,7 +51,7 @@ from torch import nn
 from cnnlab import runs, test_time
 from cnnlab.config import EVAL_BATCH_SIZE
 from cnnlab.data.arrays import tensor_numpy
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, either
 from cnnlab.evaluation import validation_sample
 from cnnlab.inference import load_model, predict_logits
 from cnnlab.runs import RunDir
@@ -69,6 +69,7 @@ INPUT_NAME = "images"
 INPUT_LAYOUT = "NCHW uint8"
 INPUT_SCALE = "pixels / 255"
 DIGEST_KEY = "cnnlab_sha256"  # metadata_props entry: _digest of the model as exported
+EXPORT_COMMAND = "'cnnlab export RUN_DIR -o FILE'"  # beside its Python call (errors.either)
 
 
 class ExportCheckError(UserError):
@@ -279,7 +280,8 @@ def _verify(model, path: Path) -> None:
     recorded = [e.value for e in model.metadata_props if e.key == DIGEST_KEY]
     if recorded and recorded != [_digest(model)]:
         raise UserError(f"{path}: its bytes differ from what cnnlab exported (SHA-256 mismatch: the file was damaged "
-                        "or edited); export it again with 'cnnlab export RUN_DIR -o FILE' or restore it from a copy")
+                        f"or edited); export it again with {either(EXPORT_COMMAND, 'cnnlab.export(run, file)')} "
+                        "or restore it from a copy")
 
 
 def _finish_file(onnx, path: Path, props: dict[str, str]) -> int:

@@ -47,6 +47,11 @@ def on_command_line() -> bool:
     return os.environ.get(SURFACE) == "cli"
 
 
+def either(command_line: str, python: str) -> str:
+    """Advice in the words of the surface the user is on: a command to run, or the Python call."""
+    return command_line if on_command_line() else python
+
+
 def option(name: str, value=_NO_VALUE, *, metavar: str | None = None) -> str:
     """A setting as the user spelled it: '--time-budget 45s' on the command line, "time_budget='45s'" in Python;
     without a value '--train-images' or 'train_images'; a True value is the bare flag ('--tta', 'tta=True'); a

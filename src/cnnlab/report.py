@@ -366,7 +366,7 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
     not_started: names of runs a study wanted that have no directory yet, listed with the unfinished ones."""
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"-o {output}: the report is HTML; give a file name ending in .html")
+        raise UserError(f"{output}: the report is HTML; give a file name ending in .html")
     figure_dir, markdown = output.with_name(output.stem + "_files"), output.with_suffix(".md")
     check_targets(output, markdown, figure_dir)
     loaded = [load_run(p) for p in find_runs(paths)]
@@ -390,14 +390,14 @@ def check_targets(output: Path, markdown: Path, figure_dir: Path) -> None:
     """What stands in the way of the report's files, told before any work."""
     for path in (output, markdown):
         if path.is_dir():
-            raise UserError(f"-o {output}: {path} is a folder; give another file name for the report")
+            raise UserError(f"{output}: {path} is a folder; give another file name for the report")
     if figure_dir.is_symlink() or (figure_dir.exists() and not figure_dir.is_dir()):
-        raise UserError(f"-o {output}: {figure_dir} is in the way of the report's figures folder (a file or a link); "
+        raise UserError(f"{output}: {figure_dir} is in the way of the report's figures folder (a file or a link); "
                         "move it or give another file name for the report")
     # the folder is replaced whole: a previous report's figures (PNGs) may go, anything else (a run named
     # x_files beside -o x.html was deleted) may not
     if figure_dir.is_dir() and any(p.is_dir() or p.suffix.lower() != ".png" for p in figure_dir.iterdir()):
-        raise UserError(f"-o {output}: {figure_dir} holds more than a report's figures, and the report would replace "
+        raise UserError(f"{output}: {figure_dir} holds more than a report's figures, and the report would replace "
                         "it; move it or give another file name for the report")
 
 
@@ -454,8 +454,8 @@ def _build_report(loaded: list[Run], output: Path, markdown: Path, figure_dir: P
         setup.append(f"Runs of different settings are reported as separate groups; they differ in: {', '.join(varying)}")
     if unfinished:
         shown = ", ".join(unfinished[:6]) + (f" and {len(unfinished) - 6} more" if len(unfinished) > 6 else "")
-        setup.append(f"Not in this report, not finished: {shown} (interrupted, or not started within the time "
-                     "budget; the same command continues them)")
+        setup.append(f"Not in this report, not finished: {shown} (interrupted, or not started within a time "
+                     "budget; the command that trains them continues them when run again)")
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_html(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{_html(title)}</h1><h2>Setup</h2><ul>"]

@@ -42,7 +42,7 @@ from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from cnnlab.errors import UserError, on_command_line, option
+from cnnlab.errors import UserError, either, option
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -54,6 +54,9 @@ WEIGHTS = "model.safetensors"
 MODEL = "model.json"
 SAMPLES = "samples.safetensors"
 OWNER_LOCK = ".owner.lock"
+# the command-line advice beside its Python call (errors.either): quoted commands, kept out of f-strings
+ENSEMBLE_COMMAND, RESUME_COMMAND = "'cnnlab ensemble' command", "'cnnlab train --resume RUN'"
+COMBINE_COMMAND = "'cnnlab ensemble combine DIR'"
 
 FRESH, RUNNING, INTERRUPTED, FAILED, FINISHED = "fresh", "running", "interrupted", "failed", "finished"
 DAMAGED = "If it is damaged, restore it from a copy or train again"
@@ -446,15 +449,17 @@ class RunDir:
         if not self.file(MODEL).is_file():
             # the group folders' own files, named here as text: runs sits below studies and ensembles
             if self.file("ensemble_settings.json").is_file():
-                raise UserError(f"{self.path}: an ensemble whose vote is not written yet; run the same 'cnnlab "
-                                "ensemble' command again to finish it")
+                raise UserError(f"{self.path}: an ensemble whose vote is not written yet; run the same "
+                                f"{either(ENSEMBLE_COMMAND, 'cnnlab.ensemble(...) call')} again to finish "
+                                "it")
             if self.file("study.json").is_file():
                 raise UserError(f"{self.path}: a study folder, not one run; give one of its runs "
                                 f"({self.path / 'runs'}/NAME-seedS)")
             if not self.file(CONFIG).is_file():
                 raise UserError(f"{self.path}: not a cnnlab run directory (no {CONFIG}); train one with {_train()}")
             raise UserError(f"{self.path}: not a finished cnnlab run directory (no {MODEL}; status: {self.status()}); "
-                            f"train one with {_train()} or resume it with {_train()} and {option('resume')}")
+                            f"train one with {_train()} or resume it with "
+                            f"{either(RESUME_COMMAND, 'cnnlab.train(..., resume=run)')}")
         return self
 
     def clear(self) -> None:
@@ -551,7 +556,7 @@ class RunDir:
 
     def logits(self, split: str):
         """(logits N x classes float32 numpy, labels numpy) stored for the split."""
-        tensors = load_tensors(self.file(LOGITS), LOGITS_FIX)
+        tensors = load_tensors(self.file(LOGITS), logits_fix())
         if f"{split}_logits" not in tensors or f"{split}_labels" not in tensors:
             raise UserError(f"{self.path}: no {split} split in this run (its dataset has no labeled {split} split)")
         logits, labels = tensors[f"{split}_logits"], tensors[f"{split}_labels"]
@@ -560,7 +565,8 @@ class RunDir:
                    or (len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1])))
         if damaged:
             raise UserError(f"{self.file(LOGITS)}: the stored {split} logits or labels are inconsistent; the file was "
-                            "edited or damaged (retrain the run, or rerun `cnnlab ensemble combine` for an ensemble)")
+                            f"edited or damaged (retrain the run, or rerun {either('`cnnlab ensemble combine`', 'cnnlab.combine(dir)')} "
+                            "for an ensemble)")
         if self.file(MODEL).is_file() and logits.shape[1] != self.read_model_meta()["num_classes"]:
             raise UserError(f"{self.path}: {MODEL} says {self.read_model_meta()['num_classes']} classes but the stored "
                             f"{split} logits have {logits.shape[1]}; {MODEL} was edited or copied from another run: "
@@ -568,7 +574,7 @@ class RunDir:
         return logits.float().numpy(), labels.numpy()
 
     def has_logits(self, split: str) -> bool:
-        return f"{split}_logits" in load_tensors(self.file(LOGITS), LOGITS_FIX)
+        return f"{split}_logits" in load_tensors(self.file(LOGITS), logits_fix())
 
     def samples(self) -> tuple | None:
         """(uint8 images N x C x H x W, labels, positions in the validation split) as numpy, or None without them."""
@@ -591,12 +597,14 @@ class RunDir:
         return load_tensors(path, fix), tensor_metadata(path)
 
 
-LOGITS_FIX = "restore it from a copy or train the run again (an ensemble: run 'cnnlab ensemble combine DIR' again)"
+def logits_fix() -> str:
+    return ("restore it from a copy or train the run again (an ensemble: run "
+            f"{either(COMBINE_COMMAND, 'cnnlab.combine(dir)')} again)")
 
 
 def _train() -> str:
     """How the user trains a run, in the words of the surface they use."""
-    return "'cnnlab train'" if on_command_line() else "cnnlab.train(...)"
+    return either("'cnnlab train'", "cnnlab.train(...)")
 
 
 def _checked(data: dict, path: Path, keys: dict[str, type]) -> dict:

@@ -335,8 +335,8 @@ def check_storage(storage: str | None) -> None:
         raise UserError(f"storage {mask_url(storage)}: expected a database URL such as postgresql://user:pass@host/db")
     if IN_MEMORY_SQLITE.fullmatch(storage.strip()):
         raise UserError(f"storage {mask_url(storage)}: an in-memory SQLite database, lost when this command ends and "
-                        f"closed to other workers; give a file, e.g. sqlite:///path/to/study.db (or no {option('storage')}: a "
-                        f"journal in {option('out')})")
+                        f"closed to other workers; give a file, e.g. sqlite:///path/to/study.db (or leave {option('storage')} "
+                        "out: a journal in the output folder)")
 
 
 def require_one_study(opened, name: str, directory: Path, storage: str | None) -> None:
