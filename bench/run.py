@@ -443,6 +443,8 @@ def image_counts(text: str) -> tuple[int | None, dict[str, int]]:
         if count < 1:
             raise argparse.ArgumentTypeError(f"must be a positive number of images for every model, or name=N "
                                              f"entries, e.g. 1024 or cnn2=1280,cnn3=960; got {item.strip()!r}")
+        if name.strip() in chosen:  # cnn1=10,cnn1=20: the last one won without a word
+            raise argparse.ArgumentTypeError(f"{name.strip()} is given twice; give each model's count once")
         if name.strip():
             chosen[name.strip()] = count
         else:
@@ -472,6 +474,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "compiles only where a probe finds it pays)")
     parser.add_argument("--graphs", action="store_true", help="also time the CUDA-graph step (CUDA only, not the default)")
     args = parser.parse_args(argv)
+    if args.json not in (None, "auto"):  # found out after the measurements (a traceback), or a folder made as root
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir():
+            parser.error(f"argument --json: {target} is a folder or lies in no existing folder; give a file in an "
+                         "existing folder, or auto")
+    if args.graphs and (args.device == "cpu" or not torch.cuda.is_available()):
+        parser.error("argument --graphs: times the CUDA-graph step, and there is no CUDA here; drop it on the CPU")
     # a per-model count for a model not timed was ignored without a word (a typo such as cnn9=100)
     stray = [m for m in (args.images or (None, {}))[1] if m not in args.models]
     if stray:

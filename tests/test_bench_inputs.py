@@ -162,6 +162,9 @@ def test_accuracy_script_refuses_a_one_second_budget_in_one_line(tmp_path):
     (["--peak-size", "0"], "--peak-size"),
     (["--batch-size", "0"], "--batch-size"),
     (["--rounds", "0"], "--rounds"),
+    (["--images", "cnn1=10,cnn1=20"], "given twice"),
+    (["--json", "/nonexistent-cnnlab-folder/x.json"], "--json"),  # made that folder, as root, after measuring
+    (["--graphs", "--device", "cpu"], "--graphs"),
 ])
 def test_run_refuses_a_bad_flag_before_measuring(argv, named, monkeypatch, capsys):
     def measured(*args, **kwargs):
