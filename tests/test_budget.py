@@ -132,7 +132,7 @@ def test_budgets_beyond_30_days_are_refused(value):
 
 def test_bad_duration_on_the_command_line(cli, data, tmp_path):
     code, _, err = cli("train", "cnn1", "--data", data, "--time-budget", "a while", "--out", tmp_path)
-    assert code == 2 and err.strip() == ("cnnlab: error: time_budget: must be a number of seconds or a duration such "
+    assert code == 2 and err.strip() == ("cnnlab: error: --time-budget: must be a number of seconds or a duration such "
                                          "as 900, 900s, 15m, 1h30m or 1.5h (0 = no budget), got 'a while'")
     assert not list(tmp_path.iterdir())
 

@@ -72,10 +72,10 @@ def test_predict_refuses_wrong_image_size(cli, run_dir, tmp_path):
     (["--epochs", "0"], "epochs: must be a positive integer, got 0"),
     (["--lr", "inf"], "lr: must be a finite number, got inf"),
     (["--lr", "nan"], "lr: must be a finite number"),
-    (["--val-fraction", "2"], "val_fraction: must lie in [0, 1), got 2.0"),
+    (["--val-fraction", "2"], "--val-fraction: must lie in [0, 1), got 2.0"),
     (["--val-fraction", "0"], "val_fraction = 0 leaves no validation split"),
     (["--recipe", "fancy"], "recipe: must be one of report, modern, cpu-budget, got 'fancy'"),
-    (["--cuda-graphs", "--device", "cpu"], "cuda_graphs: CUDA graphs need a CUDA device"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs: CUDA graphs need a CUDA device"),
     (["--data", "/nowhere/x.npz"], "no such file or folder"),
     (["--device", "cuda"], None),
 ])

@@ -301,7 +301,7 @@ def test_a_bad_value_in_a_config_file_names_the_file(npz, tmp_path, cli):
     assert code == 2 and f"{toml}: epochs: must be an integer" in one_line(err)
     toml.write_text('epochs = 2\n')
     code, _, err = cli("train", "cnn1", "--data", npz, "--config", toml, "--batch-size", "0", "--out", tmp_path / "o")
-    assert code == 2 and one_line(err).startswith("cnnlab: error: batch_size: ")  # the flag's value, not the file's
+    assert code == 2 and one_line(err).startswith("cnnlab: error: --batch-size: ")  # the flag's value, not the file's
 
 
 # ------------------------------------------------------------------ resuming, third round (session 16's trial)

@@ -106,3 +106,17 @@ def test_a_studys_report_in_the_way_is_named_by_its_path_not_by_a_flag(tmp_path)
     (tmp_path / "report.html").mkdir()
     with pytest.raises(UserError, match=rf"^{tmp_path / 'report.html'}: .* is a folder"):
         build_report([tmp_path], tmp_path / "report.html")
+
+
+def test_a_settings_check_names_the_flag_that_gave_the_value(tmp_path, cli):
+    """The checks name config keys ("val_fraction: must lie in [0, 1)"), right in a config file; a value typed as
+    a flag is named as typed (found by a regression trial)."""
+    code, _, err = cli("train", "cnn1", "--val-fraction", "2", "--out", tmp_path)
+    assert code == 2 and err.startswith("cnnlab: error: --val-fraction: must lie in [0, 1), got 2.0"), err
+    (tmp_path / "c.toml").write_text("val_fraction = 2\n")
+    code, _, err = cli("train", "cnn1", "--config", tmp_path / "c.toml", "--out", tmp_path)
+    assert code == 2 and "--val-fraction" not in err and "val_fraction: must lie in [0, 1)" in err, err
+    # refused before the progress header named a run directory: nothing to say of one
+    code, _, err = cli("train", "cnn1", "--cuda-graphs", "--device", "cpu", "--data", write_npz_dataset(
+        tmp_path / "d.npz", 40, 10), "--out", tmp_path / "runs")
+    assert code == 2 and err.startswith("cnnlab: error: --cuda-graphs: ") and "nothing was kept" not in err, err

@@ -491,6 +491,7 @@ def train(model=DEFAULT, data=None, *, config=None, params=None, out: str | Path
                         Path(out).rmdir()
             if isinstance(exc, (KeyboardInterrupt, UserError)):  # what the CLI names to continue (None: nothing kept)
                 exc.run_dir = run.path if kept else None
+                exc.run_dir_named = any(getattr(cb, "named_run_dir", False) for cb in extra)  # by the progress header
             raise
         return Run(run.path, builder)
 

@@ -260,12 +260,31 @@ def training_options(fn):
     def command(**kwargs):
         options = {name: kwargs.pop(name) for name in TRAINING_OPTIONS}
         tracking = {name: kwargs.pop(name) for name in TRACKING_OPTIONS}
+        given = {name for name, value in options.items() if value is not None}
         options["tensorboard"] = tracking["tensorboard_dir"] or bool(tracking["tensorboard"])
         options["mlflow"] = tracking["mlflow_uri"] or bool(tracking["mlflow"])
-        return fn(**kwargs, options=options)
+        try:
+            return fn(**kwargs, options=options)
+        except UserError as exc:
+            _name_the_flag(exc, given)
+            raise
 
-    command.__signature__ = signature.replace(parameters=own + extra)
-    command.__annotations__ = {p.name: p.annotation for p in own + extra}
+    return _with_signature(command, signature, own + extra)
+
+
+def _name_the_flag(exc: UserError, given: set[str]) -> None:
+    """A setting's check names its key ("val_fraction: must lie in [0, 1)"), as config files spell it; where the
+    value came from a flag, the line names the flag (--val-fraction), as the user typed it. In place: the error
+    keeps its type and what was attached to it (the run directory, the errno)."""
+    key, sep, rest = str(exc).partition(":")
+    if sep and key in given and exc.args and exc.args[0] == str(exc):
+        exc.args = (f"--{key.replace('_', '-')}{sep}{rest}",) + exc.args[1:]
+
+
+def _with_signature(command, signature, parameters):
+
+    command.__signature__ = signature.replace(parameters=parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
     return command
 
 
@@ -300,8 +319,8 @@ def train_cmd(
             kept = getattr(exc, "run_dir", None)
             if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) and kept and RunDir(kept).has_checkpoint():
                 raise UserError(f"{exc}; then continue with: cnnlab train --resume {kept}") from None
-            if hasattr(exc, "run_dir") and kept is None and resume is None and not quiet:  # the progress header named
-                raise UserError(f"{exc} (nothing was kept: the run directory was removed)") from None  # one: gone
+            if getattr(exc, "run_dir_named", False) and kept is None:  # the progress header named one, now gone
+                raise UserError(f"{exc} (nothing was kept: the run directory was removed)") from None
             raise
         except KeyboardInterrupt as exc:
             if dist is not None and not dist.lead:

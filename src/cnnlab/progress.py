@@ -41,6 +41,7 @@ class ConsoleProgress(Callback):
         self.quiet = quiet
         self.progress: Progress | None = None
         self.epoch_seconds: list[float] = []
+        self.named_run_dir = False
 
     def on_train_start(self, ctx) -> None:
         setup = ctx.setup
@@ -59,6 +60,7 @@ class ConsoleProgress(Callback):
                            f"{escape(device_name(setup.device))}, {setup.precision}", soft_wrap=self.soft_wrap)
         self.console.print("run directory: " + escape(", ".join(str(d) for d in ctx.run_dirs)), highlight=False,
                            soft_wrap=self.soft_wrap)
+        self.named_run_dir = True  # a failure that then removes it says so (the CLI's train)
         if note := precision_note(setup.device, setup.precision):
             self.console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=self.soft_wrap)
 
