@@ -772,8 +772,8 @@ def tune(model: str = "tuned-cnn", trials: int = 50, data=None, *, out: str | Pa
          timeout: float | str | None = None,
          storage: str | None = None, study_name: str | None = None, metric: str = "val_accuracy",
          space: str | Path | dict | None = None, pruner: str = "median", config=None, params=None, say=print,
-         progress: bool = True, ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False, mlflow: bool | str = False,
-         **options) -> dict:
+         progress: bool = True, ray: bool = False, ray_address: str | None = None, tensorboard: bool | str = False,
+         mlflow: bool | str = False, **options) -> dict:
     """Optuna search; returns the summary (complete/pruned/failed, best value and parameters).
 
     `time_budget` (or its alias `timeout`, seconds or "15m") is this worker's time: no trial starts once it

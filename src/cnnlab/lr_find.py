@@ -24,7 +24,7 @@ from cnnlab.engine.setup import Setup  # noqa: E402
 from cnnlab.engine.step import apply_learning_rates, make_batch, restore_rng, rng_snapshot, train_step  # noqa: E402
 from cnnlab.display import figure_png  # noqa: E402
 from cnnlab.plots import save_figure  # noqa: E402
-from cnnlab.errors import on_command_line# noqa: E402
+from cnnlab.errors import either  # noqa: E402
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
 SMOOTHING = 0.98  # fastai's beta: an exponential moving average of the loss, debiased
@@ -47,9 +47,8 @@ class LRFind:
     def command(self) -> str:
         if self.custom:
             return f"cnnlab.train({self.model}, ..., lr={self.suggestion:.3g})"
-        if on_command_line():
-            return f"cnnlab train {self.model} --lr {self.suggestion:.3g}"
-        return f"cnnlab.train({self.model!r}, ..., lr={self.suggestion:.3g})"
+        return either(f"cnnlab train {self.model} --lr {self.suggestion:.3g}",
+                      f"cnnlab.train({self.model!r}, ..., lr={self.suggestion:.3g})")
 
     def __repr__(self) -> str:
         where = f", plot={str(self.plot)!r}" if self.plot is not None else ""

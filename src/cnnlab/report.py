@@ -53,9 +53,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"{path}: no such run or study directory")
-        candidates = [path] if RunDir(path).file(runs.HISTORY).is_file() else \
-            sorted(p.parent for p in path.rglob(runs.HISTORY))
-        found += [c for c in candidates if RunDir(c).is_finished()]
+        found += [c for c in runs_below(path, runs.HISTORY) if RunDir(c).is_finished()]
     if not found:
         raise UserError(f"{', '.join(map(str, paths))}: no finished run directories found")
     # once each, however it was reached (a folder and a run inside it, ./a and a, a link): counted twice, a
@@ -378,12 +376,14 @@ def build_report(paths: list[Path], output: Path, title: str = "cnnlab study rep
 def unfinished_runs(paths: list[Path]) -> list[str]:
     """The names of runs given or found below that have not finished (interrupted, or not started within a time
     budget): a report that left them out without a word read as if the study had fewer models."""
-    left = []
-    for path in map(Path, paths):
-        candidates = [path] if RunDir(path).file(runs.CONFIG).is_file() else \
-            sorted(p.parent for p in path.rglob(runs.CONFIG)) if path.is_dir() else []
-        left += [c.name for c in candidates if not RunDir(c).is_finished()]
-    return sorted(set(left))
+    left = {c.name for path in map(Path, paths) if path.is_dir() for c in runs_below(path, runs.CONFIG)
+            if not RunDir(c).is_finished()}
+    return sorted(left)
+
+
+def runs_below(path: Path, marker: str) -> list[Path]:
+    """`path` itself where it holds `marker` (a run's file), else every folder below that holds one."""
+    return [path] if RunDir(path).file(marker).is_file() else sorted(p.parent for p in path.rglob(marker))
 
 
 def check_targets(output: Path, markdown: Path, figure_dir: Path) -> None:

@@ -24,7 +24,7 @@ from cnnlab.data.fingerprint import files_fingerprint, require_same_files
 from cnnlab.data.prepared import preflight
 from cnnlab.distributed import cluster_has_gpus, put_dataset, ray_cluster, run_tasks
 from cnnlab.engine import config_for_resume, fit
-from cnnlab.errors import UserError, on_command_line, option
+from cnnlab.errors import UserError, either, option
 from cnnlab.groups import GroupDir
 from cnnlab.models import model_info
 from cnnlab.models.custom import CUSTOM_MODEL, class_path, refuse_by_name, require_importable
@@ -68,8 +68,7 @@ def plan(config: TrainConfig, models: list[str], repeats: int, directory: Path,
         raise UserError(f"repeats: must be at most {MAX_RUNS:,} runs per model, got {shorten(repr(repeats))}")
     require_seeds_fit(config.seed, repeats, "repeats")
     if not models:
-        raise UserError("models: name at least one model (see " + ("`cnnlab models`)" if on_command_line() else
-                                                                     "cnnlab.list_models())"))
+        raise UserError(f"models: name at least one model (see {either('`cnnlab models`', 'cnnlab.list_models()')})")
     require_models(directory, models, builders)
     for name in models:
         if name not in builders:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.errors import UserError, notice, option, on_command_line
+from cnnlab.errors import UserError, either, notice, option
 
 from .builtin import BUILTIN, load_builtin
 from .formats import (RawSplit, find_idx_pair, ignored_beside, list_dir, os_error, read_csv, read_idx_folder,
@@ -203,7 +203,7 @@ def assemble(raw_train: RawSplit, raw_test: RawSplit | None, *, name: str, sourc
     """Read splits -> a checked Dataset: labels in range, one image size, --classes applied, every class present."""
     names = class_names
     if raw_train.labels is None:
-        reader = "`cnnlab predict RUN --input`" if on_command_line() else "cnnlab.submission(run, input)"
+        reader = either("`cnnlab predict RUN --input`", "cnnlab.submission(run, input)")
         raise NoLabels(f"{source}: the training data has no labels (a test file? {reader} reads it)")
     n_classes = len(names) if names else int(raw_train.labels.max()) + 1
     if not names and n_classes > len(raw_train.labels):  # some class would have no image; don't name a billion
